@@ -1,0 +1,154 @@
+"""The training job's typed config: YAML preset -> optional --config file -> --set overrides.
+
+Unknown keys and wrong types are errors that name the key, raised before anything runs.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from model.config import LossConfig, MLPStudentConfig, Strict, StudentConfig, TransformerStudentConfig
+from model.metrics import RECALL_AT
+
+PRESETS = Path(__file__).parent / "presets"
+SELECTABLE = sorted(
+    [f"{d}_{m}" for d in ("s2t", "t2s") for m in [f"r{k}" for k in RECALL_AT] + ["medr", "meanr", "cos_gap"]] + ["mean_cos", "mse"]
+)
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the key."""
+
+
+class DataConfig(Strict):
+    shards: str = "synthetic://msrvtt"
+    batch_size: int = Field(256, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    cache: Literal["auto", "memory", "stream"] = "auto"
+    cache_max_gb: float = Field(4.0, ge=0)
+    num_workers: int = Field(0, ge=0)
+    shuffle_buffer: int = Field(2000, ge=0)
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+
+
+class OptimConfig(Strict):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.98], min_length=2, max_length=2)
+    eps: float = Field(1e-8, gt=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    grad_clip: float = Field(1.0, ge=0)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(20, ge=1)
+    seed: int = 0
+    mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = None  # None: as the accelerate config says
+    log_every: int = Field(20, ge=1)
+    select_metric: str = "s2t_r1"
+    checkpoint_every: int = Field(0, ge=0)  # steps between mid-epoch last.pt saves; 0 = epoch ends only
+    evaluate_test: bool = True
+    audit: bool = False  # per-rank sample ids + parameter digests per step in logs/audit-rank*.jsonl
+
+    @field_validator("select_metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in SELECTABLE:
+            raise ValueError(f"must be one of {SELECTABLE}")
+        return value
+
+
+class JobConfig(Strict):
+    job: str
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: StudentConfig = Field(default_factory=MLPStudentConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def parse_value(text: str) -> Any:
+    """YAML scalar/list syntax, plus plain float forms YAML 1.1 leaves as strings (``1e-3``)."""
+    value = yaml.safe_load(text) if text.strip() else ""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set loss.temperature=0.05")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = parse_value(text)
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """Field names valid where ``loc`` points (for "did you mean")."""
+    if len(loc) < 2:
+        return sorted(JobConfig.model_fields)
+    if loc[0] == "model":
+        return sorted(set(MLPStudentConfig.model_fields) | set(TransformerStudentConfig.model_fields))
+    field = JobConfig.model_fields.get(loc[0])
+    return sorted(getattr(field.annotation, "model_fields", {})) if field else []
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = tuple(str(part) for part in error["loc"] if part not in ("mlp", "transformer"))
+        key = ".".join(loc)
+        if error["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(loc[-1], _known_keys(loc), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            lines.append(f"{key}: unknown config key{hint}")
+        else:
+            given = error.get("input")
+            lines.append(f"{key}: {error['msg']}" + ("" if isinstance(given, dict) else f" (got {given!r})"))
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def load_config(preset: str, config_file: str | None = None, overrides: list[str] | None = None) -> JobConfig:
+    path = PRESETS / f"{preset}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no preset {preset!r} in {PRESETS}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if config_file:
+        extra = yaml.safe_load(Path(config_file).read_text()) or {}
+        if not isinstance(extra, dict):
+            raise ConfigError(f"{config_file}: expected a mapping of config sections")
+        _deep_merge(data, extra)
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return validate_config(data)
+
+
+def validate_config(data: dict) -> JobConfig:
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def _deep_merge(base: dict, extra: dict) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value

@@ -1,0 +1,92 @@
+"""``python -m jobs.evaluate --run-dir RUN``: a run's checkpoint on the test split.
+
+Writes ``eval/results.json`` and ``eval/results.csv`` in the run directory. This is the only code
+that reads the test split.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from data_shards import ShardError, open_shards
+from data_shards.manifest import atomic_write_text
+from jobs.config import ConfigError, validate_config
+from jobs.rundir import RunDir, now
+from jobs.train import check_dims, embed_indices
+from model import build_student, retrieval_metrics
+
+log = logging.getLogger("streamapprox.evaluate")
+
+
+def load_student(checkpoint_path: Path):
+    """Rebuild the student from the config saved inside the checkpoint and load its weights."""
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    cfg = validate_config(state["config"])
+    student = build_student(cfg.model)
+    prefix = "student."
+    student.load_state_dict({k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)})
+    return student.eval(), cfg, state
+
+
+def evaluate_run(run_dir: str | Path, checkpoint: str = "best", shards: str | None = None, split: str | None = None) -> dict:
+    run = RunDir(run_dir)
+    path = run.checkpoints / f"{checkpoint}.pt"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such checkpoint (a finished run has best.pt and last.pt)")
+    student, cfg, state = load_student(path)
+    shard_set = open_shards(shards or cfg.data.shards)
+    check_dims(cfg, shard_set.dims, str(shard_set.root))
+    if shard_set.digest() != state.get("shards_digest"):
+        log.warning("evaluating on shards %s, not the set this checkpoint was trained on", shard_set.root)
+    split = split or cfg.data.test_split
+    tensors = shard_set.load_split(split)
+    embeddings = embed_indices(student, tensors, torch.arange(len(tensors)), cfg.data.eval_batch_size, torch.device("cpu"))
+    metrics = retrieval_metrics(embeddings, tensors.teacher)
+    results = {
+        "run_id": run.path.name,
+        "checkpoint": checkpoint,
+        "epoch": state.get("epoch"),
+        "split": split,
+        "shards": {"root": str(shard_set.root), "manifest_digest": shard_set.digest(), "source_kind": shard_set.manifest.source.get("kind")},
+        "evaluated_at": now(),
+        "metrics": metrics,
+    }
+    (run.path / "eval").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.path / "eval" / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=["run_id", "checkpoint", "split", *metrics])
+    writer.writeheader()
+    writer.writerow({"run_id": run.path.name, "checkpoint": checkpoint, "split": split, **metrics})
+    atomic_write_text(run.path / "eval" / "results.csv", table.getvalue())
+    if (run.path / "run.json").is_file():
+        run.update(eval={"checkpoint": checkpoint, "split": split, "s2t_r1": metrics["s2t_r1"], "t2s_r1": metrics["t2s_r1"],
+                         "results": "eval/results.json"})
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__)
+    parser.add_argument("run_dir", metavar="RUN", help="a run directory (runs/<run-id>)")
+    parser.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    parser.add_argument("--shards", help="evaluate on another shard set (default: the one the run trained on)")
+    parser.add_argument("--split", help="default: the config's test split")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        metrics = evaluate_run(args.run_dir, args.checkpoint, args.shards, args.split)
+    except (ConfigError, ShardError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

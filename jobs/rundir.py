@@ -1,0 +1,119 @@
+"""The run directory, identical on every backend:
+
+runs/<run-id>/run.json           run id, job, resolved config, git commit + dirty flag, shard digest,
+                                 hardware, backend, start/end, status (running|complete|incomplete|failed)
+runs/<run-id>/metrics.jsonl      one JSON object per logged step / epoch
+runs/<run-id>/checkpoints/       best.pt (chosen on validation), last.pt (resumable)
+runs/<run-id>/eval/              results.json, results.csv
+runs/<run-id>/logs/              train.log, audit-rank*.jsonl
+Status ``incomplete`` (or ``running`` after a crash) with a last.pt means "resume me".
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import secrets
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data_shards.manifest import atomic_write_text
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id(job: str) -> str:
+    return f"{job}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def git_state(start: Path) -> dict:
+    """Commit and dirty flag of the code that runs (None outside a git checkout, e.g. a bundle)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=start, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def hardware(accelerator) -> dict:
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "gpus": gpus,
+        "device": str(accelerator.device),
+        "num_processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type),
+        "mixed_precision": accelerator.mixed_precision,
+    }
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def create(self) -> "RunDir":
+        for sub in ("checkpoints", "eval", "logs"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+        return self
+
+    def read(self) -> dict:
+        path = self.path / "run.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not a run directory (no run.json)")
+        return json.loads(path.read_text())
+
+    def update(self, **fields: Any) -> dict:
+        path = self.path / "run.json"
+        info = json.loads(path.read_text()) if path.is_file() else {}
+        info.update(fields)
+        atomic_write_text(path, json.dumps(info, indent=2, sort_keys=True) + "\n")
+        return info
+
+    def log_metrics(self, record: dict) -> None:
+        with open(self.metrics_path, "a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+            handle.flush()
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Drop records logged after ``last_step`` (work a resumed run will redo)."""
+        kept = [r for r in self.read_metrics() if r.get("step", 0) <= last_step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temp file in the same directory, then rename: a crash never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

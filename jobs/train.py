@@ -1,0 +1,407 @@
+"""The training job (``train_mlp`` and ``train_transformer`` are presets of it).
+
+Runs the same under ``python -m`` or ``accelerate launch`` on CPU (one or several gloo processes),
+one GPU, multi-GPU DDP or DeepSpeed ZeRO. Model selection uses the validation split only; the test
+split is read once, by ``jobs.evaluate``, after training ends.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from data_shards import ShardError, ShardSet, open_shards
+from data_shards.reader import SplitTensors, TrainBatches
+from data_shards.schema import Dims
+from jobs.config import ConfigError, JobConfig, load_config, validate_config
+from jobs.rundir import RunDir, git_state, hardware, new_run_id, now, save_atomic
+from model import build_loss, build_student, retrieval_metrics
+from model.metrics import is_better
+
+log = logging.getLogger("streamapprox.train")
+
+
+class Distiller(nn.Module):
+    """Student + loss in one module, so DDP/DeepSpeed keep a learnable temperature in sync too."""
+
+    def __init__(self, cfg: JobConfig):
+        super().__init__()
+        self.student = build_student(cfg.model)
+        self.loss = build_loss(cfg.loss)
+
+    def forward(self, batch: dict[str, torch.Tensor], with_loss: bool = True):
+        embedding = self.student(batch)
+        return self.loss(embedding, batch["teacher"]) if with_loss else embedding
+
+
+def check_dims(cfg: JobConfig, dims: Dims, where: str) -> None:
+    """The student must be built for the shards it will read; say which key to change if not."""
+    m = cfg.model
+    expected = {"model.frames": (m.frames, dims.frames), "model.clip_dim": (m.clip_dim, dims.clip),
+                "model.audio_dim": (m.audio_dim, dims.audio), "model.out_dim": (m.out_dim, dims.teacher)}
+    wrong = [f"{key}={have} but the shards have {need} (--set {key}={need})" for key, (have, need) in expected.items() if have != need]
+    if wrong:
+        raise ConfigError(f"model dims do not match {where}: " + "; ".join(wrong))
+
+
+def build_optimizer(model: nn.Module, cfg: JobConfig) -> torch.optim.Optimizer:
+    """AdamW; biases, norms, embeddings-like vectors and the temperature get no weight decay."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "log_scale" in name else decay).append(param)
+    o = cfg.optim
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: JobConfig, total_steps: int):
+    """Linear warm-up, then cosine decay to ``min_lr_ratio`` x lr."""
+    warmup = max(1, math.ceil(cfg.optim.warmup_ratio * total_steps))
+    floor = cfg.optim.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def train_step(model, batch, optimizer, scheduler, accelerator, grad_clip: float) -> dict[str, float]:
+    model.train()
+    terms = model(batch)
+    accelerator.backward(terms["loss"])
+    if grad_clip > 0 and accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {key: float(value.detach()) for key, value in terms.items()}
+
+
+@torch.no_grad()
+def embed_indices(embed, tensors: SplitTensors, indices: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    """``embed(batch)`` over the given rows of a split, in batches, as float32."""
+    chunks = [embed(to_device(tensors.batch(indices[i : i + batch_size]), device)).float() for i in range(0, len(indices), batch_size)]
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def embed_split(model, tensors: SplitTensors, accelerator, batch_size: int) -> torch.Tensor:
+    """Student embeddings of a whole split, the work spread over ranks and gathered back in order."""
+    model.eval()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    n = len(tensors)
+    per_rank = math.ceil(n / world)
+    mine = torch.arange(rank, per_rank * world, world).clamp(max=n - 1)  # padding repeats the last item
+    local = embed_indices(lambda batch: model(batch, with_loss=False), tensors, mine, batch_size, accelerator.device)
+    gathered = accelerator.gather(local)  # [world * per_rank, D] ordered rank-major
+    order = gathered.view(world, per_rank, -1).transpose(0, 1).reshape(world * per_rank, -1)
+    return order[:n].cpu()
+
+
+def param_digest(model: nn.Module) -> str:
+    """Digest of the trainable parameters (BatchNorm running stats are per-rank until DDP re-broadcasts them)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def cpu_accelerator_options(process_group_kwargs) -> dict:
+    """Without a GPU, several processes need gloo: plain DDP gets it from Accelerate's CPU mode;
+    DeepSpeed must stay out of CPU mode (which would bypass it) and be handed gloo explicitly."""
+    if torch.cuda.is_available():
+        return {}
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if deepspeed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return {"kwargs_handlers": [process_group_kwargs(backend="gloo")]}
+    return {"cpu": True}
+
+
+class Trainer:
+    def __init__(self, cfg: JobConfig, shards: ShardSet, run: RunDir, resume: dict | None, time_budget: float | None):
+        from accelerate import Accelerator
+        from accelerate.utils import InitProcessGroupKwargs, set_seed
+
+        self.cfg, self.run, self.resume = cfg, run, resume
+        self.started = time.monotonic()
+        self.deadline = self.started + time_budget if time_budget else None
+        self.accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, **cpu_accelerator_options(InitProcessGroupKwargs))
+        acc = self.accelerator
+        self.is_main = acc.is_main_process
+        self.shards = shards
+
+        set_seed(cfg.train.seed)  # identical initial weights on every rank
+        distiller = Distiller(cfg)
+        self.n_params = sum(p.numel() for p in distiller.student.parameters())
+        d = cfg.data
+        self.train_data = TrainBatches(
+            self.shards, d.train_split, d.batch_size, rank=acc.process_index, world_size=acc.num_processes,
+            seed=cfg.train.seed, mode=d.cache, cache_max_gb=d.cache_max_gb, num_workers=d.num_workers,
+            shuffle_buffer=d.shuffle_buffer,
+        )
+        self.val = self.shards.load_split(d.val_split)
+        self.total_steps = cfg.train.epochs * len(self.train_data)
+        optimizer = build_optimizer(distiller, cfg)
+        self.scheduler = build_scheduler(optimizer, cfg, self.total_steps)
+        if acc.state.deepspeed_plugin is not None:  # our batches come from TrainBatches, not a DataLoader
+            acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = d.batch_size
+        self.model, self.optimizer = acc.prepare(distiller, optimizer)
+        set_seed(cfg.train.seed + 1 + acc.process_index)  # per-rank dropout streams
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.best_value: float | None = None
+        self.step_seconds = 0.0
+        self.reserve_seconds = 5.0  # grows to the slowest measured save + evaluation
+        if resume:
+            self._load(resume)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _state(self) -> dict:
+        from accelerate.utils import gather_object
+
+        rngs = gather_object([rng_state()])
+        model_state = self.accelerator.get_state_dict(self.model)
+        return {
+            "model": model_state,
+            # ZeRO partitions optimizer state across ranks; one rank's shard is no resumable state.
+            "optimizer": None if self.deepspeed else self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "best_value": self.best_value,
+            "rng": rngs,
+            "world_size": self.accelerator.num_processes,
+            "config": self.cfg.model_dump(mode="json"),
+            "shards_digest": self.shards.digest(),
+        }
+
+    def save_last(self) -> None:
+        began = time.monotonic()
+        state = self._state()  # collective: every rank takes part
+        if self.is_main:
+            save_atomic(state, self.run.checkpoints / "last.pt")
+        self.accelerator.wait_for_everyone()
+        self.reserve_seconds = max(self.reserve_seconds, 2 * (time.monotonic() - began))
+
+    def save_best(self, metrics: dict) -> None:
+        state = self.accelerator.get_state_dict(self.model)
+        if self.is_main:
+            save_atomic({"model": state, "epoch": self.epoch, "val": metrics, "config": self.cfg.model_dump(mode="json"),
+                         "shards_digest": self.shards.digest()}, self.run.checkpoints / "best.pt")
+
+    @property
+    def deepspeed(self) -> bool:
+        return self.accelerator.state.deepspeed_plugin is not None
+
+    def _load(self, state: dict) -> None:
+        if state["optimizer"] is None or self.deepspeed:
+            raise ConfigError("resuming DeepSpeed runs is not supported yet (ZeRO shards the optimizer state); "
+                              "resume with a DDP accelerate config, or start a new run")
+        if state.get("shards_digest") != self.shards.digest():
+            log.warning("resuming on a shard set whose digest differs from the checkpoint's")
+        self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.global_step, self.best_value = state["global_step"], state["best_value"]
+        if state["world_size"] == self.accelerator.num_processes:
+            set_rng_state(state["rng"][self.accelerator.process_index])
+        else:
+            log.warning("resuming with %d processes instead of %d: random streams restart", self.accelerator.num_processes, state["world_size"])
+        if self.is_main:
+            self.run.truncate_metrics(self.global_step)
+
+    # -- loop ----------------------------------------------------------------------------------
+    def _out_of_time(self) -> bool:
+        """Agreed by all ranks: would the next step plus a save and an evaluation overrun the budget?"""
+        if self.deadline is None:
+            return False
+        need = 2 * self.step_seconds + self.reserve_seconds
+        flag = torch.tensor([float(time.monotonic() + need > self.deadline)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def _audit(self, batch: dict) -> None:
+        ids = [hashlib.sha1(row.numpy().tobytes()).hexdigest()[:12] for row in batch["teacher"].cpu()]
+        record = {"step": self.global_step, "rank": self.accelerator.process_index, "samples": ids,
+                  "params": param_digest(self.accelerator.unwrap_model(self.model))}
+        with open(self.run.path / "logs" / f"audit-rank{self.accelerator.process_index}.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def validate(self) -> dict:
+        began = time.monotonic()
+        embeddings = embed_split(self.model, self.val, self.accelerator, self.cfg.data.eval_batch_size)
+        metrics = retrieval_metrics(embeddings, self.val.teacher)
+        self.reserve_seconds = max(self.reserve_seconds, 2 * (time.monotonic() - began) + 2)
+        return metrics
+
+    def run_epoch(self) -> bool:
+        """One epoch from ``step_in_epoch``; False if the time budget stopped it."""
+        cfg, acc = self.cfg, self.accelerator
+        losses = []
+        for batch in self.train_data.epoch(self.epoch, start=self.step_in_epoch):
+            if self._out_of_time():
+                return False
+            began = time.monotonic()
+            terms = train_step(self.model, to_device(batch, acc.device), self.optimizer, self.scheduler, acc, cfg.optim.grad_clip)
+            self.step_seconds = 0.9 * self.step_seconds + 0.1 * (time.monotonic() - began) if self.step_seconds else time.monotonic() - began
+            self.step_in_epoch += 1
+            self.global_step += 1
+            losses.append(terms["loss"])
+            if cfg.train.audit:
+                self._audit(batch)
+            if self.is_main and self.global_step % cfg.train.log_every == 0:
+                scale = float(acc.unwrap_model(self.model).loss.scale().detach())
+                record = {"kind": "step", "epoch": self.epoch, "step": self.global_step, "lr": self.scheduler.get_last_lr()[0],
+                          "logit_scale": scale, **terms}
+                self.run.log_metrics(record)
+                log.info("epoch %d step %d/%d loss %.4f lr %.2e", self.epoch, self.global_step, self.total_steps, terms["loss"], record["lr"])
+            if cfg.train.checkpoint_every and self.global_step % cfg.train.checkpoint_every == 0:
+                self.save_last()
+        metrics = self.validate()
+        improved = is_better(cfg.train.select_metric, metrics[cfg.train.select_metric], self.best_value)
+        if improved:
+            self.best_value = metrics[cfg.train.select_metric]
+            self.save_best(metrics)
+        if self.is_main:
+            self.run.log_metrics({"kind": "epoch", "epoch": self.epoch, "step": self.global_step,
+                                  "train_loss": float(np.mean(losses)) if losses else None, "val": metrics, "best": improved,
+                                  "elapsed_s": round(time.monotonic() - self.started, 2)})
+            log.info("epoch %d done: val s2t R@1 %.2f t2s R@1 %.2f mean cos %.3f%s", self.epoch, metrics["s2t_r1"],
+                     metrics["t2s_r1"], metrics["mean_cos"], "  (best)" if improved else "")
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.save_last()
+        return True
+
+    def fit(self) -> str:
+        while self.epoch < self.cfg.train.epochs:
+            if not self.run_epoch():
+                self.save_last()
+                return "incomplete"
+        return "complete"
+
+
+def parse_args(argv: list[str] | None, preset: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"python -m jobs.{preset}", description=__doc__)
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. --set model.depth=3 loss.temperature=0.05")
+    parser.add_argument("--config", help="a YAML file merged over the preset")
+    parser.add_argument("--run-dir", help="where to write the run (default: runs/<job>-<time>-<id>)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoints/last.pt")
+    parser.add_argument("--time-budget", type=float, metavar="SECONDS",
+                        help="stop cleanly with a resumable checkpoint before this much wall-clock time has passed")
+    parser.add_argument("--check", action="store_true",
+                        help="only validate config, shards (digests) and dims, then exit: launchers run this before starting or pushing a job")
+    return parser.parse_args(argv)
+
+
+def setup_logging(run: RunDir | None, is_main: bool) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
+    if run is not None:
+        handlers.append(logging.FileHandler(run.path / "logs" / "train.log"))
+    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def resolve(args: argparse.Namespace, preset: str) -> tuple[JobConfig, RunDir, dict | None]:
+    """Config, run directory and (when resuming) the checkpoint to continue from."""
+    if args.resume:
+        if args.overrides or args.config:
+            raise ConfigError("--resume continues a run with its own saved config; drop --set/--config")
+        run = RunDir(args.resume)
+        last = run.checkpoints / "last.pt"
+        if not last.is_file():
+            raise ConfigError(f"{last}: nothing to resume (no last.pt); start a new run instead")
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        return validate_config(state["config"]), run, state
+    cfg = load_config(preset, args.config, args.overrides)
+    run = RunDir(args.run_dir or Path("runs") / new_run_id(cfg.job))
+    return cfg, run, None
+
+
+def main(argv: list[str] | None = None, preset: str = "train_mlp") -> int:
+    args = parse_args(argv, preset)
+    try:
+        cfg, run, resume = resolve(args, preset)
+        shards = open_shards(cfg.data.shards)
+        check_dims(cfg, shards.dims, str(shards.root))
+        if args.check:
+            print(f"check ok: {cfg.job} ({cfg.model.kind} student) on {shards.root} {shards.manifest.splits}")
+            return 0
+        trainer = Trainer(cfg, shards, run, resume, args.time_budget)
+    except (ConfigError, ShardError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    acc = trainer.accelerator
+    if trainer.is_main:
+        run.create()
+    acc.wait_for_everyone()
+    setup_logging(run, trainer.is_main)
+    if trainer.is_main:
+        info = {"status": "running", "backend_started": now()}
+        if not resume:
+            info.update(run_id=run.path.name, job=cfg.job, config=cfg.model_dump(mode="json"), started_at=now(),
+                        git=git_state(Path(__file__).parent), shards={"location": cfg.data.shards, "root": str(trainer.shards.root),
+                        "manifest_digest": trainer.shards.digest(), "splits": trainer.shards.manifest.splits,
+                        "source_kind": trainer.shards.manifest.source.get("kind", "unknown")},
+                        student_parameters=trainer.n_params)
+        run.update(**info, hardware=hardware(acc), backend=os.environ.get("STREAMAPPROX_BACKEND", "direct"))
+        log.info("run directory %s (%s, %d processes, %d student parameters)", run.path, acc.device, acc.num_processes, trainer.n_params)
+    try:
+        status = trainer.fit()
+    except BaseException as exc:
+        if trainer.is_main:
+            run.update(status="failed", error=f"{type(exc).__name__}: {exc}", ended_at=now())
+        raise
+    acc.wait_for_everyone()
+    if trainer.is_main:
+        run.update(status=status, ended_at=now(), best={"metric": cfg.train.select_metric, "value": trainer.best_value})
+        if status == "incomplete":
+            log.info("time budget reached: resumable checkpoint saved; continue with --resume %s", run.path)
+        elif cfg.train.evaluate_test:
+            from jobs.evaluate import evaluate_run
+
+            results = evaluate_run(run.path, checkpoint="best")
+            log.info("test: s2t R@1 %.2f R@5 %.2f R@10 %.2f MedR %.1f | t2s R@1 %.2f", results["s2t_r1"], results["s2t_r5"],
+                     results["s2t_r10"], results["s2t_medr"], results["t2s_r1"])
+    acc.end_training()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

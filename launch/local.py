@@ -1,0 +1,105 @@
+"""The local backend (the embedded default): the job runs on this machine under ``accelerate launch``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from jobs import JobSpec
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ACCELERATE_CONFIG = REPO_ROOT / "accelerate_config.yaml"
+NAMED_CONFIGS = Path(__file__).resolve().parent / "accelerate_configs"
+
+
+class LaunchError(RuntimeError):
+    """A problem found before the job starts; the message says what to change."""
+
+
+def resolve_accelerate_config(choice: str | None) -> Path:
+    """A path, or the name of a file in launch/accelerate_configs/ (e.g. ``cpu_ddp2``)."""
+    if choice is None:
+        return DEFAULT_ACCELERATE_CONFIG
+    for candidate in (Path(choice), NAMED_CONFIGS / f"{choice}.yaml"):
+        if candidate.is_file():
+            return candidate.resolve()
+    names = sorted(p.stem for p in NAMED_CONFIGS.glob("*.yaml"))
+    raise LaunchError(f"--accelerate-config {choice!r}: no such file, and not one of the bundled configs {names}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--accelerate-config", metavar="NAME_OR_PATH",
+                        help=f"accelerate config file or bundled name ({', '.join(sorted(p.stem for p in NAMED_CONFIGS.glob('*.yaml')))}); "
+                        "default: accelerate_config.yaml (one CPU process)")
+    parser.add_argument("--num-processes", type=int, help="override the accelerate config's process count")
+    parser.add_argument("--runs-dir", default="runs", help="where new run directories go (default: ./runs)")
+
+
+def _option(args: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def job_command(spec: JobSpec, job_args: list[str], options: argparse.Namespace) -> list[str]:
+    if not spec.distributed:
+        return [sys.executable, "-m", spec.module, *job_args]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(resolve_accelerate_config(options.accelerate_config))]
+    if options.num_processes:
+        command += ["--num_processes", str(options.num_processes)]
+    return [*command, "-m", spec.module, *job_args]
+
+
+def summarize(run_dir: Path) -> str:
+    """What a person wants to see when the job ends: where the run is, its state, its key figures."""
+    info_path = run_dir / "run.json"
+    if not info_path.is_file():
+        return f"run directory: {run_dir} (no run.json: the job stopped before training started)"
+    info = json.loads(info_path.read_text())
+    lines = [f"run directory: {run_dir}", f"status: {info.get('status')}"]
+    best = info.get("best") or {}
+    if best.get("value") is not None:
+        lines.append(f"best validation {best['metric']}: {best['value']:.2f}")
+    results = run_dir / "eval" / "results.json"
+    if results.is_file():
+        m = json.loads(results.read_text())["metrics"]
+        lines.append(f"test ({int(m['n'])} videos): student->teacher R@1 {m['s2t_r1']:.2f}  R@5 {m['s2t_r5']:.2f}  "
+                     f"R@10 {m['s2t_r10']:.2f}  MedR {m['s2t_medr']:.1f} | teacher->student R@1 {m['t2s_r1']:.2f}")
+    if info.get("status") in ("incomplete", "running", "failed"):
+        lines.append(f"resume with: launch local {info.get('job', 'JOB')} --resume {run_dir}")
+    return "\n".join(lines)
+
+
+def run(name: str, spec: JobSpec, job_args: list[str], options: argparse.Namespace) -> int:
+    job_args = list(job_args)
+    run_dir = _option(job_args, "--resume") or _option(job_args, "--run-dir")
+    if spec.makes_run and run_dir is None:
+        from jobs.rundir import new_run_id
+
+        run_dir = str(Path(options.runs_dir) / new_run_id(name))
+        job_args += ["--run-dir", run_dir]
+    env = {**os.environ, "STREAMAPPROX_BACKEND": "local", "PYTHONUNBUFFERED": "1"}
+    if spec.checkable:
+        # Config, shard digests and dims are checked once, in one plain process, with the job's own
+        # exit code -- before any worker starts.
+        check = subprocess.run([sys.executable, "-m", spec.module, *job_args, "--check"], env=env)
+        if check.returncode != 0:
+            return check.returncode
+    command = job_command(spec, job_args, options)
+    print(f"launch local: {' '.join(command)}", flush=True)
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        os.killpg(process.pid, signal.SIGINT)
+        code = process.wait()
+    if spec.makes_run and run_dir:
+        print(summarize(Path(run_dir)), flush=True)
+    return code

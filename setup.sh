@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Sets up .venv on a fresh machine (idempotent: a second run with unchanged
+# requirements returns at once). Usage: ./setup.sh [--dev]
+#   --dev  also installs the test tools.
+set -euo pipefail
+cd "$(dirname "$0")"
+extras="deepspeed"
+[[ "${1:-}" == "--dev" ]] && extras="deepspeed,dev"
+
+stamp=".venv/.setup-$(cat pyproject.toml constraints.txt setup.sh | sha256sum | cut -c1-16)-${extras/,/-}"
+if [[ -f "$stamp" ]]; then exit 0; fi
+
+python3 -m venv .venv
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt)
+# torch first, pinned, so DeepSpeed (a source build) compiles against it without build isolation.
+"${pip[@]}" --upgrade pip "setuptools>=68" wheel
+"${pip[@]}" torch torchvision torchaudio
+"${pip[@]}" --no-build-isolation -e ".[${extras}]"
+rm -f .venv/.setup-*
+touch "$stamp"
+echo "setup: .venv ready (extras: ${extras})"

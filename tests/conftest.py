@@ -1,0 +1,53 @@
+"""Shared fixtures: a small synthetic shard set (uneven shards) in a per-session cache, and
+helpers that run the real ``launch`` CLI in a subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# 600 train videos in shards of 128 -> 5 shards of uneven size (128 x 4 + 88).
+SMALL = "synthetic://msrvtt?train=600&val=120&test=200&samples_per_shard=128"
+FAST_MLP = ["train.epochs=3", "data.batch_size=64", "model.hidden=[256,256]", "train.log_every=1"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shard_cache(tmp_path_factory) -> Path:
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["STREAMAPPROX_CACHE"] = str(cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def small_shards(shard_cache) -> Path:
+    from data_shards.synthetic import ensure_synthetic
+
+    return ensure_synthetic(SMALL)
+
+
+def cli_env() -> dict:
+    """Single-threaded math, so runs on 2 cores are deterministic and do not oversubscribe."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def launch_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "launch.cli", *args]
+
+
+def launch(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real CLI, as a user runs it (output captured for assertions)."""
+    return subprocess.run(launch_command(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def only_run(root: Path) -> Path:
+    runs = sorted((root / "runs").iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]

@@ -1,0 +1,42 @@
+"""Several processes: 2 CPU ranks over gloo see disjoint data and hold identical parameters after
+every step; DeepSpeed ZeRO-2 trains through Accelerate on CPU."""
+import json
+from collections import defaultdict
+
+from conftest import SMALL, launch, only_run, read_jsonl
+
+TINY = [f"data.shards={SMALL}", "data.batch_size=32", "model.hidden=[128]", "train.log_every=5"]
+
+
+def test_two_gloo_ranks_disjoint_data_identical_parameters(tmp_path, small_shards):
+    result = launch("local", "train_mlp", "--accelerate-config", "cpu_ddp2", "--set", *TINY, "train.epochs=2",
+                    "train.audit=true", "train.evaluate_test=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = only_run(tmp_path)
+    info = json.loads((run / "run.json").read_text())
+    assert info["hardware"]["num_processes"] == 2 and info["status"] == "complete"
+    ranks = [read_jsonl(run / "logs" / f"audit-rank{r}.jsonl") for r in range(2)]
+    steps_per_epoch = 600 // (32 * 2)
+    assert [len(r) for r in ranks] == [2 * steps_per_epoch] * 2  # equal batch counts: nobody waits forever
+    seen_in_epoch = defaultdict(set)
+    for step0, step1 in zip(*ranks):
+        assert step0["step"] == step1["step"]
+        assert step0["params"] == step1["params"]  # identical parameters after each step
+        assert not set(step0["samples"]) & set(step1["samples"])  # disjoint data in each step
+        epoch = (step0["step"] - 1) // steps_per_epoch
+        batch = step0["samples"] + step1["samples"]
+        assert not seen_in_epoch[epoch] & set(batch)  # and across the epoch
+        seen_in_epoch[epoch] |= set(batch)
+    assert len({r["params"] for r in ranks[0]}) == len(ranks[0])  # the parameters really moved each step
+
+
+def test_deepspeed_zero2_on_cpu(tmp_path, small_shards):
+    result = launch("local", "train_mlp", "--accelerate-config", "deepspeed_zero2_cpu", "--set", *TINY, "train.epochs=2",
+                    cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = only_run(tmp_path)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and "DEEPSPEED" in info["hardware"]["distributed_type"]
+    epochs = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert len(epochs) == 2 and epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert json.loads((run / "eval" / "results.json").read_text())["metrics"]["s2t_r1"] > 5 * 100 / 200

@@ -1,0 +1,71 @@
+"""Runs survive: a run killed mid-epoch resumes to the same final metrics as an uninterrupted
+run, and --time-budget stops cleanly with a resumable checkpoint."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import torch
+
+from conftest import SMALL, cli_env, launch, launch_command, read_jsonl
+
+ARGS = [f"data.shards={SMALL}", "train.epochs=4", "data.batch_size=16", "model.hidden=[512,512]", "train.log_every=1",
+        "train.checkpoint_every=10"]
+STEPS_PER_EPOCH = 600 // 16
+
+
+def final_state(run):
+    results = json.loads((run / "eval" / "results.json").read_text())["metrics"]
+    epochs = [(r["epoch"], r["val"]) for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "epoch"]
+    return results, epochs
+
+
+def test_killed_mid_epoch_resumes_to_identical_results(tmp_path, small_shards):
+    reference = launch("local", "train_mlp", "--run-dir", str(tmp_path / "ref"), "--set", *ARGS, cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(launch_command("local", "train_mlp", "--run-dir", str(killed), "--set", *ARGS),
+                               cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    target = 2 * STEPS_PER_EPOCH + 12  # past a mid-epoch checkpoint (every 10 steps) of the third epoch
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            metrics = killed / "metrics.jsonl"
+            if metrics.is_file() and any(r.get("step", 0) >= target for r in read_jsonl(metrics) if r["kind"] == "step"):
+                break
+            assert process.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    assert json.loads((killed / "run.json").read_text())["status"] == "running"  # it died, nobody cleaned up
+    last = torch.load(killed / "checkpoints" / "last.pt", weights_only=False)
+    assert last["epoch"] == 2 and 0 < last["step_in_epoch"] < STEPS_PER_EPOCH  # resumes inside the epoch
+    assert not (killed / "eval" / "results.json").exists()
+
+    resumed = launch("local", "train_mlp", "--resume", str(killed), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((killed / "run.json").read_text())["status"] == "complete"
+    assert final_state(killed) == final_state(tmp_path / "ref")
+    steps = [r["step"] for r in read_jsonl(killed / "metrics.jsonl") if r["kind"] == "step"]
+    assert steps == list(range(1, 4 * STEPS_PER_EPOCH + 1))  # the killed epoch's partial log was replaced
+
+
+def test_time_budget_stops_with_a_resumable_checkpoint(tmp_path, small_shards):
+    run = tmp_path / "budget"
+    args = [f"data.shards={SMALL}", "train.epochs=40", "data.batch_size=16", "model.hidden=[512,512]", "train.evaluate_test=false"]
+    began = time.monotonic()
+    first = launch("local", "train_mlp", "--run-dir", str(run), "--time-budget", "8", "--set", *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert json.loads((run / "run.json").read_text())["status"] == "incomplete"
+    assert "resume with: launch local train_mlp --resume" in first.stdout
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert state["epoch"] < 40 and state["global_step"] > 0
+    assert time.monotonic() - began < 60
+
+    second = launch("local", "train_mlp", "--resume", str(run), "--time-budget", "8", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    later = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    assert later["global_step"] > state["global_step"]  # picked up where it stopped, not from scratch

@@ -1,0 +1,136 @@
+"""Shard sets: writer + manifest, validation errors that name the file, rank splitting with equal
+batch counts on uneven shards, the in-memory cache, and the synthetic generator's properties."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from data_shards import Dims, ShardError, ShardSetWriter, open_shards
+from data_shards.cli import main as shards_cli
+from data_shards.reader import TrainBatches
+from data_shards.synthetic import SyntheticSpec, generate
+
+
+def write_tiny(root, n=10, samples_per_shard=4):
+    dims = Dims(frames=2, clip=8, audio=4, teacher=6)
+    rng = np.random.default_rng(0)
+    with ShardSetWriter(root, dims, samples_per_shard=samples_per_shard) as writer:
+        for i in range(n):
+            teacher = rng.standard_normal(6)
+            meta = {"video_id": f"v{i}", "split": "train", "has_audio": i % 3 != 0, "duration_s": 1.0, "frame_times_s": [0.1, 0.9], "sampling": "uniform"}
+            writer.write("train", f"v{i}", rng.standard_normal((2, 8)), rng.standard_normal(4), teacher / np.linalg.norm(teacher), meta)
+    return writer.manifest
+
+
+def test_writer_manifest_roundtrip(tmp_path):
+    manifest = write_tiny(tmp_path / "set")
+    assert [s.samples for s in manifest.shards] == [4, 4, 2]
+    on_disk = json.loads((tmp_path / "set" / "manifest.json").read_text())
+    assert on_disk["splits"] == {"train": 10} and on_disk["dims"]["clip"] == 8 and len(on_disk["shards"][0]["sha256"]) == 64
+    tensors = open_shards(tmp_path / "set").load_split("train")
+    assert tensors.keys == [f"v{i}" for i in range(10)]
+    assert tensors.has_audio.tolist() == [i % 3 != 0 for i in range(10)]
+    assert not list(tmp_path.glob(".set.*partial"))  # staging directory renamed away
+
+
+def test_writer_rejects_bad_samples(tmp_path):
+    dims = Dims(frames=2, clip=8, audio=4, teacher=6)
+    meta = {"video_id": "a", "split": "train", "has_audio": True, "duration_s": 1.0, "frame_times_s": [0, 1], "sampling": "uniform"}
+    unit = np.eye(6)[0]
+    with pytest.raises(ShardError, match="'a': clip has shape"):
+        with ShardSetWriter(tmp_path / "x", dims) as writer:
+            writer.write("train", "a", np.zeros((3, 8)), np.zeros(4), unit, meta)
+    with pytest.raises(ShardError, match="teacher norm"):
+        with ShardSetWriter(tmp_path / "y", dims) as writer:
+            writer.write("train", "a", np.zeros((2, 8)), np.zeros(4), 2 * unit, meta)
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".*partial"))  # nothing half-written left
+
+
+def test_validate_errors_name_the_shard(tmp_path, capsys):
+    write_tiny(tmp_path / "set")
+    assert shards_cli(["validate", str(tmp_path / "set")]) == 0
+    assert "ok: every shard matches" in capsys.readouterr().out
+
+    assert shards_cli(["validate", str(tmp_path / "missing")]) == 2
+    assert "missing: shard directory not found" in capsys.readouterr().err
+
+    shard = tmp_path / "set" / "train-000001.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(ShardError, match=r"train-000001\.tar: \d+ bytes, manifest.json says \d+ \(truncated"):
+        open_shards(tmp_path / "set")
+    flipped = bytearray(data)
+    flipped[2000] ^= 0xFF  # same size, corrupted
+    shard.write_bytes(bytes(flipped))
+    with pytest.raises(ShardError, match=r"train-000001\.tar: sha256 does not match"):
+        open_shards(tmp_path / "set")
+    shard.unlink()
+    with pytest.raises(ShardError, match=r"train-000001\.tar: shard listed in manifest.json is missing"):
+        open_shards(tmp_path / "set")
+    (tmp_path / "set" / "manifest.json").unlink()
+    with pytest.raises(ShardError, match="no manifest"):
+        open_shards(tmp_path / "set")
+
+
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+def test_ranks_get_equal_batch_counts_on_uneven_shards(small_shards, mode):
+    shards = open_shards(small_shards)
+    assert sorted(s.samples for s in shards.manifest.shards_of("train")) == [88, 128, 128, 128, 128]
+    seen = []
+    for rank in range(2):
+        loader = TrainBatches(shards, "train", 64, rank=rank, world_size=2, seed=3, mode=mode)
+        batches = list(loader.epoch(0))
+        assert len(batches) == len(loader) == 600 // (64 * 2)
+        assert all(b["clip"].shape == (64, 3, 512) and b["clip"].dtype == torch.float32 for b in batches)
+        seen.append({tuple(row[:4].tolist()) for b in batches for row in b["teacher"]})
+    if mode == "memory":
+        assert not seen[0] & seen[1]  # ranks read disjoint samples within an epoch
+
+
+def test_memory_epochs_are_seeded_permutations_and_resume_mid_epoch(small_shards):
+    loader = TrainBatches(open_shards(small_shards), "train", 64, seed=5, mode="memory")
+    epoch0 = [b["index"] for b in loader.epoch(0)]
+    assert not torch.equal(epoch0[0], next(loader.epoch(1))["index"])
+    assert all(torch.equal(a["index"], b) for a, b in zip(loader.epoch(0, start=3), epoch0[3:]))
+    assert len(torch.cat(epoch0).unique()) == len(epoch0) * 64
+
+
+def test_streaming_needs_a_shard_per_reader(small_shards):
+    with pytest.raises(ShardError, match="at least one per reader"):
+        TrainBatches(open_shards(small_shards), "val", 16, world_size=2, mode="stream")
+
+
+def test_synthetic_is_deterministic_msrvtt_shaped_and_both_modalities_matter(tmp_path):
+    spec = SyntheticSpec(train=900, val=100, test=300, samples_per_shard=500, seed=11)
+    generate(spec, tmp_path / "a", progress=False)
+    generate(spec, tmp_path / "b", progress=False)
+    a, b = open_shards(tmp_path / "a"), open_shards(tmp_path / "b")
+    assert a.digest() == b.digest()
+    assert a.manifest.splits == {"train": 900, "val": 100, "test": 300}
+    assert a.manifest.source["kind"] == "synthetic"
+    train, test = a.load_split("train"), a.load_split("test")
+    silent = float((~train.has_audio).float().mean())
+    assert 0.09 < silent < 0.15
+    assert float(train.audio[~train.has_audio].abs().sum()) == 0.0
+    torch.testing.assert_close(train.teacher.norm(dim=1), torch.ones(900))
+
+    def ridge_r2(features):
+        """Held-out R^2 of a closed-form ridge fit: how much of the teacher the inputs explain."""
+        x, xt = [torch.cat([f(s).double(), torch.ones(len(s), 1, dtype=torch.float64)], 1) for s in (train, test) for f in [features]]
+        y, yt = train.teacher.double(), test.teacher.double()
+        w = torch.linalg.solve(x.T @ x + 10 * torch.eye(x.shape[1], dtype=torch.float64), x.T @ y)
+        return 1 - float(((xt @ w - yt) ** 2).sum() / ((yt - y.mean(0)) ** 2).sum())
+
+    frames = ridge_r2(lambda s: s.clip.flatten(1))
+    both = ridge_r2(lambda s: torch.cat([s.clip.flatten(1), s.audio, s.has_audio[:, None]], 1))
+    audio = ridge_r2(lambda s: torch.cat([s.audio, s.has_audio[:, None]], 1))
+    assert both > frames + 0.02 and both > audio + 0.02  # each modality adds what the other lacks
+    assert both < 0.9  # and a linear map does not solve it
+
+
+def test_synthetic_url_parameters_are_checked():
+    with pytest.raises(ShardError, match="unknown synthetic parameter 'trian'"):
+        SyntheticSpec.from_url("synthetic://msrvtt?trian=5")
+    assert SyntheticSpec.from_url("synthetic://msrvtt?train=5&frame_noise=0.5").frame_noise == 0.5
