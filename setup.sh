@@ -11,7 +11,7 @@ stamp=".venv/.setup-$(cat pyproject.toml constraints.txt setup.sh | sha256sum | 
 if [[ -f "$stamp" ]]; then exit 0; fi
 
 python3 -m venv .venv
-pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt)
+pip=(.venv/bin/python -m pip install -qq --disable-pip-version-check -c constraints.txt)
 # torch first, pinned, so DeepSpeed (a source build) compiles against it without build isolation.
 "${pip[@]}" --upgrade pip "setuptools>=68" wheel
 "${pip[@]}" torch torchvision torchaudio

@@ -224,10 +224,6 @@ class TrainBatches:
         dims, bs = self.shards.dims, self.batch_size
         rank_paths = self.shards.paths(self.split)[self.rank :: self.world_size]
 
-        def to_batch_item(sample: dict) -> tuple:
-            clip, audio, has_audio, teacher = _sample_arrays(sample, dims, sample.get("__url__", self.split))
-            return clip, audio, has_audio, teacher
-
         def collate(items: list[tuple]) -> dict[str, torch.Tensor]:
             clip, audio, has_audio, teacher = zip(*items)
             return {
@@ -241,7 +237,7 @@ class TrainBatches:
         dataset = (
             _decoded(rank_paths, shardshuffle=len(rank_paths), nodesplitter=None, repeat=True, seed=seed)
             .shuffle(self.shuffle_buffer, seed=seed)
-            .map(to_batch_item)
+            .map(lambda sample: _sample_arrays(sample, dims, sample.get("__url__", self.split)))
             .batched(bs, collation_fn=collate, partial=False)
         )
         loader = wds.WebLoader(dataset, batch_size=None, num_workers=self.num_workers).with_epoch(self.batches_per_epoch)

@@ -28,7 +28,7 @@ from data_shards.writer import ShardSetWriter
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bump on any change to the generated data: it names the cache
 FIXED_MTIME = 1_600_000_000  # tar member times, so the same spec gives byte-identical shards
 LATENT_VISUAL, LATENT_AUDIO, LATENT_HIDDEN = 64, 32, 16
 
@@ -46,11 +46,12 @@ class SyntheticSpec:
     teacher_dim: int = 1024
     silent_fraction: float = 0.12
     categories: int = 20
+    sound_types: int = 4
     spread: float = 0.5
     frame_noise: float = 1.0
     hidden_scale: float = 2.0
     audio_spread: float = 0.4
-    audio_noise: float = 1.0
+    audio_noise: float = 2.0
     seed: int = 0
     samples_per_shard: int = 1000
 
@@ -86,7 +87,7 @@ class _World:
     def __init__(self, spec: SyntheticSpec, rng: np.random.Generator):
         dv, da, dh = LATENT_VISUAL, LATENT_AUDIO, LATENT_HIDDEN
         self.centers = rng.standard_normal((spec.categories, dv))  # MSR-VTT has 20 categories
-        self.audio_centers = rng.standard_normal((spec.categories, da))
+        self.audio_centers = rng.standard_normal((spec.sound_types, da))
         self.clip_map = rng.standard_normal((dv, spec.clip_dim)) / np.sqrt(dv)
         self.audio_map = rng.standard_normal((da, spec.audio_dim)) / np.sqrt(da)
         self.vision_in = rng.standard_normal((2 * dv + dh, 512)) / np.sqrt(2 * dv + dh) * 1.5
@@ -101,7 +102,8 @@ def _videos(spec: SyntheticSpec, world: _World, n: int, rng: np.random.Generator
     z0 = world.centers[category] + spec.spread * rng.standard_normal((n, LATENT_VISUAL))
     motion = 0.6 * rng.standard_normal((n, LATENT_VISUAL))
     hidden = spec.hidden_scale * rng.standard_normal((n, LATENT_HIDDEN))
-    za = world.audio_centers[category] + spec.audio_spread * rng.standard_normal((n, LATENT_AUDIO))
+    sound_type = rng.integers(0, spec.sound_types, n)  # what a video sounds like is not what it shows
+    za = world.audio_centers[sound_type] + spec.audio_spread * rng.standard_normal((n, LATENT_AUDIO))
     has_audio = rng.random(n) >= spec.silent_fraction
     duration = rng.uniform(8.0, 32.0, n)
 

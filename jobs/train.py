@@ -30,6 +30,7 @@ from model import build_loss, build_student, retrieval_metrics
 from model.metrics import is_better
 
 log = logging.getLogger("streamapprox.train")
+JOB_STARTED = time.monotonic()  # the time budget counts from here, imports and data loading included
 
 
 class Distiller(nn.Module):
@@ -157,8 +158,8 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs, set_seed
 
-        self.cfg, self.run, self.resume = cfg, run, resume
-        self.started = time.monotonic()
+        self.cfg, self.run = cfg, run
+        self.started = JOB_STARTED
         self.deadline = self.started + time_budget if time_budget else None
         self.accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, **cpu_accelerator_options(InitProcessGroupKwargs))
         acc = self.accelerator
@@ -373,8 +374,10 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp") -> int:
     acc.wait_for_everyone()
     setup_logging(run, trainer.is_main)
     if trainer.is_main:
-        info = {"status": "running", "backend_started": now()}
-        if not resume:
+        info: dict = {"status": "running"}
+        if resume:
+            info["resumed_at"] = [*run.read().get("resumed_at", []), now()]
+        else:
             info.update(run_id=run.path.name, job=cfg.job, config=cfg.model_dump(mode="json"), started_at=now(),
                         git=git_state(Path(__file__).parent), shards={"location": cfg.data.shards, "root": str(trainer.shards.root),
                         "manifest_digest": trainer.shards.digest(), "splits": trainer.shards.manifest.splits,
