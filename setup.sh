@@ -13,7 +13,7 @@ if [[ -f "$stamp" ]]; then exit 0; fi
 python3 -m venv .venv
 pip=(.venv/bin/python -m pip install -qq --disable-pip-version-check -c constraints.txt)
 # torch first, pinned, so DeepSpeed (a source build) compiles against it without build isolation.
-"${pip[@]}" --upgrade pip "setuptools>=68" wheel
+"${pip[@]}" --upgrade pip "setuptools>=68,<82" wheel  # torch 2.11 requires setuptools<82
 "${pip[@]}" torch torchvision torchaudio
 "${pip[@]}" --no-build-isolation -e ".[${extras}]"
 rm -f .venv/.setup-*
