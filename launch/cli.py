@@ -5,30 +5,39 @@ import argparse
 import sys
 
 from jobs import JOBS
-from launch import local
+from launch import local, transfer
 from launch.local import LaunchError
+from sync import SyncError
 
 BACKENDS = {"local": local}
 BACKEND_HELP = {"local": "this machine, under accelerate launch (the default: one CPU process)"}
+COMMANDS = {
+    "sync": (transfer.add_sync_arguments, transfer.run_sync,
+             "copy a run or shard set between storage URLs, incrementally and verified"),
+    "pull": (transfer.add_pull_arguments, transfer.run_pull, "bring a remote run directory into ./runs"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     jobs_text = "\n".join(f"  {name:<18} {spec.summary}" for name, spec in JOBS.items())
     backends_text = "\n".join(f"  {name:<18} {BACKEND_HELP[name]}" for name in BACKENDS)
+    commands_text = "\n".join(f"  {name:<18} {help_text}" for name, (_, _, help_text) in COMMANDS.items())
     parser = argparse.ArgumentParser(
         prog="launch",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run StreamApprox jobs on any compute.",
-        epilog=f"backends:\n{backends_text}\n\njobs:\n{jobs_text}\n\n"
+        epilog=f"backends:\n{backends_text}\n\njobs:\n{jobs_text}\n\ncommands:\n{commands_text}\n\n"
         "Job options (e.g. --set model.depth=2, --resume RUN, --time-budget S) pass through to the job.\n"
         "Example: launch local train_mlp --set train.epochs=5",
     )
-    sub = parser.add_subparsers(dest="backend", required=True, metavar="BACKEND")
+    sub = parser.add_subparsers(dest="backend", required=True, metavar="BACKEND|COMMAND")
     for name, module in BACKENDS.items():
         backend = sub.add_parser(name, help=BACKEND_HELP[name], description=BACKEND_HELP[name],
                                  epilog=f"jobs:\n{jobs_text}", formatter_class=argparse.RawDescriptionHelpFormatter)
         backend.add_argument("job", choices=sorted(JOBS), metavar="JOB", help="one of: " + ", ".join(JOBS))
         module.add_arguments(backend)
+    for name, (add_arguments, _, help_text) in COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     return parser
 
 
@@ -36,8 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, job_args = parser.parse_known_args(argv)
     try:
+        if args.backend in COMMANDS:
+            if job_args:
+                parser.error(f"unrecognized arguments: {' '.join(job_args)}")
+            return COMMANDS[args.backend][1](args)
         return BACKENDS[args.backend].run(args.job, JOBS[args.job], job_args, args)
-    except LaunchError as exc:
+    except (LaunchError, SyncError) as exc:
         print(f"launch: error: {exc}", file=sys.stderr)
         return 2
 

@@ -51,3 +51,26 @@ def only_run(root: Path) -> Path:
     runs = sorted((root / "runs").iterdir())
     assert len(runs) == 1, runs
     return runs[0]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 server (moto) on 127.0.0.1 for the session, with throwaway test credentials."""
+    from servers import MotoServer
+
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    os.environ.pop("AWS_PROFILE", None)
+    server = MotoServer()
+    yield server.endpoint
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint, request):
+    """A fresh bucket per test; returns (boto3 client, bucket name)."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    name = "t-" + request.node.name.lower().replace("_", "-")[:50]
+    client.create_bucket(Bucket=name)
+    return client, name

@@ -1,0 +1,146 @@
+"""Read-only Kaggle stores through the ``kaggle`` package: ``kaggle://OWNER/KERNEL`` (a kernel's
+outputs, every page of them) and ``kaggle-dataset://OWNER/SLUG`` (a dataset's files).
+
+Credentials come from the kaggle package's own chain (KAGGLE_USERNAME/KAGGLE_KEY, KAGGLE_API_TOKEN,
+~/.kaggle/kaggle.json). Unlike ``kaggle kernels output``, a download that answers with an error
+status, or ends short of its Content-Length, is rejected and leaves nothing behind.
+``STREAMAPPROX_KAGGLE_ENDPOINT`` points the client at a Kaggle-compatible server (the tests' loopback one).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sync.base import CHUNK, Entry, Progress, Store, SyncError, Verifier, atomic_destination
+
+PAGE_SIZE = 100
+DOWNLOAD_TIMEOUT_S = 60
+
+
+def kaggle_client():
+    """An authenticated kagglesdk client, built by the kaggle package from the user's credentials."""
+    endpoint = os.environ.get("STREAMAPPROX_KAGGLE_ENDPOINT")
+    if endpoint:
+        os.environ["KAGGLE_API_ENVIRONMENT"] = "LOCALHOST"
+        from kagglesdk import kaggle_env
+
+        kaggle_env._env_to_endpoint[kaggle_env.KaggleEnv.LOCAL] = endpoint.rstrip("/")
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi  # importing kaggle authenticates
+
+        api = KaggleApi()
+        api.authenticate()
+    except (OSError, ValueError, KeyError, SystemExit) as exc:  # kaggle exit()s when it finds no credentials
+        raise SyncError(
+            "kaggle: no usable credentials (set KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN, "
+            f"or write ~/.kaggle/kaggle.json): {type(exc).__name__}"
+        ) from None
+    return api.build_kaggle_client()
+
+
+def _session():
+    """Plain HTTP for the signed file URLs Kaggle hands out, with retries on transient failures."""
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    session = requests.Session()
+    retry = Retry(total=5, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504), allowed_methods=("GET",))
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    session.mount("https://", HTTPAdapter(max_retries=retry))
+    return session
+
+
+def stream_to(url: str, response, dest: Path, expected: Entry, progress: Progress) -> Entry:
+    """Write an HTTP response body to ``dest`` only if it is a complete, successful body."""
+    if response.status_code != 200:
+        kind = response.headers.get("Content-Type", "unknown type")
+        raise SyncError(f"{url}: the file server answered HTTP {response.status_code} ({kind}) instead of the file; nothing was kept")
+    length = response.headers.get("Content-Length")
+    promised = Entry(int(length) if length is not None else expected.size, expected.sha256, expected.md5)
+    verifier = Verifier(url, promised)
+    with atomic_destination(dest) as sink:
+        for block in response.iter_content(CHUNK):
+            sink.write(block)
+            verifier.update(block)
+            progress(len(block))
+        return verifier.check()
+
+
+def _call(url: str, fn, request):
+    import requests
+
+    try:
+        return fn(request)
+    except requests.exceptions.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        raise SyncError(f"{url}: Kaggle refused the request (HTTP {status}: {exc}); check the name and that your account can read it") from None
+    except requests.exceptions.RequestException as exc:
+        raise SyncError(f"{url}: cannot reach Kaggle ({type(exc).__name__})") from None
+
+
+class KaggleKernelOutputStore(Store):
+    """A kernel's output files. Kaggle lists no sizes or digests for them, so every pull moves the
+    files again; each is still checked against its Content-Length and HTTP status."""
+
+    writable = False
+
+    def __init__(self, url: str, owner: str, kernel: str):
+        self.url, self.owner, self.kernel = url, owner, kernel
+        self._urls: dict[str, str] = {}
+
+    def list(self) -> dict[str, Entry]:
+        from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
+
+        client, token, entries = kaggle_client(), "", {}
+        with client:
+            while True:
+                request = ApiListKernelSessionOutputRequest()
+                request.user_name, request.kernel_slug, request.page_size, request.page_token = self.owner, self.kernel, PAGE_SIZE, token
+                page = _call(self.url, client.kernels.kernels_api_client.list_kernel_session_output, request)
+                for item in page.files:
+                    self._urls[item.file_name] = item.url
+                    entries[item.file_name] = Entry(None)
+                token = page.next_page_token
+                if not token:
+                    return entries
+
+    def download(self, rel: str, dest: Path, expected: Entry, progress: Progress) -> Entry:
+        if rel not in self._urls:
+            self.list()
+        with _session() as session, session.get(self._urls[rel], stream=True, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            return stream_to(f"{self.url}/{rel}", response, dest, expected, progress)
+
+
+class KaggleDatasetStore(Store):
+    writable = False
+
+    def __init__(self, url: str, owner: str, slug: str):
+        self.url, self.owner, self.slug = url, owner, slug
+
+    def list(self) -> dict[str, Entry]:
+        from kagglesdk.datasets.types.dataset_api_service import ApiListDatasetFilesRequest
+
+        client, token, entries = kaggle_client(), "", {}
+        with client:
+            while True:
+                request = ApiListDatasetFilesRequest()
+                request.owner_slug, request.dataset_slug, request.page_size, request.page_token = self.owner, self.slug, PAGE_SIZE, token
+                page = _call(self.url, client.datasets.dataset_api_client.list_dataset_files, request)
+                if page.error_message:
+                    raise SyncError(f"{self.url}: {page.error_message}")
+                for item in page.dataset_files:
+                    entries[item.name] = Entry(item.total_bytes)
+                token = page.next_page_token
+                if not token:
+                    return entries
+
+    def download(self, rel: str, dest: Path, expected: Entry, progress: Progress) -> Entry:
+        from kagglesdk.datasets.types.dataset_api_service import ApiDownloadDatasetRequest
+
+        request = ApiDownloadDatasetRequest()
+        request.owner_slug, request.dataset_slug, request.file_name, request.raw = self.owner, self.slug, rel, True
+        with kaggle_client() as client:
+            response = _call(self.url, client.datasets.dataset_api_client.download_dataset, request)
+            with response:
+                return stream_to(f"{self.url}/{rel}", response, dest, expected, progress)

@@ -1,0 +1,57 @@
+"""Local directories (plain paths and ``file://``): the embedded default."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sync.base import CHUNK, PARTIAL_SUFFIX, SYNC_MANIFEST, Entry, Progress, Store, SyncError, Verifier, atomic_destination, file_digests
+
+
+def is_internal(name: str) -> bool:
+    return name == SYNC_MANIFEST or name.endswith(PARTIAL_SUFFIX)
+
+
+class LocalStore(Store):
+    def __init__(self, url: str, root: Path):
+        self.url, self.root = url, root
+
+    def local_path(self) -> Path:
+        return self.root
+
+    def list(self) -> dict[str, Entry]:
+        if not self.root.exists():
+            return {}
+        if not self.root.is_dir():
+            raise SyncError(f"{self.url}: not a directory")
+        entries = {}
+        for dirpath, _, names in os.walk(self.root):
+            for name in names:
+                if not is_internal(name):
+                    path = Path(dirpath) / name
+                    entries[path.relative_to(self.root).as_posix()] = Entry(path.stat().st_size)
+        return entries
+
+    def complete(self, rel: str, entry: Entry, md5: bool = False) -> Entry:
+        if entry.sha256 is None or (md5 and entry.md5 is None):
+            entry = file_digests(self.root / rel, md5=md5)
+        return entry
+
+    def download(self, rel: str, dest: Path, expected: Entry, progress: Progress) -> Entry:
+        verifier = Verifier(f"{self.url}/{rel}", expected)
+        with open(self.root / rel, "rb") as source, atomic_destination(dest) as sink:
+            while block := source.read(CHUNK):
+                sink.write(block)
+                verifier.update(block)
+                progress(len(block))
+            return verifier.check()
+
+    def upload(self, rel: str, src: Path, entry: Entry, progress: Progress) -> Entry:
+        return LocalStore(str(src.parent), src.parent).download(src.name, self.root / rel, entry, progress)
+
+    def delete(self, rel: str) -> None:
+        path = self.root / rel
+        path.unlink(missing_ok=True)
+        for parent in path.parents:  # prune directories the delete emptied
+            if parent == self.root or not parent.is_dir() or any(parent.iterdir()):
+                break
+            parent.rmdir()

@@ -1,0 +1,33 @@
+"""Storage URL -> store."""
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from sync.base import Store, SyncError
+from sync.local import LocalStore
+
+
+def open_store(url: str, endpoint_url: str | None = None) -> Store:
+    """Plain path or ``file://`` | ``s3://bucket/prefix`` | ``kaggle://OWNER/KERNEL`` | ``kaggle-dataset://OWNER/SLUG``."""
+    text = str(url)
+    if "://" not in text:
+        return LocalStore(text, Path(text).expanduser())
+    parsed = urlparse(text)
+    if parsed.scheme == "file":
+        return LocalStore(text, Path(parsed.path))
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise SyncError(f"{url}: an S3 URL names a bucket: s3://BUCKET/PREFIX")
+        from sync.s3 import S3Store
+
+        return S3Store(text, parsed.netloc, parsed.path, endpoint_url)
+    if parsed.scheme in ("kaggle", "kaggle-dataset"):
+        from sync.kaggle import KaggleDatasetStore, KaggleKernelOutputStore
+
+        parts = [p for p in (parsed.netloc + parsed.path).split("/") if p]
+        if len(parts) != 2:
+            raise SyncError(f"{url}: expected {parsed.scheme}://OWNER/SLUG")
+        store = KaggleKernelOutputStore if parsed.scheme == "kaggle" else KaggleDatasetStore
+        return store(text, *parts)
+    raise SyncError(f"{url}: unknown storage scheme {parsed.scheme!r} (use a path, file://, s3://, kaggle:// or kaggle-dataset://)")
