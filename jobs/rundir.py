@@ -16,13 +16,12 @@ import os
 import platform
 import secrets
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from data_shards.manifest import atomic_write_text
+from data_shards.atomic import atomic_destination, atomic_write_text
 
 
 def now() -> str:
@@ -107,13 +106,6 @@ class RunDir:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same directory, then rename: a crash never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through a temp file: a crash never leaves half a checkpoint."""
+    with atomic_destination(path) as handle:
+        torch.save(obj, handle)

@@ -2,17 +2,13 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 CHUNK = 1 << 20
 SYNC_MANIFEST = ".streamapprox-sync.json"  # kept at the root of remote (S3) trees
-PARTIAL_SUFFIX = ".partial"
 
 
 class SyncError(RuntimeError):
@@ -79,22 +75,6 @@ class Verifier:
         if self.md5 is not None and got.md5 != e.md5:
             raise SyncError(f"{self.url}: md5 of the received bytes does not match the source's ETag (corrupted); nothing was kept")
         return got
-
-
-@contextmanager
-def atomic_destination(path: Path) -> Iterator:
-    """A temp file beside ``path`` that replaces it only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Store(ABC):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sync.base import CHUNK, Entry, Progress, Store, SyncError, Verifier, atomic_destination
+from data_shards.atomic import atomic_destination
+from sync.base import CHUNK, Entry, Progress, Store, SyncError, Verifier
 
 PAGE_SIZE = 100
 DOWNLOAD_TIMEOUT_S = 60
@@ -79,6 +80,18 @@ def _call(url: str, fn, request):
         raise SyncError(f"{url}: cannot reach Kaggle ({type(exc).__name__})") from None
 
 
+def pages(url: str, method, request):
+    """Every page of a paged Kaggle listing: ``method(client)`` is the RPC, ``request(token)`` builds its request."""
+    token = ""
+    with kaggle_client() as client:
+        while True:
+            page = _call(url, method(client), request(token))
+            yield page
+            token = page.next_page_token
+            if not token:
+                return
+
+
 class KaggleKernelOutputStore(Store):
     """A kernel's output files. Kaggle lists no sizes or digests for them, so every pull moves the
     files again; each is still checked against its Content-Length and HTTP status."""
@@ -92,18 +105,17 @@ class KaggleKernelOutputStore(Store):
     def list(self) -> dict[str, Entry]:
         from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
 
-        client, token, entries = kaggle_client(), "", {}
-        with client:
-            while True:
-                request = ApiListKernelSessionOutputRequest()
-                request.user_name, request.kernel_slug, request.page_size, request.page_token = self.owner, self.kernel, PAGE_SIZE, token
-                page = _call(self.url, client.kernels.kernels_api_client.list_kernel_session_output, request)
-                for item in page.files:
-                    self._urls[item.file_name] = item.url
-                    entries[item.file_name] = Entry(None)
-                token = page.next_page_token
-                if not token:
-                    return entries
+        def request(token: str):
+            r = ApiListKernelSessionOutputRequest()
+            r.user_name, r.kernel_slug, r.page_size, r.page_token = self.owner, self.kernel, PAGE_SIZE, token
+            return r
+
+        entries = {}
+        for page in pages(self.url, lambda client: client.kernels.kernels_api_client.list_kernel_session_output, request):
+            for item in page.files:
+                self._urls[item.file_name] = item.url
+                entries[item.file_name] = Entry(None)
+        return entries
 
     def download(self, rel: str, dest: Path, expected: Entry, progress: Progress) -> Entry:
         if rel not in self._urls:
@@ -121,19 +133,17 @@ class KaggleDatasetStore(Store):
     def list(self) -> dict[str, Entry]:
         from kagglesdk.datasets.types.dataset_api_service import ApiListDatasetFilesRequest
 
-        client, token, entries = kaggle_client(), "", {}
-        with client:
-            while True:
-                request = ApiListDatasetFilesRequest()
-                request.owner_slug, request.dataset_slug, request.page_size, request.page_token = self.owner, self.slug, PAGE_SIZE, token
-                page = _call(self.url, client.datasets.dataset_api_client.list_dataset_files, request)
-                if page.error_message:
-                    raise SyncError(f"{self.url}: {page.error_message}")
-                for item in page.dataset_files:
-                    entries[item.name] = Entry(item.total_bytes)
-                token = page.next_page_token
-                if not token:
-                    return entries
+        def request(token: str):
+            r = ApiListDatasetFilesRequest()
+            r.owner_slug, r.dataset_slug, r.page_size, r.page_token = self.owner, self.slug, PAGE_SIZE, token
+            return r
+
+        entries = {}
+        for page in pages(self.url, lambda client: client.datasets.dataset_api_client.list_dataset_files, request):
+            if page.error_message:
+                raise SyncError(f"{self.url}: {page.error_message}")
+            entries.update({item.name: Entry(item.total_bytes) for item in page.dataset_files})
+        return entries
 
     def download(self, rel: str, dest: Path, expected: Entry, progress: Progress) -> Entry:
         from kagglesdk.datasets.types.dataset_api_service import ApiDownloadDatasetRequest

@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sync.base import CHUNK, PARTIAL_SUFFIX, SYNC_MANIFEST, Entry, Progress, Store, SyncError, Verifier, atomic_destination, file_digests
+from data_shards.atomic import PARTIAL_SUFFIX, atomic_destination
+from sync.base import CHUNK, SYNC_MANIFEST, Entry, Progress, Store, SyncError, Verifier, file_digests
 
 
 def is_internal(name: str) -> bool:

@@ -17,7 +17,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sync.base import CHUNK, SYNC_MANIFEST, Entry, Progress, Store, SyncError, Verifier, atomic_destination, file_digests
+from data_shards.atomic import atomic_destination
+from sync.base import CHUNK, SYNC_MANIFEST, Entry, Progress, Store, SyncError, Verifier, file_digests
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 PART_WORKERS = 8
