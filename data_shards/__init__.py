@@ -2,21 +2,27 @@
 
 One sample is one video. Every shard set carries a ``manifest.json`` (dims, encoders,
 per-shard sha256) that readers check before they trust a byte.
-"""
-from data_shards.errors import ShardError
-from data_shards.manifest import Manifest, ShardEntry
-from data_shards.reader import ShardSet, SplitTensors, open_shards
-from data_shards.schema import SCHEMA_VERSION, Dims
-from data_shards.writer import ShardSetWriter
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "Dims",
-    "Manifest",
-    "ShardEntry",
-    "ShardError",
-    "ShardSet",
-    "ShardSetWriter",
-    "SplitTensors",
-    "open_shards",
-]
+Names are imported lazily, so light users (``data_shards.atomic`` in ``launch sync``) do not pay
+for torch and webdataset.
+"""
+from importlib import import_module
+
+_EXPORTS = {
+    "SCHEMA_VERSION": "data_shards.schema",
+    "Dims": "data_shards.schema",
+    "Manifest": "data_shards.manifest",
+    "ShardEntry": "data_shards.manifest",
+    "ShardError": "data_shards.errors",
+    "ShardSet": "data_shards.reader",
+    "ShardSetWriter": "data_shards.writer",
+    "SplitTensors": "data_shards.reader",
+    "open_shards": "data_shards.reader",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'data_shards' has no attribute {name!r}")

@@ -196,3 +196,9 @@ def test_kaggle_dataset_read_and_credential_errors(tmp_path, fake_kaggle):
     assert result.returncode == 2 and "kaggle: no usable credentials" in result.stderr
     result = sync_cli(str(tmp_path / "shards"), "kaggle://kaggle-user/anything", cwd=tmp_path, env=env)
     assert result.returncode == 2 and "read-only" in result.stderr
+
+
+def test_launch_cli_stays_light():
+    """`launch sync/pull/--help` must not pay for torch (seconds per call, and it halved sync throughput once)."""
+    code = "import sys, launch.cli, sync.s3, sync.kaggle; assert 'torch' not in sys.modules and 'webdataset' not in sys.modules"
+    subprocess.run([os.sys.executable, "-c", code], check=True, timeout=60)
