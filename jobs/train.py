@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp") -> int:
     if trainer.is_main:
         info: dict = {"status": "running"}
         if resume:
-            info["resumed_at"] = [*run.read().get("resumed_at", []), now()]
+            info.update(resumed_at=[*run.read().get("resumed_at", []), now()], error=None)
         else:
             info.update(run_id=run.path.name, job=cfg.job, config=cfg.model_dump(mode="json"), started_at=now(),
                         git=git_state(Path(__file__).parent), shards={"location": cfg.data.shards, "root": str(trainer.shards.root),
