@@ -87,3 +87,18 @@ def collect(root: str | Path, max_mb: float = DEFAULT_MAX_MB) -> Bundle:
     head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=root, capture_output=True, text=True, timeout=30)
     commit = head.stdout.strip() if head.returncode == 0 else None  # None: no commit yet
     return Bundle(root, dict(sorted(files.items())), total, commit, bool(status.strip()))
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", help="also write the bundle to this directory (replaced)")
+    parser.add_argument("--max-bundle-mb", type=float, default=DEFAULT_MAX_MB, help=f"size guard (default {DEFAULT_MAX_MB} MB)")
+
+
+def run(args) -> int:
+    """``launch bundle``: show what a remote backend would carry, without uploading anything."""
+    bundle = collect(Path(__file__).resolve().parent.parent, args.max_bundle_mb)
+    print(f"code bundle {bundle.digest[:16]}: {len(bundle.files)} files, {bundle.size / 1e6:.2f} MB, "
+          f"commit {bundle.commit or '(none)'}{' + uncommitted changes' if bundle.dirty else ''}")
+    if args.out:
+        print(f"written to {bundle.write(Path(args.out))}")
+    return 0

@@ -5,7 +5,8 @@ import argparse
 import sys
 
 from jobs import JOBS
-from launch import local, transfer
+from launch import bundle, local, transfer
+from launch.bundle import BundleError
 from launch.local import LaunchError
 from sync import SyncError
 
@@ -15,6 +16,7 @@ COMMANDS = {
     "sync": (transfer.add_sync_arguments, transfer.run_sync,
              "copy a run or shard set between storage URLs, incrementally and verified"),
     "pull": (transfer.add_pull_arguments, transfer.run_pull, "bring a remote run directory into ./runs"),
+    "bundle": (bundle.add_arguments, bundle.run, "show (or write) the code bundle remote backends carry; uploads nothing"),
 }
 
 
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(f"unrecognized arguments: {' '.join(job_args)}")
             return COMMANDS[args.backend][1](args)
         return BACKENDS[args.backend].run(args.job, JOBS[args.job], job_args, args)
-    except (LaunchError, SyncError) as exc:
+    except (LaunchError, SyncError, BundleError) as exc:
         print(f"launch: error: {exc}", file=sys.stderr)
         return 2
 

@@ -70,3 +70,12 @@ def test_this_project_bundles_within_the_guard():
     bundle = collect(__import__("pathlib").Path(__file__).resolve().parent.parent)
     assert "launch/cli.py" in bundle.files and "jobs/train.py" in bundle.files and bundle.size < 50e6
     assert not any(rel.startswith(("runs/", ".venv/")) for rel in bundle.files)
+
+
+def test_launch_bundle_command(tmp_path):
+    from conftest import launch
+
+    result = launch("bundle", "--out", str(tmp_path / "b"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("code bundle ") and (tmp_path / "b" / "BUNDLE.json").is_file()
+    assert (tmp_path / "b" / "jobs" / "train.py").is_file()
