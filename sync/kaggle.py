@@ -9,6 +9,7 @@ status, or ends short of its Content-Length, is rejected and leaves nothing behi
 from __future__ import annotations
 
 import os
+from operator import attrgetter
 from pathlib import Path
 
 from data_shards.atomic import atomic_destination
@@ -80,12 +81,16 @@ def _call(url: str, fn, request):
         raise SyncError(f"{url}: cannot reach Kaggle ({type(exc).__name__})") from None
 
 
-def pages(url: str, method, request):
-    """Every page of a paged Kaggle listing: ``method(client)`` is the RPC, ``request(token)`` builds its request."""
+def pages(url: str, method, request_type, **fields):
+    """Every page of a paged Kaggle listing: ``method(client)`` gives the RPC, ``request_type`` its
+    request class, ``fields`` its attributes besides the paging ones."""
     token = ""
     with kaggle_client() as client:
         while True:
-            page = _call(url, method(client), request(token))
+            request = request_type()
+            for name, value in {**fields, "page_size": PAGE_SIZE, "page_token": token}.items():
+                setattr(request, name, value)
+            page = _call(url, method(client), request)
             yield page
             token = page.next_page_token
             if not token:
@@ -105,13 +110,9 @@ class KaggleKernelOutputStore(Store):
     def list(self) -> dict[str, Entry]:
         from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
 
-        def request(token: str):
-            r = ApiListKernelSessionOutputRequest()
-            r.user_name, r.kernel_slug, r.page_size, r.page_token = self.owner, self.kernel, PAGE_SIZE, token
-            return r
-
         entries = {}
-        for page in pages(self.url, lambda client: client.kernels.kernels_api_client.list_kernel_session_output, request):
+        rpc = attrgetter("kernels.kernels_api_client.list_kernel_session_output")
+        for page in pages(self.url, rpc, ApiListKernelSessionOutputRequest, user_name=self.owner, kernel_slug=self.kernel):
             for item in page.files:
                 self._urls[item.file_name] = item.url
                 entries[item.file_name] = Entry(None)
@@ -133,13 +134,9 @@ class KaggleDatasetStore(Store):
     def list(self) -> dict[str, Entry]:
         from kagglesdk.datasets.types.dataset_api_service import ApiListDatasetFilesRequest
 
-        def request(token: str):
-            r = ApiListDatasetFilesRequest()
-            r.owner_slug, r.dataset_slug, r.page_size, r.page_token = self.owner, self.slug, PAGE_SIZE, token
-            return r
-
         entries = {}
-        for page in pages(self.url, lambda client: client.datasets.dataset_api_client.list_dataset_files, request):
+        rpc = attrgetter("datasets.dataset_api_client.list_dataset_files")
+        for page in pages(self.url, rpc, ApiListDatasetFilesRequest, owner_slug=self.owner, dataset_slug=self.slug):
             if page.error_message:
                 raise SyncError(f"{self.url}: {page.error_message}")
             entries.update({item.name: Entry(item.total_bytes) for item in page.dataset_files})
