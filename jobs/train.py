@@ -25,6 +25,7 @@ from data_shards import ShardError, ShardSet, open_shards
 from data_shards.reader import SplitTensors, TrainBatches
 from data_shards.schema import Dims
 from jobs.config import ConfigError, JobConfig, load_config, validate_config
+from jobs.hardware import HardwareError, check_gpus
 from jobs.rundir import RunDir, git_state, hardware, new_run_id, now, save_atomic
 from model import build_loss, build_student, retrieval_metrics
 from model.metrics import is_better
@@ -361,11 +362,12 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp") -> int:
         cfg, run, resume = resolve(args, preset)
         shards = open_shards(cfg.data.shards)
         check_dims(cfg, shards.dims, str(shards.root))
+        check_gpus()
         if args.check:
             print(f"check ok: {cfg.job} ({cfg.model.kind} student) on {shards.root} {shards.manifest.splits}")
             return 0
         trainer = Trainer(cfg, shards, run, resume, args.time_budget)
-    except (ConfigError, ShardError) as exc:
+    except (ConfigError, ShardError, HardwareError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     acc = trainer.accelerator

@@ -1,0 +1,44 @@
+"""Fail fast on a GPU the installed torch cannot run (e.g. a Kaggle P100, sm_60, under a torch built
+for sm_75 and newer), instead of dying later with 'no kernel image is available'."""
+from __future__ import annotations
+
+import torch
+
+
+class HardwareError(RuntimeError):
+    """The visible hardware cannot run this job; the message says what to change."""
+
+
+def arch_supports(capability: tuple[int, int], arch_list: list[str]) -> bool:
+    """Can a device of this compute capability run a torch built for ``arch_list``?
+    A cubin ``sm_XY`` runs on the same major with minor >= Y; PTX ``compute_XY`` JIT-compiles
+    for any capability >= X.Y."""
+    for arch in arch_list:
+        kind, _, number = arch.partition("_")
+        digits = "".join(ch for ch in number if ch.isdigit())
+        if len(digits) < 2:
+            continue
+        built = (int(digits[:-1]), int(digits[-1]))
+        if kind == "sm" and built[0] == capability[0] and built[1] <= capability[1]:
+            return True
+        if kind == "compute" and built <= capability:
+            return True
+    return False
+
+
+def check_gpus() -> list[dict]:
+    """Describe the visible GPUs; raise if torch has no kernels for one of them."""
+    if not torch.cuda.is_available():
+        return []
+    arch_list = torch.cuda.get_arch_list()
+    gpus = []
+    for index in range(torch.cuda.device_count()):
+        name, capability = torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index)
+        if not arch_supports(capability, arch_list):
+            raise HardwareError(
+                f"GPU {index} ({name}) has compute capability {capability[0]}.{capability[1]} (sm_{capability[0]}{capability[1]}), "
+                f"but torch {torch.__version__} is built for {', '.join(arch_list)}. Choose another accelerator "
+                "(e.g. Kaggle's T4 x2 instead of P100) or install a torch build with kernels for this GPU."
+            )
+        gpus.append({"index": index, "name": name, "capability": f"{capability[0]}.{capability[1]}"})
+    return gpus
