@@ -3,7 +3,7 @@
 One sample is one video. Every shard set carries a ``manifest.json`` (dims, encoders,
 per-shard sha256) that readers check before they trust a byte.
 
-Names are imported lazily, so light users (``data_shards.atomic`` in ``launch sync``) do not pay
+Names are imported lazily, so light users (``data_shards.files`` in ``launch sync``) do not pay
 for torch and webdataset.
 """
 from importlib import import_module

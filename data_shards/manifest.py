@@ -6,19 +6,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_shards.atomic import atomic_write_text
 from data_shards.errors import ShardError
+from data_shards.files import atomic_write_text, hash_file
 from data_shards.schema import SCHEMA_VERSION, Dims
 
 MANIFEST_NAME = "manifest.json"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def sha256_file(path: Path) -> str:
+    return hash_file(path, "sha256")[1][0]
 
 
 @dataclass

@@ -14,7 +14,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from urllib.parse import parse_qsl, urlparse
@@ -23,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_shards.errors import ShardError
+from data_shards.files import cache_root
 from data_shards.schema import Dims
 from data_shards.writer import ShardSetWriter
 
@@ -164,10 +164,6 @@ def generate(spec: SyntheticSpec, out: str | Path, *, progress: bool = True) -> 
                 writer.write(split, meta["video_id"], videos["clip"][row], videos["audio"][row], videos["teacher"][row], meta)
                 bar.update(1)
     return Path(out)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("STREAMAPPROX_CACHE", Path.home() / ".cache" / "streamapprox"))
 
 
 def ensure_synthetic(url: str) -> Path:

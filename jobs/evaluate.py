@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from data_shards import ShardError, open_shards
-from data_shards.atomic import atomic_write_text
+from data_shards.files import atomic_write_text
 from jobs.config import ConfigError, validate_config
 from jobs.rundir import RunDir, now
 from jobs.train import check_dims, embed_indices

@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from data_shards.atomic import atomic_destination, atomic_write_text
+from data_shards.files import atomic_destination, atomic_write_text
+from jobs.hardware import check_gpus
 
 
 def now() -> str:
@@ -44,14 +45,13 @@ def git_state(start: Path) -> dict:
 
 
 def hardware(accelerator) -> dict:
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return {
         "host": platform.node(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
-        "gpus": gpus,
+        "gpus": check_gpus(),
         "device": str(accelerator.device),
         "num_processes": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type),

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-CHUNK = 1 << 20
+from data_shards.files import hash_file
+
 SYNC_MANIFEST = ".streamapprox-sync.json"  # kept at the root of remote (S3) trees
 
 
@@ -40,14 +41,8 @@ Progress = Callable[[int], None]  # called with byte counts as they move
 
 def file_digests(path: Path, md5: bool = False) -> Entry:
     """Size and sha256 of a file (and md5 only on request: it is the slow one), in one read."""
-    hashes = [hashlib.sha256()] + ([hashlib.md5()] if md5 else [])
-    size = 0
-    with open(path, "rb") as handle:
-        while block := handle.read(CHUNK):
-            size += len(block)
-            for h in hashes:
-                h.update(block)
-    return Entry(size, hashes[0].hexdigest(), hashes[1].hexdigest() if md5 else None)
+    size, digests = hash_file(path, "sha256", *(["md5"] if md5 else []))
+    return Entry(size, digests[0], digests[1] if md5 else None)
 
 
 class Verifier:

@@ -83,7 +83,7 @@ def sync(
         wanted = select(wanted)
     present = dst.list()
     report = SyncReport(source, destination, dry_run=dry_run)
-    final = {rel: e for rel, e in present.items()}
+    final = dict(present)
     with ThreadPoolExecutor(workers) as pool:
         names = sorted(wanted)
         for rel, same in zip(names, pool.map(lambda rel: _unchanged(src, dst, rel, wanted[rel], present.get(rel)), names)):

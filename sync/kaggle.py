@@ -12,8 +12,8 @@ import os
 from operator import attrgetter
 from pathlib import Path
 
-from data_shards.atomic import atomic_destination
-from sync.base import CHUNK, Entry, Progress, Store, SyncError, Verifier
+from data_shards.files import CHUNK, atomic_destination
+from sync.base import Entry, Progress, Store, SyncError, Verifier
 
 PAGE_SIZE = 100
 DOWNLOAD_TIMEOUT_S = 60

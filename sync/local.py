@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from data_shards.atomic import PARTIAL_SUFFIX, atomic_destination
-from sync.base import CHUNK, SYNC_MANIFEST, Entry, Progress, Store, SyncError, Verifier, file_digests
+from data_shards.files import CHUNK, PARTIAL_SUFFIX, atomic_destination
+from sync.base import SYNC_MANIFEST, Entry, Progress, Store, SyncError, Verifier, file_digests
 
 
 def is_internal(name: str) -> bool:

@@ -17,8 +17,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from data_shards.atomic import atomic_destination
-from sync.base import CHUNK, SYNC_MANIFEST, Entry, Progress, Store, SyncError, Verifier, file_digests
+from data_shards.files import CHUNK, atomic_destination, cache_root
+from sync.base import SYNC_MANIFEST, Entry, Progress, Store, SyncError, Verifier, file_digests
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 PART_WORKERS = 8
@@ -34,8 +34,7 @@ def configured_part_size() -> int:
 
 def state_dir() -> Path:
     """Where in-flight multipart uploads are recorded (resumable across processes)."""
-    root = Path(os.environ.get("STREAMAPPROX_CACHE", Path.home() / ".cache" / "streamapprox"))
-    return root / "sync" / "uploads"
+    return cache_root() / "sync" / "uploads"
 
 
 def explain(url: str, exc: Exception) -> SyncError:

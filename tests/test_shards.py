@@ -1,7 +1,6 @@
 """Shard sets: writer + manifest, validation errors that name the file, rank splitting with equal
 batch counts on uneven shards, the in-memory cache, and the synthetic generator's properties."""
 import json
-import shutil
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """sync against real servers on loopback: moto's S3 server (through `launch sync` as a user runs
 it), a proxy that slows or corrupts traffic, and a fake Kaggle API server."""
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -10,9 +9,9 @@ import time
 
 import pytest
 
-from conftest import cli_env, launch, launch_command
+from conftest import cli_env, launch_command
 from servers import FakeKaggle, Proxy, kaggle_env
-from sync import SyncError, sync
+from sync import sync
 
 
 def make_run(root, run_id="r1"):
