@@ -131,8 +131,11 @@ def _videos(spec: SyntheticSpec, world: _World, n: int, rng: np.random.Generator
     }
 
 
-def generate(spec: SyntheticSpec, out: str | Path, *, progress: bool = True) -> Path:
-    """Write the synthetic shard set for ``spec`` to ``out`` (same spec -> byte-identical shards)."""
+def generate(spec: SyntheticSpec, out: str | Path, *, progress: bool = True, part: tuple[int, int] = (0, 1)) -> Path:
+    """Write the synthetic shard set for ``spec`` to ``out`` (same spec -> byte-identical shards).
+    ``part=(i, n)`` writes only the i-th of n interleaved slices of every split (the same samples
+    the whole set holds there), so n workers can each write one and ``merge_shard_sets`` joins them."""
+    index, count = part
     rng = np.random.default_rng(spec.seed)
     world = _World(spec, rng)
     dims = Dims(frames=spec.frames, clip=spec.clip_dim, audio=spec.audio_dim, teacher=spec.teacher_dim)
@@ -146,12 +149,16 @@ def generate(spec: SyntheticSpec, out: str | Path, *, progress: bool = True) -> 
     source = {"kind": "synthetic", "dataset": "msrvtt-shaped", "generator_version": GENERATOR_VERSION, "spec": asdict(spec)}
     encoders = {name: {"name": "synthetic", "real": False} for name in ("clip", "audio", "teacher")}
     total = train_pool + spec.test
-    with ShardSetWriter(out, dims, encoders=encoders, source=source, samples_per_shard=spec.samples_per_shard, overwrite=True, mtime=FIXED_MTIME) as writer, tqdm(
+    prefix = f"part{index:03d}-" if count > 1 else ""
+    with ShardSetWriter(out, dims, encoders=encoders, source=source, samples_per_shard=spec.samples_per_shard, overwrite=True,
+                        mtime=FIXED_MTIME, name_prefix=prefix) as writer, tqdm(
         total=total, desc="synthetic shards", unit="video", disable=not progress, mininterval=2.0
     ) as bar:
         for split, ids in plan:
             videos = _videos(spec, world, len(ids), rng)
             for row, video_number in enumerate(ids):
+                if row % count != index:
+                    continue
                 meta = {
                     "video_id": f"video{video_number}",
                     "split": split,

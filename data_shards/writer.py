@@ -30,6 +30,7 @@ class ShardSetWriter:
         samples_per_shard: int = 1000,
         overwrite: bool = False,
         mtime: float | None = None,
+        name_prefix: str = "",
     ):
         self.root = Path(root)
         if self.root.exists() and any(self.root.iterdir()) and not overwrite:
@@ -39,6 +40,7 @@ class ShardSetWriter:
         self.source = source or {}
         self.samples_per_shard = samples_per_shard
         self.mtime = mtime  # a fixed mtime makes byte-identical (reproducible) tar shards
+        self.name_prefix = name_prefix  # keeps shard names unique when slices written apart are merged
         self.root.parent.mkdir(parents=True, exist_ok=True)
         self.staging = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.", suffix=".partial", dir=self.root.parent))
         self._writers: dict[str, wds.ShardWriter] = {}
@@ -47,7 +49,7 @@ class ShardSetWriter:
 
     def _writer_for(self, split: str) -> wds.ShardWriter:
         if split not in self._writers:
-            pattern = str(self.staging / f"{split}-%06d.tar")
+            pattern = str(self.staging / f"{self.name_prefix}{split}-%06d.tar")
             writer = wds.ShardWriter(pattern, maxcount=self.samples_per_shard, verbose=0, mtime=self.mtime)
             writer.post = lambda fname, split=split, writer=writer: self._record(fname, split, writer.count)
             self._writers[split] = writer

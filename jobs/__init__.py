@@ -5,7 +5,18 @@ what is inside them.
 """
 from __future__ import annotations
 
+import datetime as dt
+import secrets
 from dataclasses import dataclass
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id(job: str) -> str:
+    """Run ids sort by start time and stay unique across machines."""
+    return f"{job}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 @dataclass(frozen=True)
@@ -14,13 +25,18 @@ class JobSpec:
     summary: str
     distributed: bool  # started under `accelerate launch` (one process per device) or as one plain process
     makes_run: bool  # writes a new run directory (the launcher names it)
-    checkable: bool = False  # accepts --check: validates its inputs and exits, so launchers fail fast
+    checkable: bool = False  # accepts --check [--check-report F]: validates (and reports) its inputs, so launchers fail fast
+    resumable: bool = False  # accepts --resume RUN_DIR and --time-budget S: remote backends can continue it
+    sliceable: bool = False  # accepts --slice I/N (its share of the work) and --merge-slices RUN: fan-out over N workers
 
 
 JOBS: dict[str, JobSpec] = {
-    "train_mlp": JobSpec("jobs.train_mlp", "train the MLP late-fusion student, then evaluate best.pt on test", True, True, True),
+    "train_mlp": JobSpec("jobs.train_mlp", "train the MLP late-fusion student, then evaluate best.pt on test", True, True, True, True),
     "train_transformer": JobSpec(
-        "jobs.train_transformer", "train the Transformer fusion student, then evaluate best.pt on test", True, True, True
+        "jobs.train_transformer", "train the Transformer fusion student, then evaluate best.pt on test", True, True, True, True
+    ),
+    "synthesize": JobSpec(
+        "jobs.synthesize", "write the synthetic shard set into RUN/shards (sliceable: --num-kernels N)", False, True, sliceable=True
     ),
     "evaluate": JobSpec("jobs.evaluate", "evaluate a run's checkpoint on the test split (eval/results.json, .csv)", False, False),
 }

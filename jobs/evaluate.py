@@ -18,7 +18,8 @@ import torch
 from data_shards import ShardError, open_shards
 from data_shards.files import atomic_write_text
 from jobs.config import ConfigError, validate_config
-from jobs.rundir import RunDir, now
+from jobs import now
+from jobs.rundir import RunDir
 from jobs.train import check_dims, embed_indices
 from model import build_student, retrieval_metrics
 

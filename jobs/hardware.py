@@ -2,6 +2,9 @@
 for sm_75 and newer), instead of dying later with 'no kernel image is available'."""
 from __future__ import annotations
 
+import json
+import sys
+
 import torch
 
 
@@ -42,3 +45,19 @@ def check_gpus() -> list[dict]:
             )
         gpus.append({"index": index, "name": name, "capability": f"{capability[0]}.{capability[1]}"})
     return gpus
+
+
+def main() -> int:
+    """``python -m jobs.hardware``: the probe remote entry scripts run before installing anything.
+    Prints the visible GPUs as JSON; exits 3 with the reason when torch cannot use one of them."""
+    try:
+        gpus = check_gpus()
+    except HardwareError as exc:
+        print(f"hardware probe: {exc}", file=sys.stderr)
+        return 3
+    print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "gpus": gpus}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

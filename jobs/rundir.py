@@ -10,11 +10,9 @@ Status ``incomplete`` (or ``running`` after a crash) with a last.pt means "resum
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import platform
-import secrets
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -23,14 +21,6 @@ import torch
 
 from data_shards.files import atomic_destination, atomic_write_text
 from jobs.hardware import check_gpus
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def new_run_id(job: str) -> str:
-    return f"{job}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def git_state(start: Path) -> dict:

@@ -22,11 +22,14 @@ import torch
 from torch import nn
 
 from data_shards import ShardError, ShardSet, open_shards
+from data_shards.files import atomic_write_text
+from data_shards.manifest import MANIFEST_NAME, sha256_file
 from data_shards.reader import SplitTensors, TrainBatches
 from data_shards.schema import Dims
-from jobs.config import ConfigError, JobConfig, load_config, validate_config
+from jobs.config import ConfigError, JobConfig, apply_override, load_config, validate_config
 from jobs.hardware import HardwareError, check_gpus
-from jobs.rundir import RunDir, git_state, hardware, new_run_id, now, save_atomic
+from jobs import new_run_id, now
+from jobs.rundir import RunDir, git_state, hardware, save_atomic
 from model import build_loss, build_student, retrieval_metrics
 from model.metrics import is_better
 
@@ -185,6 +188,7 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(distiller, optimizer)
         set_seed(cfg.train.seed + 1 + acc.process_index)  # per-rank dropout streams
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.epoch_losses: list[float] = []  # this epoch's step losses so far (checkpointed: a resumed epoch logs the same mean)
         self.best_value: float | None = None
         self.step_seconds = 0.0
         self.reserve_seconds = 5.0  # grows to the slowest measured save + evaluation
@@ -204,6 +208,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
+            "epoch_losses": self.epoch_losses,
             "global_step": self.global_step,
             "best_value": self.best_value,
             "rng": rngs,
@@ -234,12 +239,11 @@ class Trainer:
         if state["optimizer"] is None or self.deepspeed:
             raise ConfigError("resuming DeepSpeed runs is not supported yet (ZeRO shards the optimizer state); "
                               "resume with a DDP accelerate config, or start a new run")
-        if state.get("shards_digest") != self.shards.digest():
-            log.warning("resuming on a shard set whose digest differs from the checkpoint's")
         self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.epoch_losses = list(state.get("epoch_losses", []))
         self.global_step, self.best_value = state["global_step"], state["best_value"]
         if state["world_size"] == self.accelerator.num_processes:
             set_rng_state(state["rng"][self.accelerator.process_index])
@@ -274,7 +278,6 @@ class Trainer:
     def run_epoch(self) -> bool:
         """One epoch from ``step_in_epoch``; False if the time budget stopped it."""
         cfg, acc = self.cfg, self.accelerator
-        losses = []
         for batch in self.train_data.epoch(self.epoch, start=self.step_in_epoch):
             if self._out_of_time():
                 return False
@@ -283,7 +286,7 @@ class Trainer:
             self.step_seconds = 0.9 * self.step_seconds + 0.1 * (time.monotonic() - began) if self.step_seconds else time.monotonic() - began
             self.step_in_epoch += 1
             self.global_step += 1
-            losses.append(terms["loss"])
+            self.epoch_losses.append(terms["loss"])
             if cfg.train.audit:
                 self._audit(batch)
             if self.is_main and self.global_step % cfg.train.log_every == 0:
@@ -301,12 +304,12 @@ class Trainer:
             self.save_best(metrics)
         if self.is_main:
             self.run.log_metrics({"kind": "epoch", "epoch": self.epoch, "step": self.global_step,
-                                  "train_loss": float(np.mean(losses)) if losses else None, "val": metrics, "best": improved,
+                                  "train_loss": float(np.mean(self.epoch_losses)) if self.epoch_losses else None, "val": metrics, "best": improved,
                                   "elapsed_s": round(time.monotonic() - self.started, 2)})
             log.info("epoch %d done: val s2t R@1 %.2f t2s R@1 %.2f mean cos %.3f%s", self.epoch, metrics["s2t_r1"],
                      metrics["t2s_r1"], metrics["mean_cos"], "  (best)" if improved else "")
         self.epoch += 1
-        self.step_in_epoch = 0
+        self.step_in_epoch, self.epoch_losses = 0, []
         self.save_last()
         return True
 
@@ -329,6 +332,8 @@ def parse_args(argv: list[str] | None, preset: str) -> argparse.Namespace:
                         help="stop cleanly with a resumable checkpoint before this much wall-clock time has passed")
     parser.add_argument("--check", action="store_true",
                         help="only validate config, shards (digests) and dims, then exit: launchers run this before starting or pushing a job")
+    parser.add_argument("--check-report", metavar="FILE",
+                        help="with --check: write the job's inputs (config key -> location, manifest digest) as JSON, for remote launchers")
     return parser.parse_args(argv)
 
 
@@ -343,17 +348,29 @@ def setup_logging(run: RunDir | None, is_main: bool) -> None:
 def resolve(args: argparse.Namespace, preset: str) -> tuple[JobConfig, RunDir, dict | None]:
     """Config, run directory and (when resuming) the checkpoint to continue from."""
     if args.resume:
-        if args.overrides or args.config:
-            raise ConfigError("--resume continues a run with its own saved config; drop --set/--config")
+        moved = [o for o in args.overrides if o.partition("=")[0].strip() == "data.shards"]
+        if args.config or len(moved) != len(args.overrides):
+            raise ConfigError("--resume continues a run with its own saved config; drop --set/--config "
+                              "(only --set data.shards=PATH may point at the same shards in a new place)")
         run = RunDir(args.resume)
         last = run.checkpoints / "last.pt"
         if not last.is_file():
             raise ConfigError(f"{last}: nothing to resume (no last.pt); start a new run instead")
         state = torch.load(last, map_location="cpu", weights_only=False)
-        return validate_config(state["config"]), run, state
+        config = state["config"]
+        for assignment in moved:
+            apply_override(config, assignment)
+        return validate_config(config), run, state
     cfg = load_config(preset, args.config, args.overrides)
     run = RunDir(args.run_dir or Path("runs") / new_run_id(cfg.job))
     return cfg, run, None
+
+
+def write_check_report(path: Path, cfg: JobConfig, shards: ShardSet) -> None:
+    """What a remote launcher must carry: each input's config key, where it is, and how to recognise it there."""
+    shard_input = {"location": cfg.data.shards, "root": str(shards.root), "manifest_sha256": sha256_file(shards.root / MANIFEST_NAME),
+                   "regenerable": cfg.data.shards.startswith("synthetic://")}
+    atomic_write_text(path, json.dumps({"job": cfg.job, "inputs": {"data.shards": shard_input}}, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None, preset: str = "train_mlp") -> int:
@@ -361,9 +378,14 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp") -> int:
     try:
         cfg, run, resume = resolve(args, preset)
         shards = open_shards(cfg.data.shards)
+        if resume and resume.get("shards_digest") != shards.digest():
+            raise ConfigError(f"{shards.root}: not the shard set this run was trained on (manifest digest differs); "
+                              "resume on the original shards, or start a new run")
         check_dims(cfg, shards.dims, str(shards.root))
         check_gpus()
         if args.check:
+            if args.check_report:
+                write_check_report(Path(args.check_report), cfg, shards)
             print(f"check ok: {cfg.job} ({cfg.model.kind} student) on {shards.root} {shards.manifest.splits}")
             return 0
         trainer = Trainer(cfg, shards, run, resume, args.time_budget)
@@ -395,7 +417,8 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp") -> int:
         raise
     acc.wait_for_everyone()
     if trainer.is_main:
-        run.update(status=status, ended_at=now(), best={"metric": cfg.train.select_metric, "value": trainer.best_value})
+        run.update(status=status, ended_at=now(), global_step=trainer.global_step,
+                   best={"metric": cfg.train.select_metric, "value": trainer.best_value})
         if status == "incomplete":
             log.info("time budget reached: resumable checkpoint saved; continue with --resume %s", run.path)
         elif cfg.train.evaluate_test:

@@ -5,17 +5,20 @@ import argparse
 import sys
 
 from jobs import JOBS
-from launch import bundle, local, transfer
+from launch import bundle, kaggle, local, runs, transfer
 from launch.bundle import BundleError
 from launch.local import LaunchError
 from sync import SyncError
 
-BACKENDS = {"local": local}
-BACKEND_HELP = {"local": "this machine, under accelerate launch (the default: one CPU process)"}
+BACKENDS = {"local": local, "kaggle": kaggle}
+BACKEND_HELP = {"local": "this machine, under accelerate launch (the default: one CPU process)",
+                "kaggle": "a Kaggle kernel (T4 x2 by default); the run directory comes back to ./runs"}
 COMMANDS = {
     "sync": (transfer.add_sync_arguments, transfer.run_sync,
              "copy a run or shard set between storage URLs, incrementally and verified"),
-    "pull": (transfer.add_pull_arguments, transfer.run_pull, "bring a remote run directory into ./runs"),
+    "pull": (transfer.add_pull_arguments, runs.run_pull, "bring a remote run (or a run directory URL) into ./runs"),
+    "status": (runs.add_arguments, runs.run_status, "where a run stands (asks its backend)"),
+    "logs": (runs.add_arguments, runs.run_logs, "a run's logs (from its backend)"),
     "bundle": (bundle.add_arguments, bundle.run, "show (or write) the code bundle remote backends carry; uploads nothing"),
 }
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jobs import JobSpec
+from jobs import JobSpec, new_run_id
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ACCELERATE_CONFIG = REPO_ROOT / "accelerate_config.yaml"
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", default="runs", help="where new run directories go (default: ./runs)")
 
 
-def _option(args: list[str], flag: str) -> str | None:
+def option_value(args: list[str], flag: str) -> str | None:
     for i, arg in enumerate(args):
         if arg == flag and i + 1 < len(args):
             return args[i + 1]
@@ -57,7 +57,7 @@ def job_command(spec: JobSpec, job_args: list[str], options: argparse.Namespace)
     return [*command, "-m", spec.module, *job_args]
 
 
-def summarize(run_dir: Path) -> str:
+def summarize(run_dir: Path, backend: str = "local") -> str:
     """What a person wants to see when the job ends: where the run is, its state, its key figures."""
     info_path = run_dir / "run.json"
     if not info_path.is_file():
@@ -73,16 +73,14 @@ def summarize(run_dir: Path) -> str:
         lines.append(f"test ({int(m['n'])} videos): student->teacher R@1 {m['s2t_r1']:.2f}  R@5 {m['s2t_r5']:.2f}  "
                      f"R@10 {m['s2t_r10']:.2f}  MedR {m['s2t_medr']:.1f} | teacher->student R@1 {m['t2s_r1']:.2f}")
     if info.get("status") in ("incomplete", "running", "failed"):
-        lines.append(f"resume with: launch local {info.get('job', 'JOB')} --resume {run_dir}")
+        lines.append(f"resume with: launch {backend} {info.get('job', 'JOB')} --resume {run_dir}")
     return "\n".join(lines)
 
 
 def run(name: str, spec: JobSpec, job_args: list[str], options: argparse.Namespace) -> int:
     job_args = list(job_args)
-    run_dir = _option(job_args, "--resume") or _option(job_args, "--run-dir")
+    run_dir = option_value(job_args, "--resume") or option_value(job_args, "--run-dir")
     if spec.makes_run and run_dir is None:
-        from jobs.rundir import new_run_id
-
         run_dir = str(Path(options.runs_dir) / new_run_id(name))
         job_args += ["--run-dir", run_dir]
     env = {**os.environ, "STREAMAPPROX_BACKEND": "local", "PYTHONUNBUFFERED": "1"}

@@ -54,7 +54,8 @@ def add_sync_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_pull_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", metavar="RUN", help="a remote run directory URL, e.g. s3://bucket/runs/<run-id>")
+    parser.add_argument("run", metavar="RUN", help="a run started by a remote backend (its directory or run id), "
+                        "or a run directory URL, e.g. s3://bucket/runs/<run-id>")
     parser.add_argument("--runs-dir", default="runs", help="local parent directory (default: ./runs)")
     add_common(parser)
 

@@ -8,19 +8,20 @@ status, or ends short of its Content-Length, is rejected and leaves nothing behi
 """
 from __future__ import annotations
 
+import json
 import os
 from operator import attrgetter
 from pathlib import Path
 
 from data_shards.files import CHUNK, atomic_destination
-from sync.base import Entry, Progress, Store, SyncError, Verifier
+from sync.base import SYNC_MANIFEST, Entry, Progress, Store, SyncError, Verifier
 
 PAGE_SIZE = 100
 DOWNLOAD_TIMEOUT_S = 60
 
 
-def kaggle_client():
-    """An authenticated kagglesdk client, built by the kaggle package from the user's credentials."""
+def kaggle_api():
+    """The kaggle package's API object, authenticated from the user's credentials."""
     endpoint = os.environ.get("STREAMAPPROX_KAGGLE_ENDPOINT")
     if endpoint:
         os.environ["KAGGLE_API_ENVIRONMENT"] = "LOCALHOST"
@@ -37,7 +38,12 @@ def kaggle_client():
             "kaggle: no usable credentials (set KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN, "
             f"or write ~/.kaggle/kaggle.json): {type(exc).__name__}"
         ) from None
-    return api.build_kaggle_client()
+    return api
+
+
+def kaggle_client():
+    """An authenticated kagglesdk client (a context manager)."""
+    return kaggle_api().build_kaggle_client()
 
 
 def _session():
@@ -98,13 +104,17 @@ def pages(url: str, method, request_type, **fields):
 
 
 class KaggleKernelOutputStore(Store):
-    """A kernel's output files. Kaggle lists no sizes or digests for them, so every pull moves the
-    files again; each is still checked against its Content-Length and HTTP status."""
+    """A kernel's output files, or those under one folder of them (``kaggle://OWNER/KERNEL/DIR``).
+    Kaggle lists no sizes or digests; where the kernel wrote a content manifest
+    (``.streamapprox-sync.json``, as ``launch kaggle`` kernels do for their run directory), its sizes
+    and sha256 digests verify every download and let unchanged files stay put. Otherwise each file
+    moves again, checked against its Content-Length and HTTP status."""
 
     writable = False
 
-    def __init__(self, url: str, owner: str, kernel: str):
+    def __init__(self, url: str, owner: str, kernel: str, folder: str = ""):
         self.url, self.owner, self.kernel = url, owner, kernel
+        self.prefix = folder.strip("/") + "/" if folder.strip("/") else ""
         self._urls: dict[str, str] = {}
 
     def list(self) -> dict[str, Entry]:
@@ -114,9 +124,24 @@ class KaggleKernelOutputStore(Store):
         rpc = attrgetter("kernels.kernels_api_client.list_kernel_session_output")
         for page in pages(self.url, rpc, ApiListKernelSessionOutputRequest, user_name=self.owner, kernel_slug=self.kernel):
             for item in page.files:
-                self._urls[item.file_name] = item.url
-                entries[item.file_name] = Entry(None)
+                if item.file_name.startswith(self.prefix):
+                    rel = item.file_name[len(self.prefix):]
+                    self._urls[rel] = item.url
+                    entries[rel] = Entry(None)
+        if SYNC_MANIFEST in entries:
+            recorded = self._recorded()
+            entries = {rel: Entry(recorded[rel]["size"], recorded[rel]["sha256"]) if rel in recorded else entry
+                       for rel, entry in entries.items() if rel != SYNC_MANIFEST}
         return entries
+
+    def _recorded(self) -> dict[str, dict]:
+        with _session() as session, session.get(self._urls[SYNC_MANIFEST], timeout=DOWNLOAD_TIMEOUT_S) as response:
+            if response.status_code != 200:
+                raise SyncError(f"{self.url}/{SYNC_MANIFEST}: the file server answered HTTP {response.status_code}")
+            try:
+                return json.loads(response.content)["files"]
+            except (ValueError, KeyError) as exc:
+                raise SyncError(f"{self.url}/{SYNC_MANIFEST}: unreadable content manifest ({exc})") from None
 
     def download(self, rel: str, dest: Path, expected: Entry, progress: Progress) -> Entry:
         if rel not in self._urls:

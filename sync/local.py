@@ -1,10 +1,11 @@
 """Local directories (plain paths and ``file://``): the embedded default."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
-from data_shards.files import CHUNK, PARTIAL_SUFFIX, atomic_destination
+from data_shards.files import CHUNK, PARTIAL_SUFFIX, atomic_destination, atomic_write_text
 from sync.base import SYNC_MANIFEST, Entry, Progress, Store, SyncError, Verifier, file_digests
 
 
@@ -56,3 +57,15 @@ class LocalStore(Store):
             if parent == self.root or not parent.is_dir() or any(parent.iterdir()):
                 break
             parent.rmdir()
+
+
+def write_content_manifest(root: Path) -> Path:
+    """Record size + sha256 of every file under ``root`` in its ``.streamapprox-sync.json``, so a
+    store that lists no digests (Kaggle kernel outputs) can still be pulled verified and incrementally."""
+    files = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not is_internal(p.name)):
+        entry = file_digests(path)
+        files[path.relative_to(root).as_posix()] = {"size": entry.size, "sha256": entry.sha256}
+    target = root / SYNC_MANIFEST
+    atomic_write_text(target, json.dumps({"version": 1, "files": files}, sort_keys=True) + "\n")
+    return target

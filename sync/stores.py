@@ -9,7 +9,7 @@ from sync.local import LocalStore
 
 
 def open_store(url: str, endpoint_url: str | None = None) -> Store:
-    """Plain path or ``file://`` | ``s3://bucket/prefix`` | ``kaggle://OWNER/KERNEL`` | ``kaggle-dataset://OWNER/SLUG``."""
+    """Plain path or ``file://`` | ``s3://bucket/prefix`` | ``kaggle://OWNER/KERNEL[/FOLDER]`` | ``kaggle-dataset://OWNER/SLUG``."""
     text = str(url)
     if "://" not in text:
         return LocalStore(text, Path(text).expanduser())
@@ -26,8 +26,10 @@ def open_store(url: str, endpoint_url: str | None = None) -> Store:
         from sync.kaggle import KaggleDatasetStore, KaggleKernelOutputStore
 
         parts = [p for p in (parsed.netloc + parsed.path).split("/") if p]
+        if parsed.scheme == "kaggle" and len(parts) >= 2:
+            return KaggleKernelOutputStore(text, parts[0], parts[1], "/".join(parts[2:]))
         if len(parts) != 2:
-            raise SyncError(f"{url}: expected {parsed.scheme}://OWNER/SLUG")
-        store = KaggleKernelOutputStore if parsed.scheme == "kaggle" else KaggleDatasetStore
-        return store(text, *parts)
+            form = "kaggle://OWNER/KERNEL[/FOLDER]" if parsed.scheme == "kaggle" else "kaggle-dataset://OWNER/SLUG"
+            raise SyncError(f"{url}: expected {form}")
+        return KaggleDatasetStore(text, *parts)
     raise SyncError(f"{url}: unknown storage scheme {parsed.scheme!r} (use a path, file://, s3://, kaggle:// or kaggle-dataset://)")

@@ -1,10 +1,7 @@
-"""Real servers on loopback for the sync tests: moto's S3 server (a subprocess), a forwarding
-proxy that can slow or corrupt what passes through it, and a fake Kaggle API server."""
+"""Real servers on loopback for the sync tests: moto's S3 server (a subprocess) and a forwarding
+proxy that can slow or corrupt what passes through it. The Kaggle server is in kaggle_server.py."""
 from __future__ import annotations
 
-import base64
-import json
-import os
 import socket
 import subprocess
 import sys
@@ -113,90 +110,3 @@ class Proxy(_Server):
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 
         self.start(Handler)
-
-
-class FakeKaggle(_Server):
-    """Speaks the Kaggle HTTP API (``POST /api/v1/<Service>/<Method>``, camelCase JSON) for kernel
-    outputs and dataset files, with pages capped at ``page_cap`` items like the real service, basic
-    auth checked, and signed-URL-like blob downloads. ``broken`` names blobs that answer 403."""
-
-    def __init__(self, username: str, key: str, page_cap: int = 3):
-        self.auth = "Basic " + base64.b64encode(f"{username}:{key}".encode()).decode()
-        self.page_cap = page_cap
-        self.kernel_outputs: dict[tuple[str, str], dict[str, bytes]] = {}
-        self.datasets: dict[tuple[str, str], dict[str, bytes]] = {}
-        self.broken: set[str] = set()
-        self.requests: list[tuple[str, dict]] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, status: int, body, content_type="application/json", headers=None):
-                data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                _, _, kind, owner, slug, name = self.path.split("/", 5)
-                if name in fake.broken:
-                    return self._send(403, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>", "application/xml")
-                files = (fake.kernel_outputs if kind == "kernel" else fake.datasets).get((owner, slug), {})
-                if name not in files:
-                    return self._send(404, {"code": 404, "message": "no such blob"})
-                self._send(200, files[name], "application/octet-stream")
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-                method = self.path.rsplit("/", 1)[-1]
-                fake.requests.append((method, body))
-                if self.headers.get("Authorization") != fake.auth:
-                    return self._send(401, {"code": 401, "message": "Unauthenticated"})
-                handler = getattr(fake, f"_{method}", None)
-                if handler is None:
-                    return self._send(404, {"code": 404, "message": f"unknown method {method}"})
-                status, reply, headers = handler(body)
-                self._send(status, reply, headers=headers)
-
-        self.start(Handler)
-
-    def _page(self, names: list[str], body: dict) -> tuple[list[str], str]:
-        size = min(int(body.get("pageSize") or self.page_cap), self.page_cap)
-        start = int(body.get("pageToken") or 0)
-        following = start + size
-        return names[start:following], (str(following) if following < len(names) else "")
-
-    def _ListKernelSessionOutput(self, body):
-        key = (body["userName"], body["kernelSlug"])
-        if key not in self.kernel_outputs:
-            return 404, {"code": 404, "message": "Kernel not found"}, None
-        names, token = self._page(sorted(self.kernel_outputs[key]), body)
-        files = [{"fileName": n, "url": f"{self.endpoint}/blob/kernel/{key[0]}/{key[1]}/{n}"} for n in names]
-        return 200, {"files": files, "log": "", "nextPageToken": token}, None
-
-    def _ListDatasetFiles(self, body):
-        key = (body["ownerSlug"], body["datasetSlug"])
-        if key not in self.datasets:
-            return 404, {"code": 404, "message": "Dataset not found"}, None
-        names, token = self._page(sorted(self.datasets[key]), body)
-        files = [{"name": n, "totalBytes": len(self.datasets[key][n]), "creationDate": "2026-11-01T00:00:00Z"} for n in names]
-        return 200, {"datasetFiles": files, "nextPageToken": token}, None
-
-    def _DownloadDataset(self, body):
-        key = (body["ownerSlug"], body["datasetSlug"])
-        if key not in self.datasets or body.get("fileName") not in self.datasets[key]:
-            return 404, {"code": 404, "message": "Dataset file not found"}, None
-        location = f"{self.endpoint}/blob/dataset/{key[0]}/{key[1]}/{body['fileName']}"
-        return 302, b"", {"Location": location}
-
-
-def kaggle_env(fake: FakeKaggle, username: str, key: str, config_dir: Path) -> dict:
-    """Environment for a process that should talk to ``fake`` with the kaggle package."""
-    return {**os.environ, "STREAMAPPROX_KAGGLE_ENDPOINT": fake.endpoint, "KAGGLE_USERNAME": username, "KAGGLE_KEY": key,
-            "KAGGLE_CONFIG_DIR": str(config_dir)}

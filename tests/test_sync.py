@@ -10,7 +10,8 @@ import time
 import pytest
 
 from conftest import cli_env, launch_command
-from servers import FakeKaggle, Proxy, kaggle_env
+from kaggle_server import FakeKaggle, kaggle_env
+from servers import Proxy
 from sync import sync
 
 

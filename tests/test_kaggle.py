@@ -1,0 +1,209 @@
+"""``launch kaggle``: the real CLI and the real ``kaggle`` package against a loopback Kaggle server
+that executes the pushed kernels in a sandbox laid out like /kaggle."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAST_MLP, SMALL, launch_command, read_jsonl
+from kaggle_server import FakeKaggle, kaggle_env
+
+USER, KEY = "kaggle-user", "kgl-key-7f3a9c2e51d04b8e"
+FAST = ["--accelerator", "none", "--poll-interval", "0.2", "--dataset-timeout", "60"]
+
+
+@pytest.fixture
+def kaggle(tmp_path):
+    server = FakeKaggle(USER, KEY, workdir=tmp_path / "kaggle-sandbox", page_cap=5)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory, shard_cache) -> Path:
+    """A local shard set (the kind that must travel as a dataset)."""
+    from data_shards.synthetic import SyntheticSpec, generate
+
+    out = tmp_path_factory.mktemp("shards") / "msrvtt-small"
+    generate(SyntheticSpec.from_url(SMALL), out, progress=False)
+    return out
+
+
+def launch_kaggle(kaggle, cwd: Path, *args: str, env_extra: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**kaggle_env(kaggle, USER, KEY, cwd / "kaggle-config"), **(env_extra or {})}
+    env = {name: value for name, value in env.items() if value is not None}  # None: unset
+    return subprocess.run(launch_command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def only_run_dir(cwd: Path) -> Path:
+    runs = [p for p in (cwd / "runs").iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_train_mlp_end_to_end_then_unchanged_launch_uploads_nothing(tmp_path, kaggle, shard_dir):
+    args = ["kaggle", "train_mlp", *FAST, "--set", *FAST_MLP, f"data.shards={shard_dir}"]
+    first = launch_kaggle(kaggle, tmp_path, *args)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    run = only_run_dir(tmp_path)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and info["backend"] == "kaggle"
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "epoch"] == [0, 1, 2]
+    results = json.loads((run / "eval" / "results.json").read_text())["metrics"]
+    assert results["n"] == 200 and results["s2t_r1"] > 5  # real training on the sandbox "kernel", far above chance
+    assert torch.load(run / "checkpoints" / "best.pt", weights_only=False)["config"]["data"]["shards"].startswith(str(tmp_path / "kaggle-sandbox"))
+    assert "epoch 2 done" in first.stdout  # the kernel's log, shown as it grew
+    assert "test (200 videos)" in first.stdout
+    record = json.loads((run / "launch.json").read_text())
+    assert record["kernels"][0]["state"] == "COMPLETE" and record["bytes_uploaded"] > 0
+    uploaded_first = kaggle.bytes_received
+
+    logs = launch_kaggle(kaggle, tmp_path, "logs", str(run))  # later, from another shell
+    assert logs.returncode == 0 and "epoch 2 done" in logs.stdout
+    again = launch_kaggle(kaggle, tmp_path, "pull", run.name)
+    assert again.returncode == 0 and "copied 0 files" in again.stdout and "7 unchanged" in again.stdout, again.stdout + again.stderr
+
+    second = launch_kaggle(kaggle, tmp_path, *args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert kaggle.bytes_received == uploaded_first  # unchanged code and shards: 0 bytes of datasets
+    assert "uploaded 0 bytes of datasets" in second.stdout
+
+    everything = b"".join(data for _, data in kaggle.uploaded)
+    assert KEY.encode() not in everything and KEY not in first.stdout + first.stderr + second.stdout + second.stderr
+    for path in tmp_path.joinpath("runs").rglob("*"):
+        assert not path.is_file() or KEY.encode() not in path.read_bytes(), path
+
+
+def run_state(run: Path):
+    """Everything that must match between a continued run and an uninterrupted one."""
+    records = [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_jsonl(run / "metrics.jsonl")]
+    weights = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
+    results = json.loads((run / "eval" / "results.json").read_text())["metrics"]
+    return records, weights, results
+
+
+def test_continuation_chain_equals_an_uninterrupted_run(tmp_path, kaggle, small_shards):
+    settings = [f"data.shards={SMALL}", "train.epochs=40", "data.batch_size=16", "model.hidden=[256,256]", "train.log_every=5"]
+    chained = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, "--time-budget", "25", "--max-continuations", "6",
+                            "--set", *settings, timeout=600)
+    assert chained.returncode == 0, chained.stdout[-3000:] + chained.stderr[-3000:]
+    run = only_run_dir(tmp_path)
+    record = json.loads((run / "launch.json").read_text())
+    assert len(record["kernels"]) >= 2, "the budget should have forced at least one continuation"
+    assert all(k["continuation"] for k in record["kernels"][1:])
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and len(info["resumed_at"]) == len(record["kernels"]) - 1
+
+    reference = subprocess.run(launch_command("local", "train_mlp", "--run-dir", str(tmp_path / "ref"), "--set", *settings),
+                               cwd=tmp_path, capture_output=True, text=True, timeout=300, env=kaggle_env(kaggle, USER, KEY, tmp_path))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    records, weights, results = run_state(run)
+    ref_records, ref_weights, ref_results = run_state(tmp_path / "ref")
+    assert records == ref_records  # one continuous metrics.jsonl: no gap, no duplicate
+    assert results == ref_results
+    assert weights.keys() == ref_weights.keys() and all(torch.equal(weights[k], ref_weights[k]) for k in weights)
+
+
+QUICK = ["--set", f"data.shards={SMALL}", "train.epochs=1", "data.batch_size=64", "model.hidden=[64,64]"]
+
+
+def test_datasets_not_ready_and_transient_errors_are_waited_out(tmp_path, kaggle, small_shards):
+    kaggle.hidden_polls, kaggle.processing_polls = 2, 3  # a new version: 404 twice, then processing, then ready
+    kaggle.faults = {"StartBlobUpload": [503], "SaveKernel": [500, 502], "GetKernelSessionStatus": [429, 503, 504],
+                     "ListKernelSessionOutput": [500]}
+    result = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, *QUICK)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads((only_run_dir(tmp_path) / "run.json").read_text())["status"] == "complete"
+    assert not any(kaggle.faults.values())  # every injected failure was met, and retried
+    assert "HTTP 429; retrying" in result.stderr and "HTTP 500; retrying" in result.stderr
+    methods = [method for method, _ in kaggle.requests]
+    pushed = methods.index("SaveKernel")
+    assert methods[:pushed].count("GetDatasetStatus") >= 6  # waited through 404 and processing before the push
+
+
+def test_kernel_error_shows_the_log_tail_and_fails(tmp_path, kaggle, small_shards):
+    # passes the local check, fails on the kernel: the batch is larger than the training split
+    result = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, "--set", f"data.shards={SMALL}", "data.batch_size=4096")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "ended error" in result.stderr and "Last lines of its log" in result.stderr
+    assert "job exited with" in result.stderr.split("Last lines of its log")[1]
+    record = json.loads((only_run_dir(tmp_path) / "launch.json").read_text())
+    assert record["kernels"][0]["state"] == "ERROR"
+
+
+def test_p100_under_a_torch_without_sm60_fails_fast_in_the_probe(tmp_path, kaggle, small_shards):
+    result = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, "--accelerator", "p100", *QUICK)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    tail = result.stderr.split("Last lines of its log")[1]
+    assert "Tesla P100-PCIE-16GB" in tail and "sm_60" in tail and "T4 x2" in tail
+    assert "installing" not in result.stdout + tail  # the probe ran before anything was installed
+    body = next(b for m, b in kaggle.requests if m == "SaveKernel")
+    assert body["machineShape"] == "NvidiaTeslaP100" and body["enableGpu"] is True
+
+
+def test_missing_or_rejected_credentials_stop_before_any_upload(tmp_path, kaggle):
+    env = {"KAGGLE_USERNAME": None, "KAGGLE_KEY": None, "KAGGLE_API_TOKEN": None}
+    missing = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, *QUICK, env_extra=env)
+    assert missing.returncode == 2 and "no usable credentials" in missing.stderr, missing.stderr[-2000:]
+    assert kaggle.requests == []
+
+    rejected = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, *QUICK, env_extra={"KAGGLE_KEY": "kgl-wrong-key-0123456789"})
+    assert rejected.returncode == 2 and "refused the credentials of user 'kaggle-user' (HTTP 401)" in rejected.stderr, rejected.stderr[-2000:]
+    assert kaggle.bytes_received == 0 and "kgl-wrong-key-0123456789" not in rejected.stdout + rejected.stderr
+
+
+def test_unknown_kernel_and_bad_config_fail_with_the_reason(tmp_path, kaggle, small_shards):
+    bad = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, "--set", "loss.temprature=0.1")
+    assert bad.returncode == 2 and "did you mean temperature" in bad.stderr and kaggle.bytes_received == 0
+
+    kaggle.faults = {"GetKernelSessionStatus": [404]}
+    gone = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, *QUICK)
+    assert gone.returncode == 2 and "not found (HTTP 404)" in gone.stderr, gone.stderr[-2000:]
+    run = only_run_dir(tmp_path)
+    status = launch_kaggle(kaggle, tmp_path, "status", run.name)  # the kernel still ran: another shell can follow it
+    assert status.returncode == 0 and "kernel kaggle-user/" in status.stdout, status.stderr[-2000:]
+
+
+def test_fan_out_over_three_kernels_merges_into_the_single_worker_set(tmp_path, kaggle, small_shards):
+    from data_shards import open_shards
+
+    result = launch_kaggle(kaggle, tmp_path, "kaggle", "synthesize", *FAST, "--num-kernels", "3", "--url", SMALL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = only_run_dir(tmp_path)
+    assert len({body["slug"] for method, body in kaggle.requests if method == "SaveKernel"}) == 3
+    merged, whole = open_shards(run / "shards"), open_shards(small_shards)  # open_shards verifies every digest
+    assert merged.manifest.splits == whole.manifest.splits and merged.manifest.source["merged_parts"] == 3
+    for split in whole.manifest.splits:
+        a, b = merged.load_split(split), whole.load_split(split)
+        order = sorted(range(len(a.keys)), key=a.keys.__getitem__)
+        reference = sorted(range(len(b.keys)), key=b.keys.__getitem__)
+        assert [a.keys[i] for i in order] == [b.keys[i] for i in reference]
+        assert torch.equal(a.teacher[order], b.teacher[reference]) and torch.equal(a.clip[order], b.clip[reference])
+
+    refused = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, "--num-kernels", "2", *QUICK)
+    assert refused.returncode == 2 and "--num-kernels N works with: synthesize" in refused.stderr
+
+
+def test_no_internet_kernel_installs_from_the_wheels_dataset(tmp_path, kaggle, small_shards):
+    result = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, "--no-internet", *QUICK)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    body = next(b for m, b in kaggle.requests if m == "SaveKernel")
+    assert body["enableInternet"] is False
+    wheels = next(files for (owner, slug), files in kaggle.datasets.items() if slug.startswith("streamapprox-wheels-"))
+    assert "WHEELS.json" in wheels and any(name.startswith("webdataset-") and name.endswith(".whl") for name in wheels)
+    assert any("streamapprox-wheels-" in source for source in body["datasetDataSources"])
+    assert "installing" in result.stdout
+
+
+def test_one_process_per_gpu_and_fp16_where_there_is_no_bf16():
+    from launch.kaggle_remote import accelerate_arguments
+
+    t4x2 = [{"name": "Tesla T4", "capability": "7.5"}] * 2
+    assert accelerate_arguments(t4x2, "auto", Path("/c")) == ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "fp16",
+                                                              "--dynamo_backend", "no", "--multi_gpu"]
+    h100 = accelerate_arguments([{"name": "H100", "capability": "9.0"}], "auto", Path("/c"))
+    assert "bf16" in h100 and "--multi_gpu" not in h100
+    assert accelerate_arguments([], "auto", Path("/c")) == ["--config_file", "/c/accelerate_config.yaml"]
