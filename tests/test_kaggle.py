@@ -3,6 +3,7 @@ that executes the pushed kernels in a sandbox laid out like /kaggle."""
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from conftest import FAST_MLP, SMALL, launch_command, read_jsonl
 from kaggle_server import FakeKaggle, kaggle_env
 
-USER, KEY = "kaggle-user", "kgl-key-7f3a9c2e51d04b8e"
+USER, KEY = "kaggle-user", "kgl-" + secrets.token_hex(12)  # made at run time: no key is written in any tracked file
 FAST = ["--accelerator", "none", "--poll-interval", "0.2", "--dataset-timeout", "60"]
 
 
@@ -112,6 +113,9 @@ QUICK = ["--set", f"data.shards={SMALL}", "train.epochs=1", "data.batch_size=64"
 
 def test_datasets_not_ready_and_transient_errors_are_waited_out(tmp_path, kaggle, small_shards):
     kaggle.hidden_polls, kaggle.processing_polls = 2, 3  # a new version: 404 twice, then processing, then ready
+    stale = (USER, "streamapprox-code")  # older code on Kaggle, its last version still processing
+    kaggle.datasets[stale] = {"BUNDLE.json": b'{"digest": "an-older-bundle"}', "code.tar": b""}
+    kaggle.dataset_polls[stale] = ["BLOBS_RECEIVED"] * 2
     kaggle.faults = {"StartBlobUpload": [503], "SaveKernel": [500, 502], "GetKernelSessionStatus": [429, 503, 504],
                      "ListKernelSessionOutput": [500]}
     result = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, *QUICK)
@@ -121,7 +125,9 @@ def test_datasets_not_ready_and_transient_errors_are_waited_out(tmp_path, kaggle
     assert "HTTP 429; retrying" in result.stderr and "HTTP 500; retrying" in result.stderr
     methods = [method for method, _ in kaggle.requests]
     pushed = methods.index("SaveKernel")
-    assert methods[:pushed].count("GetDatasetStatus") >= 6  # waited through 404 and processing before the push
+    assert methods[:pushed].count("GetDatasetStatus") >= 8  # waited through 404 and processing before the push
+    assert methods.count("CreateDatasetVersion") == 1 and "CreateDataset" not in methods  # a new version, once it could
+    assert json.loads(kaggle.datasets[stale]["BUNDLE.json"])["digest"] != "an-older-bundle"
 
 
 def test_kernel_error_shows_the_log_tail_and_fails(tmp_path, kaggle, small_shards):
@@ -150,9 +156,10 @@ def test_missing_or_rejected_credentials_stop_before_any_upload(tmp_path, kaggle
     assert missing.returncode == 2 and "no usable credentials" in missing.stderr, missing.stderr[-2000:]
     assert kaggle.requests == []
 
-    rejected = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, *QUICK, env_extra={"KAGGLE_KEY": "kgl-wrong-key-0123456789"})
+    wrong = "kgl-" + secrets.token_hex(12)
+    rejected = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, *QUICK, env_extra={"KAGGLE_KEY": wrong})
     assert rejected.returncode == 2 and "refused the credentials of user 'kaggle-user' (HTTP 401)" in rejected.stderr, rejected.stderr[-2000:]
-    assert kaggle.bytes_received == 0 and "kgl-wrong-key-0123456789" not in rejected.stdout + rejected.stderr
+    assert kaggle.bytes_received == 0 and wrong not in rejected.stdout + rejected.stderr
 
 
 def test_unknown_kernel_and_bad_config_fail_with_the_reason(tmp_path, kaggle, small_shards):
@@ -170,6 +177,7 @@ def test_unknown_kernel_and_bad_config_fail_with_the_reason(tmp_path, kaggle, sm
 def test_fan_out_over_three_kernels_merges_into_the_single_worker_set(tmp_path, kaggle, small_shards):
     from data_shards import open_shards
 
+    kaggle.layout = "legacy"  # older images mount inputs at /kaggle/input/<slug>
     result = launch_kaggle(kaggle, tmp_path, "kaggle", "synthesize", *FAST, "--num-kernels", "3", "--url", SMALL)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = only_run_dir(tmp_path)
