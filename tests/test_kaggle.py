@@ -178,9 +178,13 @@ def test_fan_out_over_three_kernels_merges_into_the_single_worker_set(tmp_path, 
     from data_shards import open_shards
 
     kaggle.layout = "legacy"  # older images mount inputs at /kaggle/input/<slug>
-    result = launch_kaggle(kaggle, tmp_path, "kaggle", "synthesize", *FAST, "--num-kernels", "3", "--url", SMALL)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    pushed = launch_kaggle(kaggle, tmp_path, "kaggle", "synthesize", *FAST, "--num-kernels", "3", "--url", SMALL, "--detach")
+    assert pushed.returncode == 0 and "detached" in pushed.stdout, pushed.stdout[-3000:] + pushed.stderr[-3000:]
     run = only_run_dir(tmp_path)
+    assert not (run / "shards").exists()
+    result = launch_kaggle(kaggle, tmp_path, "kaggle", "synthesize", *FAST, "--resume", str(run))  # follow it from another shell
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "merged 3 slices" in result.stdout
     assert len({body["slug"] for method, body in kaggle.requests if method == "SaveKernel"}) == 3
     merged, whole = open_shards(run / "shards"), open_shards(small_shards)  # open_shards verifies every digest
     assert merged.manifest.splits == whole.manifest.splits and merged.manifest.source["merged_parts"] == 3
