@@ -28,12 +28,12 @@ from pathlib import Path
 from data_shards.files import atomic_write_text, cache_root
 from jobs import JOBS, JobSpec, new_run_id, now
 from launch import bundle as code_bundle
-from launch.kaggle_api import KaggleService, KernelState
+from launch.kaggle_api import TERMINAL, KaggleService, KernelState
+from launch.kaggle_remote import KERNEL_RECORD
 from launch.local import REPO_ROOT, LaunchError, option_value, summarize
-from launch.runs import RECORD
+from launch.runs import read_record, write_record
 
 log = logging.getLogger("streamapprox.kaggle")
-KERNEL_RECORD = "streamapprox-kernel.json"
 ACCELERATORS = {"t4x2": "NvidiaTeslaT4", "p100": "NvidiaTeslaP100", "none": None}  # Kaggle machine shapes
 SESSION_LIMIT_S = 12 * 3600
 NOT_ON_KERNEL = {"torch", "torchvision", "torchaudio", "kaggle", "boto3", "six", "requests"}  # in the image, or launcher-only
@@ -206,22 +206,10 @@ def write_kernel(folder: Path, owner: str, slug: str, plan: dict, options: argpa
     (folder / "entry.py").write_text(ENTRY_TEMPLATE.format(run_id=plan["run_id"], plan=json.dumps(plan, sort_keys=True)))
 
 
-# -- the local record of a remote run ----------------------------------------------------------
-def read_record(run_dir: Path) -> dict:
-    path = run_dir / RECORD
-    if not path.is_file():
-        raise LaunchError(f"{run_dir}: no {RECORD}; it was not started by a remote launcher (or the path is wrong)")
-    return json.loads(path.read_text())
-
-
-def write_record(run_dir: Path, record: dict) -> None:
-    atomic_write_text(run_dir / RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
-
-
 # -- following a kernel ------------------------------------------------------------------------
-def follow(service: KaggleService, slug: str, poll_s: float, shown: int = 0) -> KernelState:
+def follow(service: KaggleService, slug: str, poll_s: float) -> KernelState:
     """Poll with backoff (reset whenever the log grows), printing new log text as it appears."""
-    delay, last = poll_s, None
+    delay, last, shown = poll_s, None, 0
     while True:
         state = service.kernel_state(slug)
         if state.status != last:
@@ -238,8 +226,9 @@ def follow(service: KaggleService, slug: str, poll_s: float, shown: int = 0) -> 
         delay = min(delay * 1.5, poll_s * 6)
 
 
-def pull(service: KaggleService, slug: str, run_id: str, run_dir: Path) -> None:
-    """The kernel's run directory through sync (every output page, sha256-checked), its log and record."""
+def pull(service: KaggleService, slug: str, run_id: str, run_dir: Path) -> str:
+    """The kernel's run directory through sync (every output page, sha256-checked), its log and record;
+    returns the log."""
     from sync import SyncError, sync
     from sync.kaggle import KaggleKernelOutputStore
 
@@ -252,16 +241,19 @@ def pull(service: KaggleService, slug: str, run_id: str, run_dir: Path) -> None:
             outputs.download(KERNEL_RECORD, run_dir / "logs" / f"kaggle-{slug}.json", listed[KERNEL_RECORD], lambda n: None)
     except SyncError as exc:
         raise LaunchError(f"pulling the outputs of {service.owner}/{slug}: {exc}") from None
-    atomic_write_text(run_dir / "logs" / f"kaggle-{slug}.log", service.kernel_log(slug))
+    text = service.kernel_log(slug)
+    atomic_write_text(run_dir / "logs" / f"kaggle-{slug}.log", text)
+    return text
 
 
 def log_tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def run_status(run_dir: Path) -> str | None:
+def run_info(run_dir: Path) -> dict:
+    """The pulled run.json ({} before anything came back)."""
     path = run_dir / "run.json"
-    return json.loads(path.read_text()).get("status") if path.is_file() else None
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def chain(record: dict, part: int) -> list[dict]:
@@ -280,26 +272,28 @@ def drive_chain(service: KaggleService, record: dict, run_dir: Path, options: ar
     while True:
         kernels = chain(record, part)
         kernel = kernels[-1]
-        if kernel.get("state") not in ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED"):
+        if kernel.get("state") not in TERMINAL:
             state = follow(service, kernel["slug"], options.poll_interval)
             kernel.update(state=state.status, failure=state.failure, finished_at=now())
             write_record(run_dir, record)
         if kernel["state"] != "COMPLETE":
+            text = None
             if record["makes_run"]:
                 try:
-                    pull(service, kernel["slug"], record["run_id"], target)
+                    text = pull(service, kernel["slug"], record["run_id"], target)
                 except LaunchError as exc:
                     print(f"launch kaggle: nothing pulled: {exc}", file=sys.stderr)
-            text = service.kernel_log(kernel["slug"])
+            text = service.kernel_log(kernel["slug"]) if text is None else text
             print(f"launch kaggle: kernel {service.owner}/{kernel['slug']} ended {kernel['state'].lower()}"
                   f"{': ' + kernel['failure'] if kernel['failure'] else ''}. Last lines of its log:\n{log_tail(text)}", file=sys.stderr)
             return 1
         if not record["makes_run"]:
             return 0
         pull(service, kernel["slug"], record["run_id"], target)
-        if run_status(target) != "incomplete":
-            return 0 if run_status(target) == "complete" else 1
-        kernel["global_step"] = json.loads((target / "run.json").read_text()).get("global_step", 0)
+        info = run_info(target)
+        if info.get("status") != "incomplete":
+            return 0 if info.get("status") == "complete" else 1
+        kernel["global_step"] = info.get("global_step", 0)
         write_record(run_dir, record)
         if len(kernels) > 1 and kernel["global_step"] <= kernels[-2].get("global_step", 0):
             raise LaunchError(f"kernel {kernel['slug']} made no progress within its time budget (still at step {kernel['global_step']}); "
@@ -370,7 +364,7 @@ def resume(service: KaggleService, run_dir: Path, options: argparse.Namespace) -
     """Follow a run again (from another shell, after Ctrl-C), or continue one left incomplete."""
     record = read_record(run_dir)
     for part in range(record["parts"]):
-        if chain(record, part)[-1].get("state") == "COMPLETE" and run_status(part_dir(record, run_dir, part)) == "incomplete":
+        if chain(record, part)[-1].get("state") == "COMPLETE" and run_info(part_dir(record, run_dir, part)).get("status") == "incomplete":
             push(service, record, run_dir, options, part, resume=True)
     return drive(service, record, run_dir, options)
 

@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from data_shards.manifest import sha256_file
 from jobs import JOBS
 from sync.local import write_content_manifest
 
@@ -49,12 +50,6 @@ def find_input(input_root: Path, marker: str, accept) -> Path | None:
     return None
 
 
-def sha256_of(path: Path) -> str:
-    from data_shards.files import hash_file
-
-    return hash_file(path, "sha256")[1][0]
-
-
 def probe(env: dict) -> dict:
     """GPUs and torch, from the image's own torch; a GPU that torch cannot drive ends the kernel here."""
     result = subprocess.run([sys.executable, "-m", "jobs.hardware"], env=env, capture_output=True, text=True)
@@ -69,15 +64,15 @@ def install(plan: dict, input_root: Path, env: dict) -> None:
     requirements = plan["requirements"]
     if not requirements:
         return
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    command, origin = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"], "the package index"
     if not plan["internet"]:
         digest = plan["wheels"]["digest"]
         wheels = find_input(input_root, "WHEELS.json", lambda p: json.loads(p.read_text()).get("digest") == digest)
         if wheels is None:
             raise KernelFailure(f"the kernel has no internet and the wheels dataset {plan['wheels']['dataset']} "
                                 f"(digest {digest[:12]}) is not mounted under {input_root}")
-        command += ["--no-index", "--find-links", str(wheels)]
-    say(f"installing {' '.join(requirements)}")
+        command, origin = command + ["--no-index", "--find-links", str(wheels)], f"the wheels dataset at {wheels}"
+    say(f"installing {' '.join(requirements)} from {origin}")
     result = subprocess.run([*command, *requirements], env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise KernelFailure(f"pip install failed (exit {result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
@@ -99,7 +94,7 @@ def job_arguments(plan: dict, input_root: Path, run_dir: Path) -> list[str]:
     spec = JOBS[plan["job"]]
     relocated = []
     for key, wanted in plan["inputs"].items():
-        found = find_input(input_root, "manifest.json", lambda p: sha256_of(p) == wanted["manifest_sha256"])
+        found = find_input(input_root, "manifest.json", lambda p: sha256_file(p) == wanted["manifest_sha256"])
         if found is None:
             raise KernelFailure(f"input {key}: no mounted dataset holds the shard set with manifest sha256 "
                                 f"{wanted['manifest_sha256'][:12]} (dataset {wanted['dataset']}); is it attached and ready?")

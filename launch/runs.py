@@ -7,10 +7,22 @@ import argparse
 import json
 from pathlib import Path
 
+from data_shards.files import atomic_write_text
 from launch import transfer
 from launch.local import LaunchError, summarize
 
-RECORD = "launch.json"
+RECORD = "launch.json"  # in the run directory: which backend started the run and where it runs (no credentials)
+
+
+def read_record(run_dir: Path) -> dict:
+    path = run_dir / RECORD
+    if not path.is_file():
+        raise LaunchError(f"{run_dir}: no {RECORD}; it was not started by a remote launcher (or the path is wrong)")
+    return json.loads(path.read_text())
+
+
+def write_record(run_dir: Path, record: dict) -> None:
+    atomic_write_text(run_dir / RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def locate(run: str, runs_dir: str) -> Path:
@@ -23,7 +35,7 @@ def locate(run: str, runs_dir: str) -> Path:
 def backend_of(run_dir: Path):
     if not (run_dir / RECORD).is_file():
         return None, None
-    record = json.loads((run_dir / RECORD).read_text())
+    record = read_record(run_dir)
     if record.get("backend") == "kaggle":
         from launch import kaggle
 

@@ -235,16 +235,12 @@ class FakeKaggle(_Server):
         inputs, working, home = root / "input", root / "working", root.parent / "home"
         for path in (inputs, working, home):
             path.mkdir(parents=True)
-        for source in kernel.body.get("datasetDataSources") or []:
+        sources = [("datasets", s, self.datasets[tuple(s.split("/"))]) for s in kernel.body.get("datasetDataSources") or []]
+        sources += [("notebooks", s, self.kernels[tuple(s.split("/"))].outputs) for s in kernel.body.get("kernelDataSources") or []]
+        for kind, source, files in sources:
             owner, slug = source.split("/")
-            target = inputs / ("datasets" if self.layout == "current" else "") / (owner if self.layout == "current" else "") / slug
-            for name, data in self.datasets[(owner, slug)].items():
-                (target / name).parent.mkdir(parents=True, exist_ok=True)
-                (target / name).write_bytes(data)
-        for source in kernel.body.get("kernelDataSources") or []:
-            owner, slug = source.split("/")
-            target = inputs / ("notebooks" if self.layout == "current" else "") / (owner if self.layout == "current" else "") / slug
-            for name, data in self.kernels[(owner, slug)].outputs.items():
+            target = inputs / kind / owner / slug if self.layout == "current" else inputs / slug
+            for name, data in files.items():
                 (target / name).parent.mkdir(parents=True, exist_ok=True)
                 (target / name).write_bytes(data)
         for path in [inputs, *inputs.rglob("*")]:  # /kaggle/input is read-only

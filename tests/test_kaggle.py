@@ -60,6 +60,9 @@ def test_train_mlp_end_to_end_then_unchanged_launch_uploads_nothing(tmp_path, ka
     assert "test (200 videos)" in first.stdout
     record = json.loads((run / "launch.json").read_text())
     assert record["kernels"][0]["state"] == "COMPLETE" and record["bytes_uploaded"] > 0
+    slug = record["kernels"][0]["slug"]
+    assert json.loads((run / "logs" / f"kaggle-{slug}.json").read_text())["exit_code"] == 0  # the kernel's own record
+    assert "epoch 2 done" in (run / "logs" / f"kaggle-{slug}.log").read_text()
     uploaded_first = kaggle.bytes_received
 
     logs = launch_kaggle(kaggle, tmp_path, "logs", str(run))  # later, from another shell
@@ -207,7 +210,8 @@ def test_no_internet_kernel_installs_from_the_wheels_dataset(tmp_path, kaggle, s
     wheels = next(files for (owner, slug), files in kaggle.datasets.items() if slug.startswith("streamapprox-wheels-"))
     assert "WHEELS.json" in wheels and any(name.startswith("webdataset-") and name.endswith(".whl") for name in wheels)
     assert any("streamapprox-wheels-" in source for source in body["datasetDataSources"])
-    assert "installing" in result.stdout
+    install = next(line for line in result.stdout.splitlines() if "[streamapprox] installing" in line)
+    assert "from the wheels dataset at" in install and "streamapprox-wheels-" in install
 
 
 def test_one_process_per_gpu_and_fp16_where_there_is_no_bf16():
