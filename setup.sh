@@ -4,10 +4,10 @@
 #   --dev  also installs the test tools.
 set -euo pipefail
 cd "$(dirname "$0")"
-extras="deepspeed"
-[[ "${1:-}" == "--dev" ]] && extras="deepspeed,dev"
+extras="deepspeed,tune"
+[[ "${1:-}" == "--dev" ]] && extras="deepspeed,tune,dev"
 
-stamp=".venv/.setup-$(cat pyproject.toml constraints.txt setup.sh | sha256sum | cut -c1-16)-${extras/,/-}"
+stamp=".venv/.setup-$(cat pyproject.toml constraints.txt setup.sh | sha256sum | cut -c1-16)-${extras//,/-}"
 if [[ -f "$stamp" ]]; then exit 0; fi
 
 python3 -m venv .venv

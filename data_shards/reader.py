@@ -73,11 +73,12 @@ def _decoded(paths: list[str], **kwargs) -> wds.WebDataset:
 
 
 class ShardSet:
-    """A verified shard set on local disk."""
+    """A verified shard set on local disk; ``splits`` limits what this process may read (None: all)."""
 
-    def __init__(self, root: Path, manifest: Manifest):
+    def __init__(self, root: Path, manifest: Manifest, splits: tuple[str, ...] | None = None):
         self.root = root
         self.manifest = manifest
+        self.splits = splits
 
     @property
     def dims(self) -> Dims:
@@ -87,6 +88,8 @@ class ShardSet:
         return self.manifest.digest()
 
     def paths(self, split: str) -> list[str]:
+        if self.splits is not None and split not in self.splits:
+            raise ShardError(f"{self.root}: split {split!r} is withheld from this process (it may read {', '.join(self.splits)} only).")
         entries = self.manifest.shards_of(split)
         if not entries:
             raise ShardError(
@@ -95,8 +98,10 @@ class ShardSet:
         return [str(self.root / entry.name) for entry in entries]
 
     def verify(self) -> None:
-        """Check every shard's presence, size and sha256 against the manifest."""
+        """Check every readable shard's presence, size and sha256 against the manifest."""
         for entry in self.manifest.shards:
+            if self.splits is not None and entry.split not in self.splits:
+                continue
             path = self.root / entry.name
             if not path.is_file():
                 raise ShardError(f"{path}: shard listed in manifest.json is missing; re-copy or regenerate the shard set.")
@@ -146,12 +151,15 @@ def _resolve_root(location: str | Path) -> Path:
     return Path(text).expanduser()
 
 
-def open_shards(location: str | Path, verify: bool = True) -> ShardSet:
-    """Open a shard set from a path, ``file://`` or ``synthetic://`` URL and verify its digests."""
+def open_shards(location: str | Path, verify: bool = True, splits: tuple[str, ...] | None = None) -> ShardSet:
+    """Open a shard set from a path, ``file://`` or ``synthetic://`` URL and verify its digests.
+
+    With ``splits``, only those splits are verified and readable: a sweep's trials open the set this
+    way, so the test split cannot influence model selection."""
     root = _resolve_root(location)
     if not root.is_dir():
         raise ShardError(f"{root}: shard directory not found. Generate one with `data_shards synthetic --out {root}` or point data.shards at an existing set.")
-    shards = ShardSet(root, Manifest.read(root))
+    shards = ShardSet(root, Manifest.read(root), splits)
     if verify:
         shards.verify()
     return shards

@@ -28,6 +28,7 @@ class JobSpec:
     checkable: bool = False  # accepts --check [--check-report F]: validates (and reports) its inputs, so launchers fail fast
     resumable: bool = False  # accepts --resume RUN_DIR and --time-budget S: remote backends can continue it
     sliceable: bool = False  # accepts --slice I/N (its share of the work) and --merge-slices RUN: fan-out over N workers
+    extras: tuple[str, ...] = ()  # optional dependency groups (pyproject) the job needs beyond the base install
 
 
 JOBS: dict[str, JobSpec] = {
@@ -37,6 +38,10 @@ JOBS: dict[str, JobSpec] = {
     ),
     "synthesize": JobSpec(
         "jobs.synthesize", "write the synthetic shard set into RUN/shards (sliceable: --num-kernels N)", False, True, sliceable=True
+    ),
+    "sweep": JobSpec(
+        "jobs.sweep", "Ray Tune sweep over a search space (--space temperature_depth); winner picked on validation -> RUN/best",
+        False, True, True, True, extras=("tune",)
     ),
     "evaluate": JobSpec("jobs.evaluate", "evaluate a run's checkpoint on the test split (eval/results.json, .csv)", False, False),
 }

@@ -85,18 +85,26 @@ def parse_value(text: str) -> Any:
     return value
 
 
-def apply_override(data: dict, assignment: str) -> None:
-    if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set loss.temperature=0.05")
-    key, text = assignment.split("=", 1)
+def set_value(data: dict, key: str, value: Any) -> None:
+    """``data["a"]["b"] = value`` for ``key="a.b"``, creating sections as needed."""
     parts = key.strip().split(".")
     node = data
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
+            raise ConfigError(f"{key}: {part!r} is a value, not a section")
         node = child
-    node[parts[-1]] = parse_value(text)
+    node[parts[-1]] = value
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set loss.temperature=0.05")
+    key, text = assignment.split("=", 1)
+    try:
+        set_value(data, key, parse_value(text))
+    except ConfigError as exc:
+        raise ConfigError(f"--set {exc}") from None
 
 
 def _known_keys(loc: tuple) -> list[str]:
@@ -124,11 +132,16 @@ def format_validation_error(exc: ValidationError) -> str:
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-def load_config(preset: str, config_file: str | None = None, overrides: list[str] | None = None) -> JobConfig:
+def preset_data(preset: str) -> dict:
     path = PRESETS / f"{preset}.yaml"
     if not path.is_file():
-        raise ConfigError(f"no preset {preset!r} in {PRESETS}")
-    data = yaml.safe_load(path.read_text()) or {}
+        names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+        raise ConfigError(f"no preset {preset!r} in {PRESETS} (presets: {', '.join(names)})")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def load_config(preset: str, config_file: str | None = None, overrides: list[str] | None = None) -> JobConfig:
+    data = preset_data(preset)
     if config_file:
         extra = yaml.safe_load(Path(config_file).read_text()) or {}
         if not isinstance(extra, dict):

@@ -15,6 +15,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -158,11 +159,14 @@ def cpu_accelerator_options(process_group_kwargs) -> dict:
 
 
 class Trainer:
-    def __init__(self, cfg: JobConfig, shards: ShardSet, run: RunDir, resume: dict | None, time_budget: float | None):
+    def __init__(self, cfg: JobConfig, shards: ShardSet, run: RunDir, resume: dict | None, time_budget: float | None,
+                 on_epoch_end: Callable[[dict], None] | None = None):
+        """``on_epoch_end(record)`` is called on every rank once an epoch's validation and last.pt are
+        done (how a sweep reports each epoch to Ray Tune)."""
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs, set_seed
 
-        self.cfg, self.run = cfg, run
+        self.cfg, self.run, self.on_epoch_end = cfg, run, on_epoch_end
         self.started = JOB_STARTED
         self.deadline = self.started + time_budget if time_budget else None
         self.accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, **cpu_accelerator_options(InitProcessGroupKwargs))
@@ -302,15 +306,18 @@ class Trainer:
         if improved:
             self.best_value = metrics[cfg.train.select_metric]
             self.save_best(metrics)
+        record = {"kind": "epoch", "epoch": self.epoch, "step": self.global_step,
+                  "train_loss": float(np.mean(self.epoch_losses)) if self.epoch_losses else None, "val": metrics, "best": improved,
+                  "elapsed_s": round(time.monotonic() - self.started, 2)}
         if self.is_main:
-            self.run.log_metrics({"kind": "epoch", "epoch": self.epoch, "step": self.global_step,
-                                  "train_loss": float(np.mean(self.epoch_losses)) if self.epoch_losses else None, "val": metrics, "best": improved,
-                                  "elapsed_s": round(time.monotonic() - self.started, 2)})
+            self.run.log_metrics(record)
             log.info("epoch %d done: val s2t R@1 %.2f t2s R@1 %.2f mean cos %.3f%s", self.epoch, metrics["s2t_r1"],
                      metrics["t2s_r1"], metrics["mean_cos"], "  (best)" if improved else "")
         self.epoch += 1
         self.step_in_epoch, self.epoch_losses = 0, []
         self.save_last()
+        if self.on_epoch_end:
+            self.on_epoch_end({**record, "best_value": self.best_value})
         return True
 
     def fit(self) -> str:
@@ -373,32 +380,16 @@ def write_check_report(path: Path, cfg: JobConfig, shards: ShardSet) -> None:
     atomic_write_text(path, json.dumps({"job": cfg.job, "inputs": {"data.shards": shard_input}}, indent=2) + "\n")
 
 
-def main(argv: list[str] | None = None, preset: str = "train_mlp") -> int:
-    args = parse_args(argv, preset)
-    try:
-        cfg, run, resume = resolve(args, preset)
-        shards = open_shards(cfg.data.shards)
-        if resume and resume.get("shards_digest") != shards.digest():
-            raise ConfigError(f"{shards.root}: not the shard set this run was trained on (manifest digest differs); "
-                              "resume on the original shards, or start a new run")
-        check_dims(cfg, shards.dims, str(shards.root))
-        check_gpus()
-        if args.check:
-            if args.check_report:
-                write_check_report(Path(args.check_report), cfg, shards)
-            print(f"check ok: {cfg.job} ({cfg.model.kind} student) on {shards.root} {shards.manifest.splits}")
-            return 0
-        trainer = Trainer(cfg, shards, run, resume, args.time_budget)
-    except (ConfigError, ShardError, HardwareError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def run_training(trainer: Trainer, run: RunDir, cfg: JobConfig, resume: dict | None, **record) -> str:
+    """Create (or reopen) the run directory, record what runs where in run.json, fit, and record the
+    outcome; the training job and every sweep trial go through here. Returns the fit status."""
     acc = trainer.accelerator
     if trainer.is_main:
         run.create()
     acc.wait_for_everyone()
     setup_logging(run, trainer.is_main)
     if trainer.is_main:
-        info: dict = {"status": "running"}
+        info: dict = {"status": "running", **record}
         if resume:
             info.update(resumed_at=[*run.read().get("resumed_at", []), now()], error=None)
         else:
@@ -419,15 +410,38 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp") -> int:
     if trainer.is_main:
         run.update(status=status, ended_at=now(), global_step=trainer.global_step,
                    best={"metric": cfg.train.select_metric, "value": trainer.best_value})
-        if status == "incomplete":
-            log.info("time budget reached: resumable checkpoint saved; continue with --resume %s", run.path)
-        elif cfg.train.evaluate_test:
-            from jobs.evaluate import evaluate_run
+    return status
 
-            results = evaluate_run(run.path, checkpoint="best")
-            log.info("test: s2t R@1 %.2f R@5 %.2f R@10 %.2f MedR %.1f | t2s R@1 %.2f", results["s2t_r1"], results["s2t_r5"],
-                     results["s2t_r10"], results["s2t_medr"], results["t2s_r1"])
-    acc.end_training()
+
+def main(argv: list[str] | None = None, preset: str = "train_mlp") -> int:
+    args = parse_args(argv, preset)
+    try:
+        cfg, run, resume = resolve(args, preset)
+        shards = open_shards(cfg.data.shards)
+        if resume and resume.get("shards_digest") != shards.digest():
+            raise ConfigError(f"{shards.root}: not the shard set this run was trained on (manifest digest differs); "
+                              "resume on the original shards, or start a new run")
+        check_dims(cfg, shards.dims, str(shards.root))
+        check_gpus()
+        if args.check:
+            if args.check_report:
+                write_check_report(Path(args.check_report), cfg, shards)
+            print(f"check ok: {cfg.job} ({cfg.model.kind} student) on {shards.root} {shards.manifest.splits}")
+            return 0
+        trainer = Trainer(cfg, shards, run, resume, args.time_budget)
+    except (ConfigError, ShardError, HardwareError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    status = run_training(trainer, run, cfg, resume)
+    if status == "incomplete":
+        log.info("time budget reached: resumable checkpoint saved; continue with --resume %s", run.path)
+    elif trainer.is_main and cfg.train.evaluate_test:
+        from jobs.evaluate import evaluate_run
+
+        results = evaluate_run(run.path, checkpoint="best")
+        log.info("test: s2t R@1 %.2f R@5 %.2f R@10 %.2f MedR %.1f | t2s R@1 %.2f", results["s2t_r1"], results["s2t_r5"],
+                 results["s2t_r10"], results["s2t_medr"], results["t2s_r1"])
+    trainer.accelerator.end_training()
     return 0
 
 

@@ -87,11 +87,12 @@ def write_code_dataset(bundle: code_bundle.Bundle, folder: Path) -> None:
     (folder / code_bundle.MANIFEST).write_text(json.dumps({"digest": bundle.digest, "commit": bundle.commit, "dirty": bundle.dirty}) + "\n")
 
 
-def kernel_requirements() -> list[str]:
-    """The project's dependencies that a Kaggle image may lack (torch comes with the image)."""
+def kernel_requirements(spec: JobSpec) -> list[str]:
+    """The project's dependencies (plus the job's extras) that a Kaggle image may lack (torch comes with the image)."""
     import tomllib
 
-    declared = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + [r for extra in spec.extras for r in project["optional-dependencies"][extra]]
     return [r for r in declared if re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0].lower() not in NOT_ON_KERNEL]
 
 
@@ -349,6 +350,26 @@ def job_inputs(spec: JobSpec, job_args: list[str]) -> dict:
         return json.loads(report.read_text())["inputs"]
 
 
+def bundled_file_arguments(job_args: list[str], bundle: code_bundle.Bundle) -> list[str]:
+    """A job argument naming a local file (a sweep's --space my.yaml) reaches the kernel only inside
+    the code bundle: rewrite it relative to the project root, or refuse before anything is pushed."""
+    rewritten = []
+    for arg in job_args:
+        path = Path(arg)
+        if arg.startswith("-") or "=" in arg or not path.is_file():
+            rewritten.append(arg)
+            continue
+        try:
+            rel = path.resolve().relative_to(REPO_ROOT).as_posix()
+        except ValueError:
+            rel = None
+        if rel not in bundle.files:
+            raise LaunchError(f"{arg}: a local file the job needs is not in the code bundle (only git-tracked files of "
+                              f"{REPO_ROOT} travel); put it in the project and `git add` it, or use a bundled name")
+        rewritten.append(rel)
+    return rewritten
+
+
 def split_budget(job_args: list[str], options: argparse.Namespace) -> tuple[list[str], float]:
     """The job's --time-budget (or the session limit minus the margin) becomes the kernel's budget."""
     given = option_value(job_args, "--time-budget")
@@ -418,10 +439,11 @@ def run(name: str, spec: JobSpec, job_args: list[str], options: argparse.Namespa
     job_args, budget = split_budget(job_args, options) if spec.resumable else (job_args, 0.0)
     inputs = job_inputs(spec, job_args)
     bundle = code_bundle.collect(REPO_ROOT, options.max_bundle_mb)
+    job_args = bundled_file_arguments(job_args, bundle)
     uploader = Uploader(service, options)
     code = uploader.code(bundle)
     carried = {key: uploader.shards(key, value) for key, value in inputs.items() if not value["regenerable"]}
-    requirements = kernel_requirements()
+    requirements = kernel_requirements(spec)
     wheels = uploader.wheels(requirements) if options.no_internet else None
     datasets = [code["dataset"], *(c["dataset"] for c in carried.values()), *([wheels["dataset"]] if wheels else [])]
     print(f"launch kaggle: uploaded {uploader.bytes_uploaded} bytes of datasets", flush=True)

@@ -68,6 +68,9 @@ def summarize(run_dir: Path, backend: str = "local") -> str:
     if best.get("value") is not None:
         lines.append(f"best validation {best['metric']}: {best['value']:.2f}")
     results = run_dir / "eval" / "results.json"
+    if best.get("run"):  # a sweep: its best trial is a run directory of its own
+        lines.append(f"best run: {run_dir / best['run']} {json.dumps((info.get('winner') or {}).get('params', {}))}")
+        results = run_dir / best["run"] / "eval" / "results.json"
     if results.is_file():
         m = json.loads(results.read_text())["metrics"]
         lines.append(f"test ({int(m['n'])} videos): student->teacher R@1 {m['s2t_r1']:.2f}  R@5 {m['s2t_r5']:.2f}  "

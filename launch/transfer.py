@@ -1,7 +1,8 @@
 """``launch sync SRC DST`` and ``launch pull RUN``: the sync engine with the run-directory policy.
 
-A run directory (it has ``run.json``) moves best + last checkpoint, metrics and run.json unless
-``--only`` says otherwise; any other tree (a shard set) moves whole.
+A run directory (it has ``run.json``) moves best + last checkpoint, metrics and run.json (for a
+sweep: its trials table, plot and best/ run) unless ``--only`` says otherwise; any other tree (a
+shard set) moves whole.
 """
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from sync import SyncError, sync
 from sync.engine import include
 
 RUN_PARTS = {
-    "best": ["checkpoints/best.pt"],
+    "best": ["checkpoints/best.pt", "best/*"],  # a sweep's best/ is its winning run, whole
     "last": ["checkpoints/last.pt"],
-    "metrics": ["metrics.jsonl", "eval/*"],
-    "all": ["*"],
+    "metrics": ["metrics.jsonl", "eval/*", "trials.csv", "trials.json", "*.png", "space.yaml"],
+    "all": ["*"],  # a sweep's tune/ (every trial's state, what --resume needs) moves only with this
 }
 DEFAULT_RUN_PARTS = ("best", "last", "metrics")
 

@@ -223,3 +223,46 @@ def test_one_process_per_gpu_and_fp16_where_there_is_no_bf16():
     h100 = accelerate_arguments([{"name": "H100", "capability": "9.0"}], "auto", Path("/c"))
     assert "bf16" in h100 and "--multi_gpu" not in h100
     assert accelerate_arguments([], "auto", Path("/c")) == ["--config_file", "/c/accelerate_config.yaml"]
+
+
+def test_sweep_runs_inside_one_kernel_and_the_best_run_comes_back(tmp_path, kaggle, shard_dir):
+    tiny = ["train.epochs=2", "model.width=32", "model.heads=2", "data.batch_size=128", f"data.shards={shard_dir}"]
+    result = launch_kaggle(kaggle, tmp_path, "kaggle", "sweep", *FAST, "--space", "temperature_depth", "--num-samples", "3",
+                           "--max-concurrent", "2", "--set", *tiny, timeout=400)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    assert "winner on validation" in result.stdout  # the kernel's log, streamed here
+    sweep = only_run_dir(tmp_path)
+    info = json.loads((sweep / "run.json").read_text())
+    assert info["status"] == "complete" and info["job"] == "sweep" and info["backend"] == "kaggle"
+    rows = json.loads((sweep / "trials.json").read_text())
+    assert len(rows) == 3 and {row["model.depth"] for row in rows} <= {1, 2, 3, 4}
+    best = sweep / "best"
+    assert (best / "checkpoints" / "best.pt").is_file() and (sweep / "val_r1.png").is_file()
+    evaluated = subprocess.run(launch_command("local", "evaluate", str(best), "--shards", str(shard_dir)), cwd=tmp_path,
+                               capture_output=True, text=True, timeout=120)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((best / "eval" / "results.json").read_text())["metrics"]["s2t_r1"] == pytest.approx(info["test"]["s2t_r1"])
+
+    stray = tmp_path / "my_space.yaml"  # a space file outside the code bundle cannot reach the kernel: refused before any push
+    stray.write_text((Path(__file__).parent.parent / "tune" / "spaces" / "temperature_depth.yaml").read_text())
+    refused = launch_kaggle(kaggle, tmp_path, "kaggle", "sweep", *FAST, "--space", str(stray), "--set", *tiny)
+    assert refused.returncode == 2 and "is not in the code bundle" in refused.stderr
+
+
+def test_sweep_past_the_time_budget_continues_in_a_second_kernel(tmp_path, kaggle, small_shards):
+    """The first kernel's budget stops the sweep mid-way (Tune's graceful stop); the continuation
+    kernel resumes it from the mounted output and finishes without rerunning finished trials."""
+    space = Path(__file__).parent.parent / "tune" / "spaces" / "temperature_depth.yaml"
+    result = launch_kaggle(kaggle, tmp_path, "kaggle", "sweep", *FAST, "--space", str(space), "--preset", "train_transformer",
+                           "--num-samples", "4", "--max-concurrent", "1", "--scheduler", "none", "--time-budget", "60",
+                           "--max-continuations", "3", "--set", "train.epochs=6", "model.width=32", "model.heads=2",
+                           "data.batch_size=128", f"data.shards={SMALL}", timeout=500)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    sweep = only_run_dir(tmp_path)
+    record = json.loads((sweep / "launch.json").read_text())
+    assert len(record["kernels"]) >= 2  # the first kernel ran out of budget
+    info = json.loads((sweep / "run.json").read_text())
+    assert info["status"] == "complete" and len(info["resumed_at"]) == len(record["kernels"]) - 1
+    for rows in (read_jsonl(p) for p in (sweep / "tune").glob("*/result.json")):
+        assert [row["epoch"] for row in rows] == [1, 2, 3, 4, 5, 6]  # every epoch once: nothing rerun, nothing lost
+    assert (sweep / "best" / "eval" / "results.json").is_file()

@@ -1,0 +1,231 @@
+"""Sweeps: search-space validation, and real local Ray Tune sweeps through the real CLI (ASHA,
+export of the winner, interrupt + resume, storage mirror on a loopback S3, the test split withheld
+until the winner is chosen)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SMALL, cli_env, launch, launch_command, read_jsonl
+
+from data_shards import ShardError, open_shards
+from jobs.config import ConfigError
+from tune.space import load_space, parse_distribution
+
+TINY = {"train.epochs": 3, "data.batch_size": 128, "model.hidden": [256], "train.log_every": 5}
+# Two learning rates that learn, two that cannot move in 3 epochs: ASHA must stop the latter early.
+LR_GRID = "grid([3.0e-3, 1.0e-6, 1.0e-3, 2.0e-6])"
+
+
+def write_space(path: Path, space: dict, fixed: dict | None = None, preset: str = "train_mlp") -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump({"preset": preset, "set": {**TINY, **(fixed or {})}, "space": space}))
+    return path
+
+
+def sweep_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "jobs.sweep", *args]
+
+
+def run_to_end(command: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a sweep in its own process group and leave no Ray process behind, whatever happens."""
+    process = subprocess.Popen(command, cwd=cwd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        out, _ = process.communicate(timeout=timeout)
+    finally:
+        kill_group(process.pid)
+    return subprocess.CompletedProcess(command, process.returncode, out, "")
+
+
+def kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def trials(sweep: Path) -> list[dict]:
+    return json.loads((sweep / "trials.json").read_text())
+
+
+def progress_rows(sweep: Path) -> dict[str, list[dict]]:
+    """Every epoch each trial reported to Tune (Tune's own per-trial result log)."""
+    return {p.parent.name: read_jsonl(p) for p in sorted((sweep / "tune").glob("*/result.json"))}
+
+
+# -- search spaces (no Ray) ---------------------------------------------------------------------
+def test_bundled_spaces_validate_against_the_training_config():
+    space = load_space("temperature_depth")
+    assert space.preset == "train_transformer" and space.metric == "s2t_r1"
+    assert set(space.params) == {"loss.temperature", "model.depth"}
+    cfg = space.trial_config({"loss.temperature": 0.031, "model.depth": 3})
+    assert cfg.model.depth == 3 and cfg.loss.temperature == 0.031 and cfg.loss.learn_temperature is False
+    assert len(load_space("transformer_full").params) == 5
+
+
+@pytest.mark.parametrize("space, fixed, message", [
+    ({"model.dpeth": "choice([1, 2])"}, None, "model.dpeth: unknown config key (did you mean depth"),
+    ({"optim.lrr": "loguniform(1e-4, 1e-2)"}, None, "optim.lrr: unknown config key (did you mean lr"),
+    ({"model.dropout": "choice(['high'])"}, None, "space key model.dropout = choice(['high']) (value 'high')"),
+    ({"optim.lr": "loguniform(0, 1e-2)"}, None, "loguniform needs low > 0"),
+    ({"optim.lr": "lognormal(1e-3, 2)"}, None, "unknown distribution 'lognormal'"),
+    ({"optim.lr": "uniform(1e-2, 1e-3)"}, None, "needs low < high"),
+    ({"optim.lr": 0.001}, None, "is a fixed value, not a distribution"),
+    ({"optim.lr": "loguniform(1e-4, 1e-2"}, None, "cannot parse"),
+    ({"optim.lr": "loguniform(1e-4, 1e-2)"}, {"optim.lr": 0.01}, "searched by the space and also fixed"),
+    ({"data.eval_batch_size": "randint(0, 8)"}, None, "(value 0)"),
+])
+def test_malformed_spaces_are_rejected_naming_file_and_key(tmp_path, space, fixed, message):
+    path = write_space(tmp_path / "bad.yaml", space, fixed)
+    with pytest.raises(ConfigError) as err:
+        load_space(str(path))
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_space_file_structure_errors(tmp_path):
+    (tmp_path / "extra.yaml").write_text("preset: train_mlp\nspaces: {optim.lr: 'uniform(0.1, 0.2)'}\n")
+    with pytest.raises(ConfigError, match="unknown top-level key"):
+        load_space(str(tmp_path / "extra.yaml"))
+    with pytest.raises(ConfigError, match="not a file and not a bundled space"):
+        load_space("no_such_space")
+    with pytest.raises(ConfigError, match="no preset 'train_gpt'"):
+        load_space("temperature_depth", preset="train_gpt")
+    with pytest.raises(ConfigError, match="model.depth: unknown config key"):  # the MLP has no fusion depth
+        load_space("temperature_depth", preset="train_mlp")
+    assert parse_distribution("randint(1, 5)", "k").edge_values() == [1, 4]
+
+
+def test_a_trial_cannot_read_the_test_split(small_shards):
+    shards = open_shards(small_shards, splits=("train", "val"))
+    assert len(shards.load_split("val")) == 120
+    with pytest.raises(ShardError, match="split 'test' is withheld from this process"):
+        shards.load_split("test")
+
+
+# -- real Ray sweeps -----------------------------------------------------------------------------
+def test_local_sweep_asha_stops_weak_trials_and_the_winner_is_an_ordinary_run(tmp_path, small_shards):
+    space = write_space(tmp_path / "lr.yaml", {"optim.lr": LR_GRID})
+    result = launch("local", "sweep", "--space", str(space), "--num-samples", "1", "--max-concurrent", "1",
+                    "--set", f"data.shards={SMALL}", cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    (sweep,) = (tmp_path / "runs").iterdir()
+    rows = trials(sweep)
+    assert len(rows) == 4 and all(row["status"] == "TERMINATED" for row in rows)
+    by_lr = {row["optim.lr"]: row for row in rows}
+    assert by_lr[1e-6]["stopped_early"] and by_lr[2e-6]["stopped_early"] and by_lr[1e-6]["epochs_run"] < 3
+    assert not by_lr[3e-3]["stopped_early"] and by_lr[3e-3]["epochs_run"] == 3
+    reported = progress_rows(sweep)
+    assert all(len(reported[row["trial_id"]]) == row["epochs_run"] for row in rows)
+
+    info = json.loads((sweep / "run.json").read_text())
+    winner = max(rows, key=lambda row: row["val_s2t_r1"])
+    assert info["status"] == "complete" and info["winner"]["trial_id"] == winner["trial_id"]
+    assert [row["trial_id"] for row in rows if "test_s2t_r1" in row] == [winner["trial_id"]]  # test metrics: the winner's only
+    assert (sweep / "trials.csv").read_text().count("\n") == 5
+    assert (sweep / "val_r1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "best run:" in result.stdout and "test (200 videos)" in result.stdout
+
+    # The exported winner is an ordinary run directory: `evaluate` accepts it and agrees with the sweep.
+    best = sweep / "best"
+    assert json.loads((best / "run.json").read_text())["status"] == "complete"
+    (best / "eval" / "results.json").unlink()
+    again = launch("local", "evaluate", str(best), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    metrics = json.loads((best / "eval" / "results.json").read_text())["metrics"]
+    assert metrics["s2t_r1"] == pytest.approx(winner["test_s2t_r1"]) and metrics["n"] == 200
+    assert not (sweep / "trials").exists()  # the trials' working copies are gone; their state is in tune/
+
+    copied = launch("sync", str(sweep), str(tmp_path / "copy"), cwd=tmp_path)  # by default: table, plot, best/ -- not tune/
+    assert copied.returncode == 0, copied.stderr
+    assert (tmp_path / "copy" / "best" / "checkpoints" / "best.pt").is_file() and (tmp_path / "copy" / "trials.csv").is_file()
+    assert (tmp_path / "copy" / "val_r1.png").is_file() and not (tmp_path / "copy" / "tune").exists()
+
+
+def test_the_test_split_is_not_read_until_the_winner_is_chosen(tmp_path, small_shards):
+    """The test shards are corrupted during the search: every trial still runs and a winner is chosen
+    (so nothing before that read them -- each read verifies the sha256); the one test evaluation then
+    fails naming the shard. Repaired, --resume evaluates the winner without rerunning a trial."""
+    import shutil
+
+    from data_shards.manifest import Manifest
+
+    shards = tmp_path / "shards"
+    shutil.copytree(small_shards, shards)
+    test_shard = shards / Manifest.read(shards).shards_of("test")[0].name
+    original = test_shard.read_bytes()
+    test_shard.write_bytes(original[:1000] + bytes(len(original) - 1000))
+
+    space = write_space(tmp_path / "lr.yaml", {"optim.lr": "grid([3.0e-3, 1.0e-3])"})
+    command = sweep_command("--space", str(space), "--num-samples", "1", "--scheduler", "none", "--set", f"data.shards={shards}",
+                            "--run-dir", str(tmp_path / "sweep"))
+    first = run_to_end(command, tmp_path)
+    assert first.returncode == 2, first.stdout[-4000:]
+    assert f"{test_shard}: sha256 does not match manifest.json" in first.stdout
+    info = json.loads((tmp_path / "sweep" / "run.json").read_text())
+    assert info["status"] == "failed" and info["winner"]["trial_id"] and info["selected_at"]
+    assert "test" not in info and not any("test_s2t_r1" in row for row in trials(tmp_path / "sweep"))
+    reported = progress_rows(tmp_path / "sweep")
+    assert sorted(len(rows) for rows in reported.values()) == [3, 3]
+
+    test_shard.write_bytes(original)
+    second = run_to_end(sweep_command("--resume", str(tmp_path / "sweep")), tmp_path)
+    assert second.returncode == 0, second.stdout[-4000:]
+    info = json.loads((tmp_path / "sweep" / "run.json").read_text())
+    assert info["status"] == "complete" and info["test"]["s2t_r1"] > 5
+    assert progress_rows(tmp_path / "sweep") == reported  # no trial ran again
+    assert "Trial status" not in second.stdout  # Tune did not even start
+
+
+def test_interrupted_sweep_resumes_from_storage_without_rerunning_finished_trials(tmp_path, small_shards, bucket):
+    """Ctrl-C (SIGINT to `launch local`) mid-sweep; the local sweep directory is then lost, and
+    `--resume --storage s3://...` brings it back from a loopback S3 server and finishes it."""
+    client, name = bucket
+    space = write_space(tmp_path / "lr.yaml", {"optim.lr": "grid([3.0e-3, 2.0e-3, 1.0e-3])"}, {"train.epochs": 5})
+    storage = f"s3://{name}/sweeps/interrupted"
+    env = {**cli_env(), "AWS_ENDPOINT_URL": client.meta.endpoint_url}
+    process = subprocess.Popen(launch_command("local", "sweep", "--space", str(space), "--num-samples", "1", "--max-concurrent", "1",
+                                              "--scheduler", "none", "--set", f"data.shards={SMALL}", "--storage", storage),
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # the first trial done (5 epochs) and the second one under way
+            done = [rows for rows in (progress_rows(p) for p in (tmp_path / "runs").glob("*")) for rows in rows.values()]
+            if sum(len(rows) for rows in done) >= 7:
+                break
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=120)
+    finally:
+        kill_group(process.pid)
+    assert process.returncode == 0, out[-4000:]
+    (sweep,) = (tmp_path / "runs").iterdir()
+    info = json.loads((sweep / "run.json").read_text())
+    assert info["status"] == "incomplete" and f"launch local sweep --resume {sweep.relative_to(tmp_path)}" in out
+    before = progress_rows(sweep)
+    finished = [trial for trial, rows in before.items() if len(rows) == 5]
+    assert finished and len(before) >= 2
+
+    import shutil
+
+    shutil.rmtree(sweep)
+    resumed = subprocess.run(launch_command("local", "sweep", "--resume", str(sweep.relative_to(tmp_path)), "--storage", storage),
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400, start_new_session=True)
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-2000:]
+    after = progress_rows(sweep)
+    assert all(after[trial] == before[trial] for trial in finished)  # finished trials were not rerun
+    assert sorted(len(rows) for rows in after.values()) == [5, 5, 5]
+    for trial, rows in after.items():  # an interrupted trial continued from its checkpoint: epochs 1..5 once each
+        assert [row["epoch"] for row in rows] == [1, 2, 3, 4, 5], trial
+    info = json.loads((sweep / "run.json").read_text())
+    assert info["status"] == "complete" and len(info["resumed_at"]) == 1
+    stored = {obj["Key"] for obj in client.list_objects_v2(Bucket=name, Prefix="sweeps/interrupted/")["Contents"]}
+    assert "sweeps/interrupted/best/checkpoints/best.pt" in stored and "sweeps/interrupted/trials.csv" in stored
+    assert not any("/trials/" in key for key in stored)

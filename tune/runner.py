@@ -1,0 +1,147 @@
+"""The Ray Tune side of a sweep: start (or join) Ray, build the ``Tuner`` -- or restore it -- and run
+the trials. Tune's own experiment directory is ``<sweep>/tune``; each trial's live run directory is
+``<sweep>/trials/<trial-id>`` and its latest epoch is checkpointed through Tune.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.config import ConfigError
+from model.metrics import LOWER_IS_BETTER
+from tune.space import SearchSpace
+from tune.trial import train_trial
+
+log = logging.getLogger("streamapprox.sweep")
+EXPERIMENT = "tune"  # Tune's experiment directory inside the sweep directory
+
+
+@dataclass
+class SweepSettings:
+    num_samples: int = 8
+    scheduler: str = "asha"  # asha | none
+    max_concurrent: int | None = None
+    cpus_per_trial: float | None = None
+    gpus_per_trial: float | None = None
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+    seed: int = 0
+
+
+def objective(metric: str) -> tuple[str, str]:
+    """The reported metric name and Tune's mode for a selection metric such as ``s2t_r1``."""
+    suffix = metric.split("_", 1)[-1]
+    return f"val_{metric}", "min" if suffix in LOWER_IS_BETTER or metric in LOWER_IS_BETTER else "max"
+
+
+def expected_trials(space: SearchSpace, settings: SweepSettings) -> int:
+    return settings.num_samples * space.grid_size()
+
+
+def start_ray() -> dict:
+    """A local Ray instance, or the cluster ``RAY_ADDRESS`` names; returns its resources."""
+    import ray
+
+    # Tune snapshots its state whenever a trial's only kept checkpoint changes: cheap here, so no warning.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
+    return ray.cluster_resources()
+
+
+def trial_resources(settings: SweepSettings, resources: dict, trials: int) -> dict:
+    """CPUs and (fractional) GPUs per trial: by default the cluster shared evenly by the trials that run
+    at once, so several small students share a GPU (4 trials on 2 GPUs get 0.5 each)."""
+    cpus, gpus = resources.get("CPU", 1), resources.get("GPU", 0)
+    concurrent = max(1, min(settings.max_concurrent or trials, trials))
+    per_cpu = settings.cpus_per_trial or max(1, math.floor(cpus / concurrent))
+    if settings.gpus_per_trial is None:
+        per_gpu = min(1.0, 1 / math.ceil(concurrent / gpus)) if gpus else 0.0
+    else:
+        per_gpu = settings.gpus_per_trial
+    if per_cpu > cpus:
+        raise ConfigError(f"--cpus-per-trial {per_cpu}: Ray has only {cpus:g} CPUs")
+    if per_gpu > 0 and gpus == 0:
+        raise ConfigError(f"--gpus-per-trial {per_gpu}: Ray sees no GPU here; drop the option to train on CPU")
+    if per_gpu > 1 and per_gpu != int(per_gpu):
+        raise ConfigError(f"--gpus-per-trial {per_gpu}: above 1 it must be a whole number")
+    return {"cpu": per_cpu, "gpu": per_gpu}
+
+
+def build_scheduler(space: SearchSpace, settings: SweepSettings):
+    if settings.scheduler == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    max_t = space.max_epochs()
+    if settings.grace_period >= max_t:
+        raise ConfigError(f"--grace-period {settings.grace_period}: must be below the trials' epochs ({max_t}) for ASHA to stop anything")
+    return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=settings.grace_period,
+                         reduction_factor=settings.reduction_factor)
+
+
+class Deadline:
+    """Ends the sweep the way Ctrl-C does (Tune's graceful stop: state saved, trials resumable) when a
+    time budget runs out."""
+
+    def __init__(self, seconds: float | None):
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._fire) if seconds else None
+
+    def _fire(self) -> None:
+        self.expired = True
+        log.warning("time budget reached: stopping the sweep (resumable with --resume)")
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    def __enter__(self) -> "Deadline":
+        if self._timer:
+            # Tune installs its own handler when fit() starts; until then the signal must not kill the sweep.
+            signal.signal(signal.SIGUSR1, lambda *_: None)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._timer:
+            self._timer.cancel()
+
+
+def run_trials(sweep_dir: Path, space: SearchSpace, settings: SweepSettings, resume: bool, time_budget: float | None,
+               callbacks: list | None = None) -> dict:
+    """Run (or continue) the sweep's trials; returns the per-trial resources used."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    trials = expected_trials(space, settings)
+    resources = trial_resources(settings, start_ray(), trials)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, space=space, trials_dir=str((sweep_dir / "trials").resolve()), sweep_id=sweep_dir.name),
+        resources)
+    experiment = (sweep_dir / EXPERIMENT).resolve()
+    if resume and tune.Tuner.can_restore(str(experiment)):
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        metric, mode = objective(space.metric)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space.to_tune(),
+            tune_config=tune.TuneConfig(
+                metric=metric, mode=mode, num_samples=settings.num_samples, scheduler=build_scheduler(space, settings),
+                search_alg=BasicVariantGenerator(max_concurrent=settings.max_concurrent or 0, random_state=settings.seed),
+                trial_name_creator=lambda trial: trial.trial_id, trial_dirname_creator=lambda trial: trial.trial_id,
+            ),
+            run_config=tune.RunConfig(
+                name=EXPERIMENT, storage_path=str(experiment.parent), verbose=1, callbacks=callbacks or [],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1), failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+    log.info("sweep: %d trials, %s per trial, scheduler %s, at most %s at once", trials, resources, settings.scheduler,
+             settings.max_concurrent or "all")
+    with Deadline(time_budget):
+        tuner.fit()
+    return resources
