@@ -103,6 +103,21 @@ def test_space_file_structure_errors(tmp_path):
     assert parse_distribution("randint(1, 5)", "k").edge_values() == [1, 4]
 
 
+def test_trials_share_cpus_and_fractional_gpus():
+    from tune.runner import SweepSettings, trial_resources
+
+    two_t4 = {"CPU": 4, "GPU": 2}
+    assert trial_resources(SweepSettings(max_concurrent=4), two_t4, 8) == {"cpu": 1, "gpu": 0.5}  # 4 trials on 2 GPUs
+    assert trial_resources(SweepSettings(max_concurrent=3), two_t4, 8)["gpu"] == 0.5
+    assert trial_resources(SweepSettings(), two_t4, 2) == {"cpu": 2, "gpu": 1.0}
+    assert trial_resources(SweepSettings(gpus_per_trial=0.25), two_t4, 8)["gpu"] == 0.25
+    assert trial_resources(SweepSettings(), {"CPU": 2}, 8) == {"cpu": 1, "gpu": 0.0}
+    with pytest.raises(ConfigError, match="Ray sees no GPU here"):
+        trial_resources(SweepSettings(gpus_per_trial=0.5), {"CPU": 2}, 4)
+    with pytest.raises(ConfigError, match="Ray has only 2 CPUs"):
+        trial_resources(SweepSettings(cpus_per_trial=4), {"CPU": 2}, 4)
+
+
 def test_a_trial_cannot_read_the_test_split(small_shards):
     shards = open_shards(small_shards, splits=("train", "val"))
     assert len(shards.load_split("val")) == 120
