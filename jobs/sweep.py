@@ -139,7 +139,7 @@ def write_check_report(path: Path, space, shards) -> None:
     atomic_write_text(path, json.dumps({"job": "sweep", "inputs": {"data.shards": shard_input}}, indent=2) + "\n")
 
 
-def conclude(sweep: RunDir, space, settings, mirror) -> int:
+def conclude(sweep: RunDir, space, settings) -> int:
     """Table, winner (validation only), plot, best/ export, then the one test evaluation."""
     from jobs.evaluate import evaluate_run
     from tune.results import choose_winner, export_best, finished, trial_rows, write_plot, write_table
@@ -176,13 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         space, settings, sweep, mirror, overrides = resolve(args)
-        d = space.trial_config({}).data
+        base = space.trial_config({})
+        d = base.data
         # --check verifies every split (the winner's evaluation will read test); the sweep itself
         # opens train and validation only.
         shards = open_shards(d.shards, splits=None if args.check else (d.train_split, d.val_split))
         from jobs.train import check_dims
 
-        check_dims(space.trial_config({}), shards.dims, str(shards.root))
+        check_dims(base, shards.dims, str(shards.root))
         check_gpus()
         if args.check:
             if args.check_report:
@@ -213,7 +214,7 @@ def run(args, space, settings, sweep: RunDir, mirror, overrides: dict, shards) -
             budget = max(1.0, args.time_budget - (time.monotonic() - STARTED) - CONCLUDE_RESERVE_S) if args.time_budget else None
             run_trials(sweep.path, space, settings, resume=bool(args.resume), time_budget=budget,
                        callbacks=[mirror.callback()] if mirror else None)
-        code = conclude(sweep, space, settings, mirror)
+        code = conclude(sweep, space, settings)
     except (ConfigError, ShardError) as exc:
         sweep.update(status="failed", error=str(exc), ended_at=now())
         print(f"error: {exc}", file=sys.stderr)
