@@ -121,7 +121,7 @@ def start(sweep: RunDir, space, settings, overrides: dict, storage: str | None, 
                  backend=os.environ.get("STREAMAPPROX_BACKEND", "direct"), storage=storage,
                  sweep={"space": space.source, "preset": space.preset, "metric": space.metric, "overrides": overrides,
                         "params": {key: str(dist) for key, dist in space.params.items()}, "settings": asdict(settings)},
-                 shards={"location": space.base["data"]["shards"], "root": str(shards.root), "manifest_digest": shards.digest()})
+                 shards={"location": space.trial_config({}).data.shards, "root": str(shards.root), "manifest_digest": shards.digest()})
 
 
 def setup_logging(sweep: RunDir) -> None:
@@ -131,7 +131,7 @@ def setup_logging(sweep: RunDir) -> None:
 
 
 def write_check_report(path: Path, space, shards) -> None:
-    location = space.base["data"]["shards"]
+    location = space.trial_config({}).data.shards
     from data_shards.manifest import MANIFEST_NAME, sha256_file
 
     shard_input = {"location": location, "root": str(shards.root), "manifest_sha256": sha256_file(shards.root / MANIFEST_NAME),

@@ -244,3 +244,12 @@ def test_interrupted_sweep_resumes_from_storage_without_rerunning_finished_trial
     stored = {obj["Key"] for obj in client.list_objects_v2(Bucket=name, Prefix="sweeps/interrupted/")["Contents"]}
     assert "sweeps/interrupted/best/checkpoints/best.pt" in stored and "sweeps/interrupted/trials.csv" in stored
     assert not any("/trials/" in key for key in stored)
+
+
+def test_check_report_of_a_space_on_the_default_shards(tmp_path, small_shards):
+    """A space that leaves data.shards to the preset (the README's first example) reports the default location."""
+    from jobs.sweep import write_check_report
+
+    write_check_report(tmp_path / "check.json", load_space("temperature_depth"), open_shards(small_shards))
+    shard_input = json.loads((tmp_path / "check.json").read_text())["inputs"]["data.shards"]
+    assert shard_input["location"] == "synthetic://msrvtt" and shard_input["regenerable"]
