@@ -120,6 +120,8 @@ def write_plot(sweep_dir: Path, rows: list[dict], space: SearchSpace, winner_id:
             ax.scatter([x[i]], [y[i]], s=320, facecolors="none", edgecolors="red", linewidths=2, label="winner (validation)")
     if space.params[axes[0]].log_scale or (x and min(x) > 0 and max(x) / min(x) >= 20):
         ax.set_xscale("log")
+    if y and all(isinstance(v, int) for v in y):  # e.g. depth: whole-number ticks only
+        ax.set_yticks(sorted(set(y)))
     ax.set_xlabel(axes[0])
     ax.set_ylabel(axes[1] if len(axes) > 1 else metric)
     fig.colorbar(points, ax=ax, label=f"{metric} (best epoch)")
