@@ -97,12 +97,18 @@ def set_value(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def apply_override(data: dict, assignment: str) -> None:
+def parse_assignment(assignment: str) -> tuple[str, Any]:
+    """``"optim.lr=1e-3"`` -> ``("optim.lr", 0.001)``."""
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set loss.temperature=0.05")
     key, text = assignment.split("=", 1)
+    return key.strip(), parse_value(text)
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    key, value = parse_assignment(assignment)
     try:
-        set_value(data, key, parse_value(text))
+        set_value(data, key, value)
     except ConfigError as exc:
         raise ConfigError(f"--set {exc}") from None
 

@@ -8,7 +8,6 @@ and Tune's experiment (``tune/``, what ``--resume`` continues from).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -17,9 +16,8 @@ import time
 from pathlib import Path
 
 from data_shards import ShardError, open_shards
-from data_shards.files import atomic_write_text
 from jobs import new_run_id, now
-from jobs.config import ConfigError, parse_value
+from jobs.config import ConfigError, parse_assignment
 from jobs.hardware import HardwareError, check_gpus
 from jobs.rundir import RunDir, git_state
 
@@ -66,13 +64,7 @@ def settings_from(args: argparse.Namespace):
 
 
 def overrides_dict(overrides: list[str]) -> dict:
-    pairs = {}
-    for assignment in overrides:
-        if "=" not in assignment:
-            raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set train.epochs=4")
-        key, text = assignment.split("=", 1)
-        pairs[key.strip()] = parse_value(text)
-    return pairs
+    return dict(parse_assignment(assignment) for assignment in overrides)
 
 
 def resolve(args: argparse.Namespace):
@@ -131,21 +123,19 @@ def setup_logging(sweep: RunDir) -> None:
 
 
 def write_check_report(path: Path, space, shards) -> None:
-    location = space.trial_config({}).data.shards
-    from data_shards.manifest import MANIFEST_NAME, sha256_file
+    from jobs.train import write_check_report as report_inputs
 
-    shard_input = {"location": location, "root": str(shards.root), "manifest_sha256": sha256_file(shards.root / MANIFEST_NAME),
-                   "regenerable": str(location).startswith("synthetic://")}
-    atomic_write_text(path, json.dumps({"job": "sweep", "inputs": {"data.shards": shard_input}}, indent=2) + "\n")
+    report_inputs(path, "sweep", space.trial_config({}).data.shards, shards)
 
 
 def conclude(sweep: RunDir, space, settings) -> int:
     """Table, winner (validation only), plot, best/ export, then the one test evaluation."""
     from jobs.evaluate import evaluate_run
-    from tune.results import choose_winner, export_best, finished, trial_rows, write_plot, write_table
+    from tune.results import choose_winner, export_best, finished, load_experiment, trial_rows, write_plot, write_table
     from tune.runner import expected_trials
 
-    rows = trial_rows(sweep.path, space)
+    experiment = load_experiment(sweep.path)
+    rows = trial_rows(experiment, space)
     write_table(sweep.path, rows)
     epochs = sum(row["epochs_run"] for row in rows)
     if not finished(rows, expected_trials(space, settings)):
@@ -160,7 +150,7 @@ def conclude(sweep: RunDir, space, settings) -> int:
                          "metric": f"val_{metric}", "value": winner[f"val_{metric}"], "best_epoch": winner["best_epoch"]})
     log.info("winner on validation: trial %s, val %s %.2f, %s", winner["trial_id"], metric, winner[f"val_{metric}"],
              {k: winner[k] for k in space.params})
-    best = export_best(sweep.path, winner, metric)
+    best = export_best(experiment, sweep.path, winner, metric)
     write_plot(sweep.path, rows, space, winner["trial_id"])
     test = evaluate_run(best, checkpoint="best")
     winner.update({f"test_{key}": test[key] for key in ("s2t_r1", "s2t_r5", "s2t_r10", "s2t_medr", "t2s_r1")})
@@ -199,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args, space, settings, sweep: RunDir, mirror, overrides: dict, shards) -> int:
     import ray
 
-    from tune.results import finished, trial_rows
+    from tune.results import finished, load_experiment, trial_rows
     from tune.runner import EXPERIMENT, expected_trials, run_trials
 
     if args.resume:
@@ -209,7 +199,7 @@ def run(args, space, settings, sweep: RunDir, mirror, overrides: dict, shards) -
         start(sweep, space, settings, overrides, args.storage, shards)
     setup_logging(sweep)
     try:
-        searched = args.resume and (sweep.path / EXPERIMENT).is_dir() and finished(trial_rows(sweep.path, space), expected_trials(space, settings))
+        searched = args.resume and (sweep.path / EXPERIMENT).is_dir() and finished(trial_rows(load_experiment(sweep.path), space), expected_trials(space, settings))
         if not searched:
             budget = max(1.0, args.time_budget - (time.monotonic() - STARTED) - CONCLUDE_RESERVE_S) if args.time_budget else None
             run_trials(sweep.path, space, settings, resume=bool(args.resume), time_budget=budget,

@@ -373,11 +373,11 @@ def resolve(args: argparse.Namespace, preset: str) -> tuple[JobConfig, RunDir, d
     return cfg, run, None
 
 
-def write_check_report(path: Path, cfg: JobConfig, shards: ShardSet) -> None:
+def write_check_report(path: Path, job: str, location: str, shards: ShardSet) -> None:
     """What a remote launcher must carry: each input's config key, where it is, and how to recognise it there."""
-    shard_input = {"location": cfg.data.shards, "root": str(shards.root), "manifest_sha256": sha256_file(shards.root / MANIFEST_NAME),
-                   "regenerable": cfg.data.shards.startswith("synthetic://")}
-    atomic_write_text(path, json.dumps({"job": cfg.job, "inputs": {"data.shards": shard_input}}, indent=2) + "\n")
+    shard_input = {"location": location, "root": str(shards.root), "manifest_sha256": sha256_file(shards.root / MANIFEST_NAME),
+                   "regenerable": location.startswith("synthetic://")}
+    atomic_write_text(path, json.dumps({"job": job, "inputs": {"data.shards": shard_input}}, indent=2) + "\n")
 
 
 def run_training(trainer: Trainer, run: RunDir, cfg: JobConfig, resume: dict | None, **record) -> str:
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp") -> int:
         check_gpus()
         if args.check:
             if args.check_report:
-                write_check_report(Path(args.check_report), cfg, shards)
+                write_check_report(Path(args.check_report), cfg.job, cfg.data.shards, shards)
             print(f"check ok: {cfg.job} ({cfg.model.kind} student) on {shards.root} {shards.manifest.splits}")
             return 0
         trainer = Trainer(cfg, shards, run, resume, args.time_budget)

@@ -26,13 +26,17 @@ TABLE = "trials"  # trials.csv + trials.json in the sweep directory
 PLOT = "val_r1.png"
 
 
-def trial_rows(sweep_dir: Path, space: SearchSpace) -> list[dict]:
-    """One row per trial Tune knows: params, validation metrics at its best epoch, epochs run, stopped early."""
+def load_experiment(sweep_dir: Path):
+    """Tune's record of the sweep (every trial's config, status, results and checkpoints), read from disk."""
     from ray.tune import ExperimentAnalysis
 
     # Trials not started yet (an interrupted sweep) have no results; that is expected, not a warning.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    analysis = ExperimentAnalysis(str((sweep_dir / EXPERIMENT).resolve()))
+    return ExperimentAnalysis(str((sweep_dir / EXPERIMENT).resolve()))
+
+
+def trial_rows(analysis, space: SearchSpace) -> list[dict]:
+    """One row per trial Tune knows: params, validation metrics at its best epoch, epochs run, stopped early."""
     frames = analysis.trial_dataframes
     metric = space.metric
     rows = []
@@ -136,11 +140,8 @@ def write_plot(sweep_dir: Path, rows: list[dict], space: SearchSpace, winner_id:
     return path
 
 
-def export_best(sweep_dir: Path, winner: dict, metric: str) -> Path:
+def export_best(analysis, sweep_dir: Path, winner: dict, metric: str) -> Path:
     """Copy the winner's last checkpointed run directory to ``<sweep>/best`` (atomically) and mark it finished."""
-    from ray.tune import ExperimentAnalysis
-
-    analysis = ExperimentAnalysis(str((sweep_dir / EXPERIMENT).resolve()))
     trial = next(t for t in analysis.trials if t.trial_id == winner["trial_id"])
     checkpoint = analysis.get_last_checkpoint(trial)
     if checkpoint is None:
