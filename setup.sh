@@ -4,8 +4,8 @@
 #   --dev  also installs the test tools.
 set -euo pipefail
 cd "$(dirname "$0")"
-extras="deepspeed,tune"
-[[ "${1:-}" == "--dev" ]] && extras="deepspeed,tune,dev"
+extras="deepspeed,tune,extract"
+[[ "${1:-}" == "--dev" ]] && extras="deepspeed,tune,extract,dev"
 
 stamp=".venv/.setup-$(cat pyproject.toml constraints.txt setup.sh | sha256sum | cut -c1-16)-${extras//,/-}"
 if [[ -f "$stamp" ]]; then exit 0; fi

@@ -1,12 +1,15 @@
-"""``data_shards validate PATH`` and ``data_shards synthetic --out DIR``."""
+"""``data_shards validate PATH``, ``data_shards merge PART... --out DIR``, ``data_shards synthetic --out DIR``
+and ``data_shards synthetic-videos --out DIR``."""
 from __future__ import annotations
 
 import argparse
 import sys
 from collections import Counter
 from dataclasses import fields
+from pathlib import Path
 
 from data_shards.errors import ShardError
+from data_shards.merge import merge_shard_sets
 from data_shards.reader import open_shards
 from data_shards.schema import TEACHER_NORM_TOLERANCE
 from data_shards.synthetic import SyntheticSpec, generate
@@ -30,6 +33,11 @@ def validate(location: str) -> str:
         note = f", {loud_zero} with has_audio=true but all-zero audio (check the audio decoder)" if loud_zero else ""
         shard_count = len(shards.manifest.shards_of(split))
         lines.append(f"  {split:<6} {count:>7} videos in {shard_count} shards, {silent} silent ({100 * silent / count:.1f} %){note}")
+    failures = shards.manifest.source.get("failures", [])
+    if failures:
+        lines.append(f"  {len(failures)} videos failed extraction (manifest.json 'failures'), e.g. {failures[0]['video_id']}: {failures[0]['reason']}")
+    if shards.manifest.encoders.get("random_init"):
+        lines.append("  RANDOM-INIT encoders: these features are for tests and benchmarks only")
     lines.append("  ok: every shard matches manifest.json and every sample decodes")
     return "\n".join(lines)
 
@@ -39,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("validate", help="verify a shard set against its manifest and print a summary")
     check.add_argument("path")
+    join = sub.add_parser("merge", help="join slices of one extraction (or synthetic set) into one shard set")
+    join.add_argument("parts", nargs="+")
+    join.add_argument("--out", required=True)
+    videos = sub.add_parser("synthetic-videos", help="write small synthetic videos (moving shapes + tone) and videos.csv")
+    videos.add_argument("--out", required=True)
+    videos.add_argument("--count", type=int, default=24)
+    videos.add_argument("--seconds", type=float, default=4.0)
     synth = sub.add_parser("synthetic", help="write the deterministic MSR-VTT-shaped synthetic shard set")
     synth.add_argument("--out", required=True)
     for f in fields(SyntheticSpec):
@@ -47,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "validate":
             print(validate(args.path))
+        elif args.command == "merge":
+            merge_shard_sets([Path(p) for p in args.parts], Path(args.out))
+            print(validate(args.out))
+        elif args.command == "synthetic-videos":
+            from data_shards.synthetic_videos import write_collection
+
+            print(f"wrote {args.count} synthetic videos and {write_collection(args.out, args.count, args.seconds)}")
         else:
             spec = SyntheticSpec(**{f.name: getattr(args, f.name) for f in fields(SyntheticSpec)})
             generate(spec, args.out, progress=sys.stderr.isatty())

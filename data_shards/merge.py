@@ -1,7 +1,11 @@
 """Join shard sets written apart (slices of one extraction, one per kernel or worker) into one set
 with one manifest. Every part is verified against its own manifest first; parts must agree on dims
 and encoders, and shard names must not collide. Written through a staging directory and renamed
-into place, like every shard set."""
+into place, like every shard set.
+
+Slices of a video extraction also carry their plan: they must share it, no planned shard may be in
+two parts (its videos would be duplicated) and every planned shard must be in one (or its videos
+are missing). The failures of all parts are kept."""
 from __future__ import annotations
 
 import os
@@ -17,8 +21,9 @@ from data_shards.reader import open_shards
 def merge_shard_sets(parts: list[Path], out: Path) -> Manifest:
     if not parts:
         raise ShardError(f"{out}: no shard sets to merge")
-    opened = [open_shards(part) for part in parts]
+    opened = [open_shards(part, partial=True) for part in parts]
     first = opened[0].manifest
+    joined = _joined_plan([p.manifest for p in opened], parts) if "plan" in first.source else {**first.source, "merged_parts": len(parts)}
     shards, seen = [], {}
     for part in opened:
         m = part.manifest
@@ -38,8 +43,7 @@ def merge_shard_sets(parts: list[Path], out: Path) -> Manifest:
                 os.link(source, target)  # same file system: no copy
             except OSError:
                 shutil.copy2(source, target)
-        merged = Manifest(dims=first.dims, shards=sorted(shards, key=lambda s: s.name), encoders=first.encoders,
-                          source={**first.source, "merged_parts": len(parts)})
+        merged = Manifest(dims=first.dims, shards=sorted(shards, key=lambda s: s.name), encoders=first.encoders, source=joined)
         merged.write(staging)
         if out.exists():
             shutil.rmtree(out)
@@ -48,3 +52,25 @@ def merge_shard_sets(parts: list[Path], out: Path) -> Manifest:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return merged
+
+
+def _joined_plan(manifests: list[Manifest], parts: list[Path]) -> dict:
+    plan = manifests[0].source["plan"]
+    owner: dict[str, Path] = {}
+    for manifest, part in zip(manifests, parts):
+        if manifest.source.get("plan", {}).get("digest") != plan["digest"]:
+            raise ShardError(f"{part}: extracted with another plan (videos or settings) than {parts[0]}; only slices of one extraction merge")
+        for name in manifest.source["done"]:
+            if name in owner:
+                raise ShardError(f"{part}: planned shard {name} is also in {owner[name]}; its {plan['shards'][name]} videos would be "
+                                 "duplicated. Keep one copy of each slice")
+            owner[name] = part
+    missing = [name for name in plan["shards"] if name not in owner]
+    if missing:
+        videos = sum(plan["shards"][name] for name in missing)
+        raise ShardError(f"missing videos: planned shards {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
+                         f"({videos} videos) are in none of the {len(parts)} parts; run the workers that own them (same command, "
+                         "same --num-shards) and merge again")
+    failures = sorted((f for m in manifests for f in m.source["failures"]), key=lambda f: f["video_id"])
+    return {**manifests[0].source, "done": sorted(owner), "complete": True, "failures": failures,
+            "silent": sum(m.source["silent"] for m in manifests), "merged_parts": len(parts)}

@@ -151,15 +151,22 @@ def _resolve_root(location: str | Path) -> Path:
     return Path(text).expanduser()
 
 
-def open_shards(location: str | Path, verify: bool = True, splits: tuple[str, ...] | None = None) -> ShardSet:
+def open_shards(location: str | Path, verify: bool = True, splits: tuple[str, ...] | None = None,
+                partial: bool = False) -> ShardSet:
     """Open a shard set from a path, ``file://`` or ``synthetic://`` URL and verify its digests.
 
     With ``splits``, only those splits are verified and readable: a sweep's trials open the set this
-    way, so the test split cannot influence model selection."""
+    way, so the test split cannot influence model selection. An unfinished extraction (one worker's
+    slice) opens only with ``partial`` (for merging): nobody trains on part of a dataset by mistake."""
     root = _resolve_root(location)
     if not root.is_dir():
         raise ShardError(f"{root}: shard directory not found. Generate one with `data_shards synthetic --out {root}` or point data.shards at an existing set.")
-    shards = ShardSet(root, Manifest.read(root), splits)
+    manifest = Manifest.read(root)
+    if not partial and not manifest.source.get("complete", True):
+        done, planned = len(manifest.source["done"]), len(manifest.source["plan"]["shards"])
+        raise ShardError(f"{root}: an unfinished extraction ({done} of {planned} planned shards). Finish it by rerunning the same "
+                         "extract command (or the missing workers), or join slices written apart with `data_shards merge`.")
+    shards = ShardSet(root, manifest, splits)
     if verify:
         shards.verify()
     return shards

@@ -17,6 +17,22 @@ from data_shards.manifest import Manifest, ShardEntry, sha256_file
 from data_shards.schema import META_FIELDS, TEACHER_NORM_TOLERANCE, Dims
 
 
+def sample_record(dims: Dims, key: str, clip: np.ndarray, audio: np.ndarray, teacher: np.ndarray, meta: dict) -> dict:
+    """One sample as WebDataset fields, after checking it against the set's dims and the schema."""
+    audio_shape = (dims.audio,) if dims.audio_examples is None else (dims.audio_examples, dims.audio)
+    for name, array, shape in (("clip", clip, (dims.frames, dims.clip)), ("audio", audio, audio_shape), ("teacher", teacher, (dims.teacher,))):
+        if tuple(array.shape) != shape:
+            raise ShardError(f"sample {key!r}: {name} has shape {tuple(array.shape)}, the shard set's dims say {shape}.")
+    norm = float(np.linalg.norm(teacher.astype(np.float64)))
+    if abs(norm - 1.0) > TEACHER_NORM_TOLERANCE:
+        raise ShardError(f"sample {key!r}: teacher norm is {norm:.4f}; teacher targets must be L2-normalized.")
+    missing = [name for name in META_FIELDS if name not in meta]
+    if missing:
+        raise ShardError(f"sample {key!r}: meta.json lacks {missing}.")
+    return {"__key__": key, "clip.npy": np.asarray(clip, dtype=np.float16), "audio.npy": np.asarray(audio, dtype=np.float16),
+            "teacher.npy": np.asarray(teacher, dtype=np.float32), "meta.json": meta}
+
+
 class ShardSetWriter:
     """``with ShardSetWriter(root, dims) as w: w.write(split, key, clip, audio, teacher, meta)``."""
 
@@ -61,33 +77,11 @@ class ShardSetWriter:
             ShardEntry(name=path.name, split=split, samples=samples, bytes=path.stat().st_size, sha256=sha256_file(path))
         )
 
-    def _check(self, key: str, clip: np.ndarray, audio: np.ndarray, teacher: np.ndarray, meta: dict) -> None:
-        d = self.dims
-        audio_shape = (d.audio,) if d.audio_examples is None else (d.audio_examples, d.audio)
-        for name, array, shape in (("clip", clip, (d.frames, d.clip)), ("audio", audio, audio_shape), ("teacher", teacher, (d.teacher,))):
-            if tuple(array.shape) != shape:
-                raise ShardError(f"sample {key!r}: {name} has shape {tuple(array.shape)}, the shard set's dims say {shape}.")
-        norm = float(np.linalg.norm(teacher.astype(np.float64)))
-        if abs(norm - 1.0) > TEACHER_NORM_TOLERANCE:
-            raise ShardError(f"sample {key!r}: teacher norm is {norm:.4f}; teacher targets must be L2-normalized.")
-        missing = [name for name in META_FIELDS if name not in meta]
-        if missing:
-            raise ShardError(f"sample {key!r}: meta.json lacks {missing}.")
+    def write(self, split: str, key: str, clip: np.ndarray, audio: np.ndarray, teacher: np.ndarray, meta: dict) -> None:
         if key in self._keys:
             raise ShardError(f"sample {key!r}: duplicate video id.")
-
-    def write(self, split: str, key: str, clip: np.ndarray, audio: np.ndarray, teacher: np.ndarray, meta: dict) -> None:
-        self._check(key, clip, audio, teacher, meta)
         self._keys.add(key)
-        self._writer_for(split).write(
-            {
-                "__key__": key,
-                "clip.npy": np.asarray(clip, dtype=np.float16),
-                "audio.npy": np.asarray(audio, dtype=np.float16),
-                "teacher.npy": np.asarray(teacher, dtype=np.float32),
-                "meta.json": meta,
-            }
-        )
+        self._writer_for(split).write(sample_record(self.dims, key, clip, audio, teacher, meta))
 
     def close(self) -> Manifest:
         for writer in self._writers.values():

@@ -36,6 +36,10 @@ JOBS: dict[str, JobSpec] = {
     "train_transformer": JobSpec(
         "jobs.train_transformer", "train the Transformer fusion student, then evaluate best.pt on test", True, True, True, True
     ),
+    "extract": JobSpec(
+        "jobs.extract", "videos -> shard set: CLIP frames + VGGish audio + ImageBind (or dense CLIP) teacher; resumable, "
+        "sliceable (--num-kernels N), one worker per GPU", True, True, True, True, True, extras=("extract",)
+    ),
     "synthesize": JobSpec(
         "jobs.synthesize", "write the synthetic shard set into RUN/shards (sliceable: --num-kernels N)", False, True, sliceable=True
     ),

@@ -113,23 +113,26 @@ def apply_override(data: dict, assignment: str) -> None:
         raise ConfigError(f"--set {exc}") from None
 
 
-def _known_keys(loc: tuple) -> list[str]:
+def _known_keys(loc: tuple, root: type[Strict]) -> list[str]:
     """Field names valid where ``loc`` points (for "did you mean")."""
-    if len(loc) < 2:
-        return sorted(JobConfig.model_fields)
-    if loc[0] == "model":
+    if root is JobConfig and len(loc) == 2 and loc[0] == "model":
         return sorted(set(MLPStudentConfig.model_fields) | set(TransformerStudentConfig.model_fields))
-    field = JobConfig.model_fields.get(loc[0])
-    return sorted(getattr(field.annotation, "model_fields", {})) if field else []
+    node = root
+    for part in loc[:-1]:
+        field = getattr(node, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        node = next((a for a in (field.annotation, *getattr(field.annotation, "__args__", ())) if hasattr(a, "model_fields")), None)
+    return sorted(getattr(node, "model_fields", {}))
 
 
-def format_validation_error(exc: ValidationError) -> str:
+def format_validation_error(exc: ValidationError, root: type[Strict] | None = None) -> str:
     lines = []
     for error in exc.errors():
         loc = tuple(str(part) for part in error["loc"] if part not in ("mlp", "transformer"))
         key = ".".join(loc)
         if error["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(loc[-1], _known_keys(loc), n=3)
+            close = difflib.get_close_matches(loc[-1], _known_keys(loc, root or JobConfig), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             lines.append(f"{key}: unknown config key{hint}")
         else:
@@ -146,16 +149,22 @@ def preset_data(preset: str) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def load_config(preset: str, config_file: str | None = None, overrides: list[str] | None = None) -> JobConfig:
-    data = preset_data(preset)
+def layered(data: dict, config_file: str | None = None, overrides: list[str] | None = None) -> dict:
+    """``data`` with a YAML file merged over it, then ``--set`` overrides applied."""
     if config_file:
+        if not Path(config_file).is_file():
+            raise ConfigError(f"{config_file}: config file not found")
         extra = yaml.safe_load(Path(config_file).read_text()) or {}
         if not isinstance(extra, dict):
             raise ConfigError(f"{config_file}: expected a mapping of config sections")
         _deep_merge(data, extra)
     for assignment in overrides or []:
         apply_override(data, assignment)
-    return validate_config(data)
+    return data
+
+
+def load_config(preset: str, config_file: str | None = None, overrides: list[str] | None = None) -> JobConfig:
+    return validate_config(layered(preset_data(preset), config_file, overrides))
 
 
 def validate_config(data: dict) -> JobConfig:

@@ -373,6 +373,13 @@ def resolve(args: argparse.Namespace, preset: str) -> tuple[JobConfig, RunDir, d
     return cfg, run, None
 
 
+def warn_random_init(shards: ShardSet) -> None:
+    """Features from random-init encoders train a student of nothing: say so where it cannot be missed."""
+    if shards.manifest.encoders.get("random_init"):
+        print(f"WARNING: {shards.root} was extracted with RANDOM-INIT encoders (--random-init): its features are for tests "
+              "and benchmarks only; a student trained on them learns nothing about real videos", file=sys.stderr)
+
+
 def write_check_report(path: Path, job: str, location: str, shards: ShardSet) -> None:
     """What a remote launcher must carry: each input's config key, where it is, and how to recognise it there."""
     shard_input = {"location": location, "root": str(shards.root), "manifest_sha256": sha256_file(shards.root / MANIFEST_NAME),
@@ -422,6 +429,7 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp") -> int:
             raise ConfigError(f"{shards.root}: not the shard set this run was trained on (manifest digest differs); "
                               "resume on the original shards, or start a new run")
         check_dims(cfg, shards.dims, str(shards.root))
+        warn_random_init(shards)
         check_gpus()
         if args.check:
             if args.check_report:

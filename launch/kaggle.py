@@ -25,11 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from data_shards.files import atomic_write_text, cache_root
+from data_shards.files import atomic_write_text, cache_root, hash_file
 from jobs import JOBS, JobSpec, new_run_id, now
 from launch import bundle as code_bundle
 from launch.kaggle_api import TERMINAL, KaggleService, KernelState
-from launch.kaggle_remote import KERNEL_RECORD
+from launch.kaggle_remote import KERNEL_RECORD, VIDEO_LISTING
 from launch.local import REPO_ROOT, LaunchError, option_value, summarize
 from launch.runs import read_record, write_record
 
@@ -148,6 +148,28 @@ class Uploader:
         else:
             print(f"launch kaggle: {key} ({spec['location']}) already on Kaggle as {self.service.owner}/{slug}", flush=True)
         return {"dataset": f"{self.service.owner}/{slug}", "manifest_sha256": digest}
+
+    def videos(self, key: str, spec: dict) -> dict:
+        """A video collection as one flat dataset with ``videos.json`` (id, file, split), named by the
+        digest of that listing and every file's bytes: the same videos are never uploaded twice."""
+        listing = [{k: v for k, v in entry.items() if k != "source"} for entry in spec["listing"]]
+        content = hashlib.sha256(json.dumps(listing, sort_keys=True).encode())
+        for entry in spec["listing"]:
+            content.update(hash_file(entry["source"], "sha256")[1][0].encode())
+        digest = content.hexdigest()
+        slug = f"streamapprox-videos-{digest[:16]}"
+        if self.service.dataset_status(slug) is None:
+            folder = stage_dir(self.service.owner, slug)
+            for entry in spec["listing"]:
+                (folder / entry["path"]).symlink_to(Path(entry["source"]).resolve())
+            (folder / VIDEO_LISTING).write_text(json.dumps({"digest": digest, "videos": listing}, indent=1) + "\n")
+            self._upload(folder, slug, f"StreamApprox videos {digest[:8]}", new=True, notes=f"{len(listing)} videos")
+        else:
+            print(f"launch kaggle: {key} ({spec['location']}) already on Kaggle as {self.service.owner}/{slug}", flush=True)
+        return {"dataset": f"{self.service.owner}/{slug}", "kind": "videos", "digest": digest, "also_set": spec.get("also_set", {})}
+
+    def carry(self, key: str, spec: dict) -> dict:
+        return self.videos(key, spec) if spec.get("kind") == "videos" else self.shards(key, spec)
 
     def wheels(self, requirements: list[str]) -> dict:
         digest = hashlib.sha256(json.dumps(["cp311-manylinux_x86_64", *requirements]).encode()).hexdigest()
@@ -350,23 +372,31 @@ def job_inputs(spec: JobSpec, job_args: list[str]) -> dict:
         return json.loads(report.read_text())["inputs"]
 
 
-def bundled_file_arguments(job_args: list[str], bundle: code_bundle.Bundle) -> list[str]:
-    """A job argument naming a local file (a sweep's --space my.yaml) reaches the kernel only inside
-    the code bundle: rewrite it relative to the project root, or refuse before anything is pushed."""
-    rewritten = []
-    for arg in job_args:
-        path = Path(arg)
-        if arg.startswith("-") or "=" in arg or not path.is_file():
-            rewritten.append(arg)
-            continue
+def bundled_file_arguments(job_args: list[str], bundle: code_bundle.Bundle, carried: set[str] = frozenset()) -> list[str]:
+    """A job argument naming a local file (a sweep's --space my.yaml, a --set key=my.json value)
+    reaches the kernel only inside the code bundle: rewrite it relative to the project root, or refuse
+    before anything is pushed. Inputs that travel as datasets (``carried`` locations) are left as they are."""
+    def bundled(text: str) -> str:
         try:
-            rel = path.resolve().relative_to(REPO_ROOT).as_posix()
+            rel = Path(text).resolve().relative_to(REPO_ROOT).as_posix()
         except ValueError:
             rel = None
         if rel not in bundle.files:
-            raise LaunchError(f"{arg}: a local file the job needs is not in the code bundle (only git-tracked files of "
+            raise LaunchError(f"{text}: a local file the job needs is not in the code bundle (only git-tracked files of "
                               f"{REPO_ROOT} travel); put it in the project and `git add` it, or use a bundled name")
-        rewritten.append(rel)
+        return rel
+
+    rewritten = []
+    for arg in job_args:
+        key, _, value = arg.rpartition("=")
+        if arg in carried or value in carried:
+            rewritten.append(arg)
+        elif not arg.startswith("-") and key and Path(value).is_file():
+            rewritten.append(f"{key}={bundled(value)}")
+        elif not arg.startswith("-") and not key and Path(arg).is_file():
+            rewritten.append(bundled(arg))
+        else:
+            rewritten.append(arg)
     return rewritten
 
 
@@ -439,10 +469,10 @@ def run(name: str, spec: JobSpec, job_args: list[str], options: argparse.Namespa
     job_args, budget = split_budget(job_args, options) if spec.resumable else (job_args, 0.0)
     inputs = job_inputs(spec, job_args)
     bundle = code_bundle.collect(REPO_ROOT, options.max_bundle_mb)
-    job_args = bundled_file_arguments(job_args, bundle)
+    job_args = bundled_file_arguments(job_args, bundle, {value["location"] for value in inputs.values()})
     uploader = Uploader(service, options)
     code = uploader.code(bundle)
-    carried = {key: uploader.shards(key, value) for key, value in inputs.items() if not value["regenerable"]}
+    carried = {key: uploader.carry(key, value) for key, value in inputs.items() if not value["regenerable"]}
     requirements = kernel_requirements(spec)
     wheels = uploader.wheels(requirements) if options.no_internet else None
     datasets = [code["dataset"], *(c["dataset"] for c in carried.values()), *([wheels["dataset"]] if wheels else [])]

@@ -26,6 +26,7 @@ from jobs import JOBS
 from sync.local import write_content_manifest
 
 KERNEL_RECORD = "streamapprox-kernel.json"  # beside the run directory in /kaggle/working
+VIDEO_LISTING = "videos.json"  # marks an uploaded video collection (jobs.extract input)
 HARDWARE_EXIT = 3
 
 
@@ -94,11 +95,15 @@ def job_arguments(plan: dict, input_root: Path, run_dir: Path) -> list[str]:
     spec = JOBS[plan["job"]]
     relocated = []
     for key, wanted in plan["inputs"].items():
-        found = find_input(input_root, "manifest.json", lambda p: sha256_file(p) == wanted["manifest_sha256"])
+        if wanted.get("kind") == "videos":
+            found = find_input(input_root, VIDEO_LISTING, lambda p: json.loads(p.read_text()).get("digest") == wanted["digest"])
+            what, value = f"the videos with listing digest {wanted['digest'][:12]}", found and found / VIDEO_LISTING
+        else:
+            found = find_input(input_root, "manifest.json", lambda p: sha256_file(p) == wanted["manifest_sha256"])
+            what, value = f"the shard set with manifest sha256 {wanted['manifest_sha256'][:12]}", found
         if found is None:
-            raise KernelFailure(f"input {key}: no mounted dataset holds the shard set with manifest sha256 "
-                                f"{wanted['manifest_sha256'][:12]} (dataset {wanted['dataset']}); is it attached and ready?")
-        relocated += ["--set", f"{key}={found}"]
+            raise KernelFailure(f"input {key}: no mounted dataset holds {what} (dataset {wanted['dataset']}); is it attached and ready?")
+        relocated += ["--set", f"{key}={value}", *(f"{k}={json.dumps(v)}" for k, v in wanted.get("also_set", {}).items())]
     if plan["resume"]:  # the run's saved config rules; only the inputs' new places are passed
         previous = find_input(input_root, "run.json", lambda p: p.parent.name == plan["run_id"]
                               and json.loads(p.read_text()).get("run_id") == plan["run_id"])

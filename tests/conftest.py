@@ -12,6 +12,10 @@ import pytest
 
 # 600 train videos in shards of 128 -> 5 shards of uneven size (128 x 4 + 88).
 SMALL = "synthetic://msrvtt?train=600&val=120&test=200&samples_per_shard=128"
+# Extraction with the real encoder architectures at tiny sizes (random weights unless a test loads some).
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY_EXTRACT = ["--set", "student.clip.model=tiny_clip", f"student.clip.architecture={FIXTURES / 'tiny_clip.json'}",
+                f"teacher.imagebind.architecture={FIXTURES / 'tiny_imagebind.json'}", "samples_per_shard=3"]
 FAST_MLP = ["train.epochs=3", "data.batch_size=64", "model.hidden=[256,256]", "train.log_every=1"]
 
 

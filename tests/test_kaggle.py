@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST_MLP, SMALL, launch_command, read_jsonl
+from conftest import FAST_MLP, SMALL, TINY_EXTRACT, cli_env, launch_command, read_jsonl
 from kaggle_server import FakeKaggle, kaggle_env
 
 USER, KEY = "kaggle-user", "kgl-" + secrets.token_hex(12)  # made at run time: no key is written in any tracked file
@@ -266,3 +266,26 @@ def test_sweep_past_the_time_budget_continues_in_a_second_kernel(tmp_path, kaggl
     for rows in (read_jsonl(p) for p in (sweep / "tune").glob("*/result.json")):
         assert [row["epoch"] for row in rows] == [1, 2, 3, 4, 5, 6]  # every epoch once: nothing rerun, nothing lost
     assert (sweep / "best" / "eval" / "results.json").is_file()
+
+
+def test_extract_fans_out_over_kernels_with_the_videos_as_a_dataset(tmp_path, kaggle):
+    """The videos travel as one dataset (listing + files); two kernels each extract their slice; the
+    merged set is byte for byte the one a local single worker writes."""
+    import sys
+
+    from data_shards.synthetic_videos import write_collection
+
+    listing = write_collection(tmp_path / "videos", 7, seconds=2.0)
+    args = ["--videos", str(listing), "--random-init", *TINY_EXTRACT]
+    result = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", *FAST, "--num-kernels", "2", *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = only_run_dir(tmp_path)
+    uploads = [body for method, body in kaggle.requests if method == "CreateDataset"]
+    assert any("streamapprox-videos-" in json.dumps(body) for body in uploads)
+    local = subprocess.run([sys.executable, "-m", "jobs.extract", *args, "--out", str(tmp_path / "local")], env=cli_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert local.returncode == 0, local.stderr[-3000:]
+    tars = sorted(p.name for p in (tmp_path / "local").glob("*.tar"))
+    assert tars == sorted(p.name for p in (run / "shards").glob("*.tar")) and len(tars) == 3
+    assert all((run / "shards" / name).read_bytes() == (tmp_path / "local" / name).read_bytes() for name in tars)
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"

@@ -1,0 +1,395 @@
+"""Feature extraction: videos -> a shard set of student inputs (CLIP frames, VGGish audio) and teacher
+targets (ImageBind, or dense CLIP).
+
+    python -m jobs.extract --videos DIR|LIST.csv|LIST.json [--msrvtt-splits DIR] --out SHARDS
+        [--set student.sampling=uniform teacher.kind=dense_clip ...] [--random-init]
+        [--num-shards N --shard-index I]      # this worker's share; also by rank under accelerate launch
+
+Resumable anywhere: every planned shard is written atomically and then recorded in a ledger, so a
+rerun of the same command skips finished shards and redoes the one a crash interrupted. Workers
+writing into one directory need no coordination: the last to finish writes the manifest. A video
+that cannot be used is recorded in the manifest's ``failures`` with its reason; a video without
+usable audio gets ``has_audio: false``; nothing silently becomes zeros.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+from pydantic import Field, ValidationError, field_validator, model_validator
+from tqdm import tqdm
+
+from data_shards.errors import ShardError
+from data_shards.files import atomic_write_text
+from data_shards.ledger import Ledger, Plan, PlannedShard
+from data_shards.merge import merge_shard_sets
+from data_shards.sampling import TooShort, check_strategy, sample_frames, video_rng
+from data_shards.schema import Dims
+from data_shards.sources import VideoEntry, list_videos
+from data_shards.video import AUDIO_RATE, DecodeError, decode_audio, decode_frames, probe
+from jobs import new_run_id, now
+from jobs.config import ConfigError, format_validation_error, layered
+from jobs.synthesize import parse_slice
+from model.config import Strict
+from model.encoders import VGGISH_EXAMPLE_S, ClipConfig, EncoderError, VGGishConfig
+from model.teachers import TeacherConfig
+
+log = logging.getLogger("streamapprox.extract")
+
+
+class InputConfig(Strict):
+    videos: str = ""  # a directory of videos, a CSV/JSON list (id, path, split), or MSR-VTT's video directory
+    msrvtt_splits: Optional[str] = None  # the folder with MSRVTT_train.7k.csv and MSRVTT_JSFUSION_test.csv
+    default_split: str = "train"  # for videos whose list or folder names no split
+
+
+class AudioInputConfig(Strict):
+    segment_s: float = Field(2.88, gt=0)  # the student's short audio segment (3 VGGish examples)
+    position: Literal["middle", "start"] = "middle"
+    pooling: Literal["mean", "none"] = "mean"  # mean: audio.npy [128]; none: [segment_s / 0.96, 128]
+    vggish: VGGishConfig = Field(default_factory=VGGishConfig)
+
+
+class StudentInputConfig(Strict):
+    frames: int = Field(3, ge=1)
+    sampling: str = "original"  # second, middle and second-to-last frame; see data_shards.sampling
+    clip: ClipConfig = Field(default_factory=ClipConfig)
+    audio: AudioInputConfig = Field(default_factory=AudioInputConfig)
+
+
+class ExtractConfig(Strict):
+    input: InputConfig = Field(default_factory=InputConfig)
+    student: StudentInputConfig = Field(default_factory=StudentInputConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    samples_per_shard: int = Field(256, ge=1)
+    seed: int = 0  # frame sampling (weighted, dropout) and random-init weights
+    random_init: bool = False  # tests and benchmarks only: recorded in the manifest, training on it warns
+
+    @field_validator("input")
+    @classmethod
+    def _has_videos(cls, value: InputConfig) -> InputConfig:
+        if not value.videos:
+            raise ValueError("input.videos is required (--videos DIR|LIST)")
+        return value
+
+    @model_validator(mode="after")
+    def _strategies_fit(self) -> "ExtractConfig":
+        check_strategy(self.student.sampling, self.student.frames)
+        if self.teacher.sampling != "imagebind":
+            check_strategy(self.teacher.sampling, self.teacher.frames)
+        return self
+
+    def audio_examples(self) -> int | None:
+        return None if self.student.audio.pooling == "mean" else max(int(self.student.audio.segment_s / VGGISH_EXAMPLE_S), 1)
+
+
+class VideoFailure(Exception):
+    """This video cannot become a sample; the message is the reason recorded in the manifest."""
+
+
+def mean_image(frames: dict[int, np.ndarray], group: list[int]) -> np.ndarray:
+    if len(group) == 1:
+        return frames[group[0]]
+    return np.mean([frames[i] for i in group], axis=0).round().astype(np.uint8)
+
+
+def audio_segment(waveform: np.ndarray, seconds: float, position: str) -> np.ndarray:
+    length = int(seconds * AUDIO_RATE)
+    start = 0 if position == "start" else max((len(waveform) - length) // 2, 0)
+    return waveform[start:start + length]
+
+
+class Extractor:
+    """The encoders, built once per worker, and what one video becomes."""
+
+    def __init__(self, cfg: ExtractConfig, device):
+        from model.encoders import ClipImageEncoder, VGGishEncoder
+        from model.teachers import build_teacher
+
+        self.cfg = cfg
+        self.clip = ClipImageEncoder(cfg.student.clip, cfg.random_init, device, cfg.seed)
+        self.vggish = VGGishEncoder(cfg.student.audio.vggish, cfg.random_init, device, cfg.seed)
+        self.teacher = build_teacher(cfg.teacher, self.clip, cfg.random_init, device, cfg.seed)
+        self.dims = Dims(frames=cfg.student.frames, clip=self.clip.dim, audio=128, teacher=self.teacher.dim,
+                         audio_examples=cfg.audio_examples())
+
+    def encoders(self) -> dict:
+        return {"clip": self.clip.describe(), "audio": self.vggish.describe(), "teacher": self.teacher.describe(),
+                "random_init": self.cfg.random_init}
+
+    def audio(self, path: str) -> tuple[np.ndarray, np.ndarray | None, str]:
+        """(audio.npy, the waveform the teacher hears or None, status)."""
+        shape = (128,) if self.dims.audio_examples is None else (self.dims.audio_examples, 128)
+        waveform = decode_audio(path)
+        if waveform is None:
+            return np.zeros(shape, np.float32), None, "no audio stream"
+        if not np.any(waveform):
+            return np.zeros(shape, np.float32), None, "silent: every sample is zero"
+        audio_cfg = self.cfg.student.audio
+        try:
+            features = self.vggish.encode(audio_segment(waveform, audio_cfg.segment_s, audio_cfg.position))
+        except ValueError as exc:
+            return np.zeros(shape, np.float32), None, f"audio too short: {exc}"
+        if self.dims.audio_examples is None:
+            return features.mean(0), waveform, "ok"
+        padded = np.zeros(shape, np.float32)
+        padded[: min(len(features), shape[0])] = features[: shape[0]]
+        return padded, waveform, "ok"
+
+    def sample(self, entry: VideoEntry) -> dict:
+        if not Path(entry.path).is_file():
+            raise VideoFailure(f"file not found: {entry.path}")
+        try:
+            info = probe(entry.path)
+            rng = video_rng(self.cfg.seed, entry.video_id)
+            student = sample_frames(self.cfg.student.sampling, info.frame_count, self.cfg.student.frames, rng)
+            teacher = self.teacher.frame_groups(info, rng)
+            frames = decode_frames(info, [i for group in student + teacher for i in group])
+            audio, waveform, audio_status = self.audio(entry.path)
+        except (DecodeError, ValueError) as exc:  # ValueError: a window or strategy that this video cannot fill
+            raise VideoFailure(f"too short: {exc}" if isinstance(exc, TooShort) else str(exc)) from None
+        clip = self.clip.encode([mean_image(frames, group) for group in student])
+        target = self.teacher.embed([mean_image(frames, group) for group in teacher], waveform)
+        meta = {"video_id": entry.video_id, "split": entry.split, "has_audio": waveform is not None,
+                "audio_status": audio_status, "duration_s": round(info.duration_s, 4),
+                "frame_times_s": [round(float(np.mean(group)) / info.fps, 4) for group in student],
+                "sampling": self.cfg.student.sampling, "teacher_sampling": self.cfg.teacher.sampling,
+                "file": Path(entry.path).name}
+        from data_shards.writer import sample_record
+
+        return sample_record(self.dims, entry.video_id, clip, audio, target, meta)
+
+
+class Progress:
+    """videos/s and ETA: a tqdm bar on a terminal, a log line every ``interval_s`` otherwise."""
+
+    def __init__(self, total: int, label: str, interval_s: float = 10.0):
+        self.total, self.label, self.interval_s = total, label, interval_s
+        self.done, self.failed, self.started, self.last = 0, 0, time.monotonic(), time.monotonic()
+        self.bar = tqdm(total=total, unit="video", desc=label) if sys.stderr.isatty() else None
+
+    def update(self, failed: bool) -> None:
+        self.done += 1
+        self.failed += failed
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(failed=self.failed)
+        elif time.monotonic() - self.last >= self.interval_s or self.done == self.total:
+            self.last = time.monotonic()
+            rate = self.done / max(self.last - self.started, 1e-9)
+            eta = (self.total - self.done) / rate if rate else float("inf")
+            log.info("%s: %d/%d videos, %.2f videos/s, ETA %s, %d failed", self.label, self.done, self.total, rate,
+                     time.strftime("%H:%M:%S", time.gmtime(eta)) if eta != float("inf") else "?", self.failed)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def load_extract_config(config_file: str | None, overrides: list[str]) -> ExtractConfig:
+    try:
+        return ExtractConfig.model_validate(layered({}, config_file, overrides))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, ExtractConfig)) from None
+
+
+def build_plan(cfg: ExtractConfig, entries: list[VideoEntry], encoders: dict) -> Plan:
+    """Everything that changes the bytes is in the plan; where the videos happen to be mounted is not."""
+    settings = {"config": cfg.model_dump(mode="json", exclude={"input"}), "encoders": encoders}
+    return Plan.build(entries, cfg.samples_per_shard, settings)
+
+
+def worker_share(args: argparse.Namespace) -> tuple[int, int, object | None]:
+    """(index, count, accelerate state). The share comes from --slice or --num-shards/--shard-index
+    (one per kernel or node), split further by rank under ``accelerate launch`` (one per GPU): rank r
+    of R in slice i of N is worker i + N*r of N*R, so the ranks of a slice together do exactly it."""
+    index, count = args.slice or (args.shard_index, args.num_shards) if (args.slice or args.num_shards) else (0, 1)
+    if args.num_shards and (args.shard_index is None or not 0 <= args.shard_index < args.num_shards):
+        raise ConfigError(f"--num-shards {args.num_shards} needs --shard-index I with 0 <= I < {args.num_shards}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState()
+        return index + count * state.process_index, count * state.num_processes, state
+    return index, count, None
+
+
+def run_worker(cfg: ExtractConfig, out: Path, index: int, count: int, state, time_budget: float | None) -> tuple[dict, bool]:
+    """Extract this worker's shards of the plan into ``out``; returns (summary, finished)."""
+    import torch
+
+    started = time.monotonic()
+    device = state.device if state is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    entries = list_videos(cfg.input.videos, cfg.input.msrvtt_splits, cfg.input.default_split)
+    extractor = Extractor(cfg, device)
+    encoders = extractor.encoders()
+    if cfg.random_init:
+        log.warning("RANDOM-INIT encoders: these features are for tests and benchmarks only, not for training a real student")
+    plan = build_plan(cfg, entries, encoders)
+    ledger = Ledger(out, plan)
+    mine = plan.for_worker(index, count)
+    todo = [shard for shard in mine if ledger.record(shard) is None]
+    log.info("worker %d/%d: %d of its %d shards to do (%d videos), %d done before", index, count, len(todo), len(mine),
+             sum(len(s.videos) for s in todo), len(mine) - len(todo))
+    progress = Progress(sum(len(s.videos) for s in todo), f"extract {index}/{count}")
+    finished, slowest = True, 0.0
+    for shard in todo:
+        if time_budget is not None and time.monotonic() - started + slowest > time_budget:
+            finished = False
+            break
+        shard_started = time.monotonic()
+        write_shard(ledger, shard, extractor, progress)
+        slowest = max(slowest, time.monotonic() - shard_started)
+    progress.close()
+    if state is not None:
+        state.wait_for_everyone()
+    source = {"kind": "videos", "input": cfg.input.model_dump(mode="json"), "videos": len(entries)}
+    manifest = None
+    if state is None or state.is_main_process:
+        manifest = ledger.finish(extractor.dims, encoders, source)
+    return {"manifest": manifest, "out": str(out), "seconds": round(time.monotonic() - started, 1)}, finished
+
+
+def write_shard(ledger: Ledger, shard: PlannedShard, extractor: Extractor, progress: Progress) -> None:
+    samples, failures = [], []
+    for entry in shard.videos:
+        try:
+            samples.append(extractor.sample(entry))
+        except VideoFailure as failure:
+            failures.append({"video_id": entry.video_id, "split": entry.split, "file": Path(entry.path).name, "reason": str(failure)})
+            log.warning("%s: %s", entry.video_id, failure)
+        progress.update(failed=bool(failures) and failures[-1]["video_id"] == entry.video_id)
+    ledger.write(shard, samples, failures)
+
+
+def report(manifest) -> str:
+    source = manifest.source
+    done = sum(manifest.splits.values())
+    lines = [f"extracted {done} of {source['plan']['videos']} planned videos into {len(manifest.shards)} shards "
+             f"({'complete' if source['complete'] else 'this worker done, other shards pending'}): {manifest.splits}",
+             f"  {source['silent']} without usable audio (has_audio: false)"]
+    if source["failures"]:
+        lines.append(f"  {len(source['failures'])} failed (listed in manifest.json 'failures'):")
+        lines += [f"    {f['video_id']} ({f['file']}): {f['reason']}" for f in source["failures"][:20]]
+    if manifest.encoders.get("random_init"):
+        lines.append("  RANDOM-INIT encoders: synthetic features for tests/benchmarks, not for training")
+    return "\n".join(lines)
+
+
+def write_check_report(path: Path, cfg: ExtractConfig, entries: list[VideoEntry]) -> None:
+    """The videos as one flat listing a remote launcher can upload and the kernel can find again."""
+    listing = [{"id": e.video_id, "path": f"{e.video_id}{Path(e.path).suffix}", "split": e.split, "source": e.path} for e in entries]
+    missing = [e.path for e in entries if not Path(e.path).is_file()]
+    if missing:
+        raise ShardError(f"{len(missing)} listed videos are missing here (e.g. {missing[0]}); remote kernels only get what exists locally")
+    report = {"job": "extract", "inputs": {"input.videos": {"kind": "videos", "location": cfg.input.videos, "listing": listing,
+                                                            "regenerable": False, "also_set": {"input.msrvtt_splits": None}}}}
+    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m jobs.extract", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", help="shortcut for --set input.videos=...")
+    parser.add_argument("--msrvtt-splits", help="shortcut for --set input.msrvtt_splits=...")
+    parser.add_argument("--out", help="the shard set directory to write (or resume)")
+    parser.add_argument("--run-dir", help="a run directory: shards go to RUN/shards, RUN/run.json records the job")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--config", help="a YAML file of extract config sections")
+    parser.add_argument("--random-init", action="store_true", help="seeded random weights: tests and benchmarks only (recorded)")
+    parser.add_argument("--num-shards", type=int, help="split the work over N workers ...")
+    parser.add_argument("--shard-index", type=int, help="... and do share I")
+    parser.add_argument("--slice", type=parse_slice, metavar="I/N", help="the launchers' spelling of --shard-index I --num-shards N")
+    parser.add_argument("--merge-slices", metavar="RUN", help="join RUN/slices/*/shards into RUN/shards, then exit")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run with its recorded config (the same as rerunning it)")
+    parser.add_argument("--time-budget", type=float, metavar="SECONDS", help="start no new shard after this much time; resumable")
+    parser.add_argument("--check", action="store_true", help="validate config and inputs, then exit")
+    parser.add_argument("--check-report", metavar="FILE", help="with --check: write the inputs for remote launchers")
+    return parser.parse_args(argv)
+
+
+def resolve(args: argparse.Namespace) -> tuple[ExtractConfig, Path, Path | None]:
+    """(config, shard directory, run directory or None)."""
+    if args.resume:
+        run = Path(args.resume)
+        recorded = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else None
+        if not recorded or recorded.get("job") != "extract":
+            raise ConfigError(f"{run}: not an extract run (no run.json of job extract)")
+        data = recorded["config"]
+        for key, value in (("videos", args.videos), ("msrvtt_splits", args.msrvtt_splits)):
+            if value:
+                data["input"][key] = value
+        return ExtractConfig.model_validate(layered(data, None, args.overrides)), run / "shards", run
+    shortcuts = [f"input.videos={args.videos}"] if args.videos else []
+    shortcuts += [f"input.msrvtt_splits={args.msrvtt_splits}"] if args.msrvtt_splits else []
+    shortcuts += ["random_init=true"] if args.random_init else []
+    cfg = load_extract_config(args.config, shortcuts + args.overrides)  # an explicit --set wins (launchers relocate inputs so)
+    if args.out and args.run_dir:
+        raise ConfigError("give --out (a shard directory) or --run-dir (a run directory), not both")
+    if args.out:
+        return cfg, Path(args.out), None
+    run = Path(args.run_dir or Path("runs") / new_run_id("extract"))
+    return cfg, run / "shards", run
+
+
+def record_run(run: Path | None, cfg: ExtractConfig, **fields) -> None:
+    if run is None:
+        return
+    path = run / "run.json"
+    info = json.loads(path.read_text()) if path.is_file() else {"run_id": run.name, "job": "extract", "started_at": now()}
+    info.update(config=cfg.model_dump(mode="json"), backend=os.environ.get("STREAMAPPROX_BACKEND", "direct"), **fields)
+    atomic_write_text(path, json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def merge_slices(run: Path) -> int:
+    parts = sorted(p / "shards" for p in (run / "slices").iterdir() if (p / "shards").is_dir())
+    manifest = merge_shard_sets(parts, run / "shards")
+    slices = json.loads((run / "slices" / parts[0].parent.name / "run.json").read_text())
+    atomic_write_text(run / "run.json", json.dumps({**slices, "run_id": run.name, "status": "complete", "slice": None,
+                                                    "slices": len(parts), "splits": manifest.splits, "ended_at": now(),
+                                                    "manifest_digest": manifest.digest()}, indent=2, sort_keys=True) + "\n")
+    print(report(manifest))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    log.setLevel(logging.INFO)
+    args = parse_args(argv)
+    try:
+        if args.merge_slices:
+            return merge_slices(Path(args.merge_slices))
+        cfg, out, run = resolve(args)
+        if args.check:
+            entries = list_videos(cfg.input.videos, cfg.input.msrvtt_splits, cfg.input.default_split)
+            if args.check_report:
+                write_check_report(Path(args.check_report), cfg, entries)
+            print(f"check ok: {len(entries)} videos, {cfg.teacher.kind} teacher, student sampling {cfg.student.sampling}")
+            return 0
+        index, count, state = worker_share(args)
+        if run is not None and (state is None or state.is_main_process):
+            out.mkdir(parents=True, exist_ok=True)
+            record_run(run, cfg, status="running", slice="{}/{}".format(*args.slice) if args.slice else None)
+        summary, finished = run_worker(cfg, out, index, count, state, args.time_budget)
+    except (ConfigError, ShardError, EncoderError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    manifest = summary["manifest"]
+    if manifest is not None:
+        print(report(manifest))
+        status = "complete" if finished else "incomplete"
+        record_run(run, cfg, status=status, ended_at=now(), splits=manifest.splits, manifest_digest=manifest.digest(),
+                   failures=len(manifest.source["failures"]), seconds=summary["seconds"])
+        if not finished:
+            print(f"time budget reached: finished shards are kept; continue with the same command{f' or --resume {run}' if run else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Measured costs, never typed in: parameters, FLOPs from torch's flop counter, wall time with
+warm-up and repeats.
+
+FLOPs follow ``torch.utils.flop_counter``: a multiply-add counts 2 (FLOPs = 2 x MACs); matmuls,
+convolutions and attention are counted, elementwise work (norms, activations) is not.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of ``fn`` (everything torch dispatches inside it)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_s: float
+    min_s: float
+    repeats: int
+
+    def __str__(self) -> str:
+        return f"{self.median_s * 1e3:.1f} ms (median of {self.repeats}, min {self.min_s * 1e3:.1f})"
+
+
+def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> Timing:
+    """Wall time of ``fn``: ``warmup`` untimed calls, then the median of ``repeats`` (CUDA synchronised)."""
+    def synchronize() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        fn()
+    synchronize()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        fn()
+        synchronize()
+        times.append(time.perf_counter() - began)
+    return Timing(statistics.median(times), min(times), repeats)

@@ -1,0 +1,158 @@
+"""The frozen encoders behind the student's inputs: CLIP image features (open_clip) and VGGish audio
+features (torchvggish).
+
+Weights come from each library's usual cache (open_clip's pretrained tags, torch hub for VGGish) or
+an explicit file. ``random_init`` builds the real architecture with seeded random weights, for tests
+and benchmarks only; every encoder describes itself (``describe()``) so the manifest records which
+weights, or that there were none.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from model.config import Strict
+
+VGGISH_EXAMPLE_S = 0.96
+
+
+class EncoderError(RuntimeError):
+    """An encoder could not be built or its weights loaded; the message says what to do."""
+
+
+class ClipConfig(Strict):
+    model: str = "ViT-B-32"
+    pretrained: str = "openai"  # an open_clip pretrained tag (downloaded to / read from its cache)
+    weights: Optional[str] = None  # a checkpoint file instead of the tag
+    architecture: Optional[str] = None  # a JSON architecture file for open_clip (custom or tiny models)
+
+
+class VGGishConfig(Strict):
+    weights: Optional[str] = None  # default: torchvggish's release file through the torch hub cache
+    postprocess: bool = False  # AudioSet's PCA whitening + 8-bit quantization (values 0..255)
+    pca_weights: Optional[str] = None  # default: torchvggish's PCA params through the torch hub cache
+
+
+def file_digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_state(path: str | Path, what: str) -> dict:
+    if not Path(path).is_file():
+        raise EncoderError(f"{path}: {what} weights file not found")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _hub_state(url: str, what: str, setting: str) -> dict:
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False)
+    except Exception as exc:  # offline, proxy, or a truncated cache file
+        raise EncoderError(
+            f"cannot load {what} from {url} or torch hub's cache {torch.hub.get_dir()} ({exc}). Put the file there, "
+            f"pass {setting}=PATH, or use --random-init (tests and benchmarks only)"
+        ) from None
+
+
+class ClipImageEncoder:
+    """open_clip image tower: RGB frames -> unit-norm image embeddings."""
+
+    def __init__(self, config: ClipConfig, random_init: bool = False, device: str | torch.device = "cpu", seed: int = 0):
+        import open_clip
+
+        self.config, self.random_init, self.device = config, random_init, torch.device(device)
+        if config.architecture:
+            if not Path(config.architecture).is_file():
+                raise EncoderError(f"{config.architecture}: open_clip model config file not found")
+            open_clip.add_model_config(config.architecture)
+        if config.model not in open_clip.list_models():
+            raise EncoderError(f"open_clip has no model {config.model!r} (e.g. ViT-B-32, ViT-L-14; custom ones via model_config)")
+        pretrained = None if random_init else (config.weights or config.pretrained)
+        torch.manual_seed(seed)
+        try:
+            model, _, self.preprocess = open_clip.create_model_and_transforms(config.model, pretrained=pretrained)
+        except Exception as exc:
+            if random_init:
+                raise EncoderError(f"cannot build CLIP {config.model}: {exc}") from None
+            raise EncoderError(
+                f"cannot load CLIP weights {config.model}/{pretrained} ({exc}). Put them in open_clip's cache, pass "
+                "a file with --set student.clip.weights=PATH, or use --random-init (tests and benchmarks only)"
+            ) from None
+        self.model = model.visual.to(self.device).eval()
+        self.dim = int(model.visual.output_dim)
+        self.version = open_clip.__version__
+
+    @torch.inference_mode()
+    def encode(self, images: list[np.ndarray]) -> np.ndarray:
+        from PIL import Image
+
+        batch = torch.stack([self.preprocess(Image.fromarray(image)) for image in images]).to(self.device)
+        features = self.model(batch).float()
+        return torch.nn.functional.normalize(features, dim=-1).cpu().numpy()
+
+    def describe(self) -> dict:
+        weights = self.config.weights
+        return {"library": "open_clip", "version": self.version, "model": self.config.model, "dim": self.dim,
+                "pretrained": None if self.random_init else (weights or self.config.pretrained),
+                "weights_sha256": file_digest(weights) if weights and not self.random_init else None,
+                "random_init": self.random_init}
+
+
+class VGGishEncoder:
+    """torchvggish: 16 kHz mono audio -> one 128-d embedding per 0.96 s example (raw, or PCA-postprocessed)."""
+
+    def __init__(self, config: VGGishConfig, random_init: bool = False, device: str | torch.device = "cpu", seed: int = 0):
+        import torchvggish
+
+        self.config, self.random_init, self.device = config, random_init, torch.device(device)
+        torch.manual_seed(seed)
+        self.model = torchvggish.VGG(torchvggish.make_layers(), postprocess=False)
+        if not random_init:
+            state = (_load_state(config.weights, "VGGish") if config.weights
+                     else _hub_state(torchvggish.torchvggish.VGGISH_WEIGHTS, "VGGish weights", "--set student.vggish.weights"))
+            self.model.load_state_dict(state)
+        self.model.to(self.device).eval()
+        self.postprocessor = self._postprocessor(torchvggish) if config.postprocess else None
+        self._to_examples = torchvggish.waveform_to_examples
+
+    def _postprocessor(self, torchvggish):
+        """torchvggish's own Postprocessor, fed PCA params from a file or the hub cache (or random ones)."""
+        if self.random_init:
+            generator = torch.Generator().manual_seed(1)
+            matrix = torch.linalg.qr(torch.randn(128, 128, generator=generator))[0]
+            params = {"pca_eigen_vectors": matrix, "pca_means": torch.zeros(128, 1)}
+        elif self.config.pca_weights:
+            params = _load_state(self.config.pca_weights, "VGGish PCA")
+        else:
+            params = _hub_state(torchvggish.torchvggish.PCA_PARAMS, "VGGish PCA params", "--set student.vggish.pca_weights")
+        processor = object.__new__(torchvggish.Postprocessor)  # its __init__ only downloads these two tensors
+        processor._pca_matrix = torch.as_tensor(params["pca_eigen_vectors"]).float().to(self.device)
+        processor._pca_means = torch.as_tensor(params["pca_means"]).reshape(-1, 1).float().to(self.device)
+        return processor
+
+    @torch.inference_mode()
+    def encode(self, waveform: np.ndarray) -> np.ndarray:
+        """[S, 128] for the S whole 0.96 s examples in ``waveform`` (16 kHz mono float)."""
+        examples = self._to_examples(waveform.astype(np.float64), 16_000, return_tensor=True).float().to(self.device)
+        if examples.shape[0] == 0:
+            raise ValueError(f"audio of {len(waveform) / 16_000:.2f} s is shorter than one VGGish example ({VGGISH_EXAMPLE_S} s)")
+        features = self.model(examples)
+        if self.postprocessor is not None:
+            features = self.postprocessor.postprocess(features).reshape(-1, 128)
+        return features.float().cpu().numpy()
+
+    def describe(self) -> dict:
+        import torchvggish
+
+        weights = None if self.random_init else (self.config.weights or torchvggish.torchvggish.VGGISH_WEIGHTS)
+        return {"library": "torchvggish", "dim": 128, "example_s": VGGISH_EXAMPLE_S, "weights": weights,
+                "weights_sha256": file_digest(self.config.weights) if self.config.weights and not self.random_init else None,
+                "postprocess": "pca+quantize (0..255)" if self.config.postprocess else "raw",
+                "random_init": self.random_init}

@@ -1,0 +1,120 @@
+"""Teachers: the dense embedding a student learns to predict, one unit vector per video.
+
+``ImageBindTeacher``: ImageBind-huge's vision tower over 5 two-frame clips x 3 crops and its audio
+tower over 3 two-second clips, fused as normalize(mean(normalize(vision), normalize(audio))), or
+normalize(vision) for a video without audio -- never an unnormalized vector.
+``DenseClipTeacher``: the mean of CLIP image embeddings over N frames (CLIP4Clip's mean pooling),
+for users without ImageBind weights.
+Each says which frames it needs (``frame_groups``) so the decoder seeks to exactly those.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from data_shards.sampling import Groups, sample_frames
+from data_shards.video import AUDIO_RATE, VideoInfo
+from model.config import Strict
+from model.encoders import ClipConfig, ClipImageEncoder, EncoderError, file_digest
+
+IMAGEBIND_CLIPS, IMAGEBIND_CLIP_S = 5, 2.0
+
+
+class ImageBindTeacherConfig(Strict):
+    weights: Optional[str] = None  # default: .checkpoints/imagebind_huge.pth, where the official code keeps it
+    architecture: str = "huge"  # "huge", or a JSON file of ImageBindConfig fields (reduced sizes for tests)
+
+
+class TeacherConfig(Strict):
+    kind: Literal["imagebind", "dense_clip"] = "imagebind"
+    sampling: str = "imagebind"  # "imagebind": its own 5 clips x 2 frames; or any frame strategy (data_shards.sampling)
+    frames: int = Field(10, ge=1)  # frames a frame strategy picks (ImageBind pairs them into clips of 2)
+    imagebind: ImageBindTeacherConfig = Field(default_factory=ImageBindTeacherConfig)
+    clip: Optional[ClipConfig] = None  # dense_clip's image model; default: the student's CLIP
+
+
+def _unit(vector: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(vector.double(), dim=-1).float()
+
+
+class DenseClipTeacher:
+    def __init__(self, config: TeacherConfig, encoder: ClipImageEncoder):
+        if config.sampling == "imagebind":
+            raise EncoderError("teacher.sampling=imagebind belongs to the ImageBind teacher; dense_clip takes a frame strategy (e.g. uniform)")
+        self.config, self.encoder, self.dim = config, encoder, encoder.dim
+
+    def frame_groups(self, info: VideoInfo, rng: np.random.Generator) -> Groups:
+        return sample_frames(self.config.sampling, info.frame_count, self.config.frames, rng)
+
+    def embed(self, frames: list[np.ndarray], waveform: np.ndarray | None) -> np.ndarray:
+        features = torch.from_numpy(self.encoder.encode(frames))
+        return _unit(features.mean(0)).numpy()
+
+    def describe(self) -> dict:
+        return {"kind": "dense_clip", "sampling": self.config.sampling, "frames": self.config.frames, "clip": self.encoder.describe()}
+
+
+class ImageBindTeacher:
+    def __init__(self, config: TeacherConfig, random_init: bool, device: torch.device, seed: int = 0):
+        from model.imagebind import ImageBind, ImageBindConfig, load_imagebind_checkpoint
+
+        if config.sampling != "imagebind" and config.frames != 2 * IMAGEBIND_CLIPS:
+            raise EncoderError(f"teacher.frames={config.frames}: ImageBind takes {IMAGEBIND_CLIPS} clips of 2 frames, set teacher.frames=10")
+        self.config, self.random_init, self.device = config, random_init, device
+        arch = config.imagebind.architecture
+        if arch == "huge":
+            architecture = ImageBindConfig.huge()
+        elif Path(arch).is_file():
+            architecture = ImageBindConfig.model_validate_json(Path(arch).read_text())
+        else:
+            raise EncoderError(f"teacher.imagebind.architecture={arch!r}: 'huge' or a JSON file of ImageBindConfig fields")
+        torch.manual_seed(seed)
+        self.model = ImageBind(architecture, modalities=("vision", "audio"))
+        self.weights = None
+        if not random_init:
+            self.weights = Path(config.imagebind.weights or Path(".checkpoints") / "imagebind_huge.pth")
+            if not self.weights.is_file():
+                raise EncoderError(
+                    f"{self.weights}: ImageBind checkpoint not found. Download imagebind_huge.pth (see README), pass "
+                    "--set teacher.imagebind.weights=PATH, use --set teacher.kind=dense_clip, or --random-init (tests only)"
+                )
+            load_imagebind_checkpoint(self.model, self.weights)
+        self.model.to(device).eval()
+        self.dim = architecture.out_embed_dim
+
+    def frame_groups(self, info: VideoInfo, rng: np.random.Generator) -> Groups:
+        from model.imagebind_inputs import video_frame_indices
+
+        if self.config.sampling != "imagebind":
+            return sample_frames(self.config.sampling, info.frame_count, self.config.frames, rng)
+        clips = video_frame_indices(info.frame_count, info.fps, IMAGEBIND_CLIP_S, IMAGEBIND_CLIPS)
+        return [[index] for clip in clips for index in clip]
+
+    @torch.inference_mode()
+    def embed(self, frames: list[np.ndarray], waveform: np.ndarray | None) -> np.ndarray:
+        from model.imagebind_inputs import audio_clips, vision_views
+
+        clips = torch.from_numpy(np.stack(frames)).reshape(IMAGEBIND_CLIPS, 2, *frames[0].shape)
+        inputs = {"vision": vision_views(clips)[None].to(self.device)}
+        if waveform is not None:
+            inputs["audio"] = audio_clips(torch.from_numpy(waveform), AUDIO_RATE, IMAGEBIND_CLIP_S)[None].to(self.device)
+        outputs = self.model(inputs)
+        parts = [_unit(outputs[modality][0].cpu()) for modality in ("vision", "audio") if modality in outputs]
+        return _unit(torch.stack(parts).mean(0)).numpy()
+
+    def describe(self) -> dict:
+        return {"kind": "imagebind", "architecture": self.config.imagebind.architecture, "sampling": self.config.sampling,
+                "weights": str(self.weights) if self.weights else None,
+                "weights_sha256": file_digest(self.weights) if self.weights else None, "random_init": self.random_init,
+                "fusion": "normalize(mean(normalize(vision), normalize(audio))); normalize(vision) without audio"}
+
+
+def build_teacher(config: TeacherConfig, student_clip: ClipImageEncoder, random_init: bool, device: torch.device, seed: int = 0):
+    if config.kind == "dense_clip":
+        encoder = student_clip if config.clip in (None, student_clip.config) else ClipImageEncoder(config.clip, random_init, device, seed)
+        return DenseClipTeacher(config, encoder)
+    return ImageBindTeacher(config, random_init, device, seed)
