@@ -80,8 +80,6 @@ class Ledger:
                 )
         else:
             atomic_write_text(plan_path, json.dumps(plan.to_dict(), indent=1, sort_keys=True) + "\n")
-        for stale in self.root.glob(".*.partial"):
-            stale.unlink(missing_ok=True)  # a shard a killed worker was writing: it is redone
 
     def record(self, shard: PlannedShard) -> dict | None:
         """The finished record of ``shard``, if its file is on disk with the recorded size and digest."""
@@ -100,6 +98,8 @@ class Ledger:
         record = {"name": shard.name, "split": shard.split, "samples": len(samples), "bytes": 0, "sha256": None,
                   "failures": failures, "silent": sum(not s["meta.json"]["has_audio"] for s in samples)}
         tar = self.root / shard.name
+        for stale in self.root.glob(f".{shard.name}.*.partial"):
+            stale.unlink(missing_ok=True)  # left by a killed writer of this shard; only its owner gets here
         if samples:
             with atomic_destination(tar) as handle:
                 with wds.TarWriter(handle, mtime=FIXED_MTIME) as writer:

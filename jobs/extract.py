@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np
+import torch
 from pydantic import Field, ValidationError, field_validator, model_validator
 from tqdm import tqdm
 
@@ -70,6 +71,7 @@ class ExtractConfig(Strict):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     samples_per_shard: int = Field(256, ge=1)
     seed: int = 0  # frame sampling (weighted, dropout) and random-init weights
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp32 on CPU; bf16 on GPUs that have it, else fp16
     random_init: bool = False  # tests and benchmarks only: recorded in the manifest, training on it warns
 
     @field_validator("input")
@@ -88,6 +90,14 @@ class ExtractConfig(Strict):
 
     def audio_examples(self) -> int | None:
         return None if self.student.audio.pooling == "mean" else max(int(self.student.audio.segment_s / VGGISH_EXAMPLE_S), 1)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 class VideoFailure(Exception):
@@ -119,10 +129,16 @@ class Extractor:
         self.teacher = build_teacher(cfg.teacher, self.clip, cfg.random_init, device, cfg.seed)
         self.dims = Dims(frames=cfg.student.frames, clip=self.clip.dim, audio=128, teacher=self.teacher.dim,
                          audio_examples=cfg.audio_examples())
+        self.device, self.precision = torch.device(device), resolve_precision(cfg.precision, torch.device(device))
 
     def encoders(self) -> dict:
         return {"clip": self.clip.describe(), "audio": self.vggish.describe(), "teacher": self.teacher.describe(),
-                "random_init": self.cfg.random_init}
+                "random_init": self.cfg.random_init, "precision": self.precision}
+
+    def autocast(self):
+        """Encoders run in ``precision`` (autocast); outputs are stored as the schema says either way."""
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def audio(self, path: str) -> tuple[np.ndarray, np.ndarray | None, str]:
         """(audio.npy, the waveform the teacher hears or None, status)."""
@@ -152,16 +168,17 @@ class Extractor:
             student = sample_frames(self.cfg.student.sampling, info.frame_count, self.cfg.student.frames, rng)
             teacher = self.teacher.frame_groups(info, rng)
             frames = decode_frames(info, [i for group in student + teacher for i in group])
-            audio, waveform, audio_status = self.audio(entry.path)
+            with self.autocast():
+                audio, waveform, audio_status = self.audio(entry.path)
         except (DecodeError, ValueError) as exc:  # ValueError: a window or strategy that this video cannot fill
             raise VideoFailure(f"too short: {exc}" if isinstance(exc, TooShort) else str(exc)) from None
-        clip = self.clip.encode([mean_image(frames, group) for group in student])
-        target = self.teacher.embed([mean_image(frames, group) for group in teacher], waveform)
+        with self.autocast():
+            clip = self.clip.encode([mean_image(frames, group) for group in student])
+            target = self.teacher.embed([mean_image(frames, group) for group in teacher], waveform)
         meta = {"video_id": entry.video_id, "split": entry.split, "has_audio": waveform is not None,
                 "audio_status": audio_status, "duration_s": round(info.duration_s, 4),
                 "frame_times_s": [round(float(np.mean(group)) / info.fps, 4) for group in student],
-                "sampling": self.cfg.student.sampling, "teacher_sampling": self.cfg.teacher.sampling,
-                "file": Path(entry.path).name}
+                "sampling": self.cfg.student.sampling, "teacher_sampling": self.cfg.teacher.sampling}
         from data_shards.writer import sample_record
 
         return sample_record(self.dims, entry.video_id, clip, audio, target, meta)
@@ -193,9 +210,9 @@ class Progress:
             self.bar.close()
 
 
-def load_extract_config(config_file: str | None, overrides: list[str]) -> ExtractConfig:
+def validate_extract_config(data: dict) -> ExtractConfig:
     try:
-        return ExtractConfig.model_validate(layered({}, config_file, overrides))
+        return ExtractConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, ExtractConfig)) from None
 
@@ -223,8 +240,6 @@ def worker_share(args: argparse.Namespace) -> tuple[int, int, object | None]:
 
 def run_worker(cfg: ExtractConfig, out: Path, index: int, count: int, state, time_budget: float | None) -> tuple[dict, bool]:
     """Extract this worker's shards of the plan into ``out``; returns (summary, finished)."""
-    import torch
-
     started = time.monotonic()
     device = state.device if state is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     entries = list_videos(cfg.input.videos, cfg.input.msrvtt_splits, cfg.input.default_split)
@@ -325,11 +340,11 @@ def resolve(args: argparse.Namespace) -> tuple[ExtractConfig, Path, Path | None]
         for key, value in (("videos", args.videos), ("msrvtt_splits", args.msrvtt_splits)):
             if value:
                 data["input"][key] = value
-        return ExtractConfig.model_validate(layered(data, None, args.overrides)), run / "shards", run
+        return validate_extract_config(layered(data, None, args.overrides)), run / "shards", run
     shortcuts = [f"input.videos={args.videos}"] if args.videos else []
     shortcuts += [f"input.msrvtt_splits={args.msrvtt_splits}"] if args.msrvtt_splits else []
     shortcuts += ["random_init=true"] if args.random_init else []
-    cfg = load_extract_config(args.config, shortcuts + args.overrides)  # an explicit --set wins (launchers relocate inputs so)
+    cfg = validate_extract_config(layered({}, args.config, shortcuts + args.overrides))  # an explicit --set wins (launchers relocate inputs so)
     if args.out and args.run_dir:
         raise ConfigError("give --out (a shard directory) or --run-dir (a run directory), not both")
     if args.out:
@@ -376,10 +391,18 @@ def main(argv: list[str] | None = None) -> int:
         if run is not None and (state is None or state.is_main_process):
             out.mkdir(parents=True, exist_ok=True)
             record_run(run, cfg, status="running", slice="{}/{}".format(*args.slice) if args.slice else None)
-        summary, finished = run_worker(cfg, out, index, count, state, args.time_budget)
     except (ConfigError, ShardError, EncoderError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        summary, finished = run_worker(cfg, out, index, count, state, args.time_budget)
+    except BaseException as exc:
+        if state is None or state.is_main_process:
+            record_run(run, cfg, status="failed", error=f"{type(exc).__name__}: {exc}", ended_at=now())
+        if isinstance(exc, (ShardError, EncoderError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
     manifest = summary["manifest"]
     if manifest is not None:
         print(report(manifest))

@@ -181,7 +181,8 @@ def test_weights_load_from_files_and_are_recorded(videos, tmp_path):
     torch.save(ImageBind(config).state_dict(), tmp_path / "imagebind.pt")
     weights = [f"student.clip.weights={tmp_path / 'clip.pt'}", f"student.audio.vggish.weights={tmp_path / 'vggish.pt'}",
                f"teacher.imagebind.weights={tmp_path / 'imagebind.pt'}"]
-    command = [sys.executable, "-m", "jobs.extract", "--videos", str(videos), "--out", str(tmp_path / "out"), *TINY, *weights]
+    command = [sys.executable, "-m", "jobs.extract", "--videos", str(videos), "--out", str(tmp_path / "out"), *TINY, "precision=bf16",
+               *weights]  # bf16 autocast (what GPUs without fp32 speed use) runs on CPU too
 
     missing = subprocess.run([*command[:-1], f"teacher.imagebind.weights={tmp_path / 'nope.pth'}"], env=cli_env(),
                              capture_output=True, text=True, timeout=120)
@@ -190,7 +191,7 @@ def test_weights_load_from_files_and_are_recorded(videos, tmp_path):
     result = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     encoders = json.loads((tmp_path / "out" / "manifest.json").read_text())["encoders"]
-    assert encoders["random_init"] is False and "RANDOM-INIT" not in result.stdout
+    assert encoders["random_init"] is False and "RANDOM-INIT" not in result.stdout and encoders["precision"] == "bf16"
     assert encoders["clip"]["pretrained"] == str(tmp_path / "clip.pt") and len(encoders["clip"]["weights_sha256"]) == 64
     assert encoders["teacher"]["weights"] == str(tmp_path / "imagebind.pt") and encoders["audio"]["weights_sha256"]
 

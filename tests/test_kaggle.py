@@ -199,7 +199,7 @@ def test_fan_out_over_three_kernels_merges_into_the_single_worker_set(tmp_path, 
         assert torch.equal(a.teacher[order], b.teacher[reference]) and torch.equal(a.clip[order], b.clip[reference])
 
     refused = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, "--num-kernels", "2", *QUICK)
-    assert refused.returncode == 2 and "--num-kernels N works with: synthesize" in refused.stderr
+    assert refused.returncode == 2 and "--num-kernels N works with: extract, synthesize" in refused.stderr
 
 
 def test_no_internet_kernel_installs_from_the_wheels_dataset(tmp_path, kaggle, small_shards):
@@ -255,7 +255,7 @@ def test_sweep_past_the_time_budget_continues_in_a_second_kernel(tmp_path, kaggl
     space = Path(__file__).parent.parent / "tune" / "spaces" / "temperature_depth.yaml"
     result = launch_kaggle(kaggle, tmp_path, "kaggle", "sweep", *FAST, "--space", str(space), "--preset", "train_transformer",
                            "--num-samples", "4", "--max-concurrent", "1", "--scheduler", "none", "--time-budget", "60",
-                           "--max-continuations", "3", "--set", "train.epochs=6", "model.width=32", "model.heads=2",
+                           "--max-continuations", "3", "--set", "train.epochs=10", "model.width=32", "model.heads=2",
                            "data.batch_size=128", f"data.shards={SMALL}", timeout=500)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
     sweep = only_run_dir(tmp_path)
@@ -264,7 +264,11 @@ def test_sweep_past_the_time_budget_continues_in_a_second_kernel(tmp_path, kaggl
     info = json.loads((sweep / "run.json").read_text())
     assert info["status"] == "complete" and len(info["resumed_at"]) == len(record["kernels"]) - 1
     for rows in (read_jsonl(p) for p in (sweep / "tune").glob("*/result.json")):
-        assert [row["epoch"] for row in rows] == [1, 2, 3, 4, 5, 6]  # every epoch once: nothing rerun, nothing lost
+        epochs = [row["epoch"] for row in rows]
+        # nothing lost; at most the epoch in flight when a kernel's budget ran out is redone (Tune's final
+        # experiment snapshot can precede that epoch's report: the trial then resumes from the epoch before)
+        assert sorted(set(epochs)) == list(range(1, 11)) and epochs == sorted(epochs)
+        assert len(epochs) - len(set(epochs)) <= len(record["kernels"]) - 1
     assert (sweep / "best" / "eval" / "results.json").is_file()
 
 
