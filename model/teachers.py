@@ -72,17 +72,23 @@ class ImageBindTeacher:
             architecture = ImageBindConfig.model_validate_json(Path(arch).read_text())
         else:
             raise EncoderError(f"teacher.imagebind.architecture={arch!r}: 'huge' or a JSON file of ImageBindConfig fields")
-        torch.manual_seed(seed)
-        self.model = ImageBind(architecture, modalities=("vision", "audio"))
         self.weights = None
-        if not random_init:
+        if random_init:
+            torch.manual_seed(seed)
+            self.model = ImageBind(architecture, modalities=("vision", "audio"))
+        else:
             self.weights = Path(config.imagebind.weights or Path(".checkpoints") / "imagebind_huge.pth")
             if not self.weights.is_file():
                 raise EncoderError(
                     f"{self.weights}: ImageBind checkpoint not found. Download imagebind_huge.pth (see README), pass "
                     "--set teacher.imagebind.weights=PATH, use --set teacher.kind=dense_clip, or --random-init (tests only)"
                 )
-            load_imagebind_checkpoint(self.model, self.weights)
+            with torch.device("meta"):  # no random init of 700 M parameters that the checkpoint replaces
+                self.model = ImageBind(architecture, modalities=("vision", "audio"))
+            try:
+                load_imagebind_checkpoint(self.model, self.weights)
+            except ValueError as exc:
+                raise EncoderError(str(exc)) from None
         self.model.to(device).eval()
         self.dim = architecture.out_embed_dim
 
