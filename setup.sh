@@ -7,6 +7,12 @@ cd "$(dirname "$0")"
 extras="deepspeed,tune,extract"
 [[ "${1:-}" == "--dev" ]] && extras="deepspeed,tune,extract,dev"
 
+# The tests run a real sshd on loopback (launch ssh): Debian's openssh-server and rsync.
+if [[ "${1:-}" == "--dev" ]] && ! { command -v rsync && [[ -x /usr/sbin/sshd ]]; } > /dev/null; then
+  sudo=(); [[ $(id -u) -ne 0 ]] && sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq openssh-server rsync > /dev/null
+fi
+
 stamp=".venv/.setup-$(cat pyproject.toml constraints.txt setup.sh | sha256sum | cut -c1-16)-${extras//,/-}"
 if [[ -f "$stamp" ]]; then exit 0; fi
 

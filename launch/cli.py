@@ -5,14 +5,15 @@ import argparse
 import sys
 
 from jobs import JOBS
-from launch import bundle, kaggle, local, runs, transfer
+from launch import bundle, kaggle, local, runs, ssh, transfer
 from launch.bundle import BundleError
 from launch.local import LaunchError
 from sync import SyncError
 
-BACKENDS = {"local": local, "kaggle": kaggle}
+BACKENDS = {"local": local, "kaggle": kaggle, "ssh": ssh}
 BACKEND_HELP = {"local": "this machine, under accelerate launch (the default: one CPU process)",
-                "kaggle": "a Kaggle kernel (T4 x2 by default); the run directory comes back to ./runs"}
+                "kaggle": "a Kaggle kernel (T4 x2 by default); the run directory comes back to ./runs",
+                "ssh": "machines over SSH (--host, repeat for nodes), one accelerate launch per node; the run comes back to ./runs"}
 COMMANDS = {
     "sync": (transfer.add_sync_arguments, transfer.run_sync,
              "copy a run or shard set between storage URLs, incrementally and verified"),

@@ -25,11 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from data_shards.files import atomic_write_text, cache_root, hash_file
+from data_shards.files import atomic_write_text, cache_root
 from jobs import JOBS, JobSpec, new_run_id, now
 from launch import bundle as code_bundle
 from launch.kaggle_api import TERMINAL, KaggleService, KernelState
-from launch.kaggle_remote import KERNEL_RECORD, VIDEO_LISTING
+from launch.inputs import job_inputs, link_shards, link_videos, videos_digest
+from launch.kaggle_remote import KERNEL_RECORD
 from launch.local import REPO_ROOT, LaunchError, option_value, summarize
 from launch.runs import read_record, write_record
 
@@ -140,30 +141,21 @@ class Uploader:
         digest = spec["manifest_sha256"]
         slug = f"streamapprox-shards-{digest[:16]}"
         if self.service.dataset_status(slug) is None:
-            root, folder = Path(spec["root"]), stage_dir(self.service.owner, slug)
-            manifest = json.loads((root / "manifest.json").read_text())
-            for name in ["manifest.json", *(s["name"] for s in manifest["shards"])]:
-                (folder / name).symlink_to((root / name).resolve())
+            folder = stage_dir(self.service.owner, slug)
+            link_shards(spec, folder)
             self._upload(folder, slug, f"StreamApprox shards {digest[:8]}", new=True, notes="")
         else:
             print(f"launch kaggle: {key} ({spec['location']}) already on Kaggle as {self.service.owner}/{slug}", flush=True)
         return {"dataset": f"{self.service.owner}/{slug}", "manifest_sha256": digest}
 
     def videos(self, key: str, spec: dict) -> dict:
-        """A video collection as one flat dataset with ``videos.json`` (id, file, split), named by the
-        digest of that listing and every file's bytes: the same videos are never uploaded twice."""
-        listing = [{k: v for k, v in entry.items() if k != "source"} for entry in spec["listing"]]
-        content = hashlib.sha256(json.dumps(listing, sort_keys=True).encode())
-        for entry in spec["listing"]:
-            content.update(hash_file(entry["source"], "sha256")[1][0].encode())
-        digest = content.hexdigest()
+        """A video collection as one flat dataset with ``videos.json``: the same videos are never uploaded twice."""
+        digest = videos_digest(spec)
         slug = f"streamapprox-videos-{digest[:16]}"
         if self.service.dataset_status(slug) is None:
             folder = stage_dir(self.service.owner, slug)
-            for entry in spec["listing"]:
-                (folder / entry["path"]).symlink_to(Path(entry["source"]).resolve())
-            (folder / VIDEO_LISTING).write_text(json.dumps({"digest": digest, "videos": listing}, indent=1) + "\n")
-            self._upload(folder, slug, f"StreamApprox videos {digest[:8]}", new=True, notes=f"{len(listing)} videos")
+            link_videos(spec, folder, digest)
+            self._upload(folder, slug, f"StreamApprox videos {digest[:8]}", new=True, notes=f"{len(spec['listing'])} videos")
         else:
             print(f"launch kaggle: {key} ({spec['location']}) already on Kaggle as {self.service.owner}/{slug}", flush=True)
         return {"dataset": f"{self.service.owner}/{slug}", "kind": "videos", "digest": digest, "also_set": spec.get("also_set", {})}
@@ -359,19 +351,6 @@ def push(service: KaggleService, record: dict, run_dir: Path, options: argparse.
 
 
 # -- the command -------------------------------------------------------------------------------
-def job_inputs(spec: JobSpec, job_args: list[str]) -> dict:
-    """The job's own --check, run here: config, shard digests and dims are verified before any upload."""
-    if not spec.checkable:
-        return {}
-    with tempfile.TemporaryDirectory(prefix="streamapprox-check-") as tmp:
-        report = Path(tmp) / "check.json"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        check = subprocess.run([sys.executable, "-m", spec.module, *job_args, "--check", "--check-report", str(report)], env=env)
-        if check.returncode != 0:
-            raise LaunchError(f"the job's check failed (exit {check.returncode}); nothing was uploaded")
-        return json.loads(report.read_text())["inputs"]
-
-
 def bundled_file_arguments(job_args: list[str], bundle: code_bundle.Bundle, carried: set[str] = frozenset()) -> list[str]:
     """A job argument naming a local file (a sweep's --space my.yaml, a --set key=my.json value)
     reaches the kernel only inside the code bundle: rewrite it relative to the project root, or refuse

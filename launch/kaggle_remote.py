@@ -23,10 +23,10 @@ from pathlib import Path
 
 from data_shards.manifest import sha256_file
 from jobs import JOBS
+from launch.inputs import VIDEO_LISTING
 from sync.local import write_content_manifest
 
 KERNEL_RECORD = "streamapprox-kernel.json"  # beside the run directory in /kaggle/working
-VIDEO_LISTING = "videos.json"  # marks an uploaded video collection (jobs.extract input)
 HARDWARE_EXIT = 3
 
 

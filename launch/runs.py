@@ -40,6 +40,10 @@ def backend_of(run_dir: Path):
         from launch import kaggle
 
         return kaggle, record
+    if record.get("backend") == "ssh":
+        from launch import ssh
+
+        return ssh, record
     raise LaunchError(f"{run_dir / RECORD}: unknown backend {record.get('backend')!r}")
 
 

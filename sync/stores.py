@@ -9,7 +9,8 @@ from sync.local import LocalStore
 
 
 def open_store(url: str, endpoint_url: str | None = None) -> Store:
-    """Plain path or ``file://`` | ``s3://bucket/prefix`` | ``kaggle://OWNER/KERNEL[/FOLDER]`` | ``kaggle-dataset://OWNER/SLUG``."""
+    """Plain path or ``file://`` | ``s3://bucket/prefix`` | ``kaggle://OWNER/KERNEL[/FOLDER]`` | ``kaggle-dataset://OWNER/SLUG``
+    | ``ssh://HOST/ABS/PATH`` (read-only)."""
     text = str(url)
     if "://" not in text:
         return LocalStore(text, Path(text).expanduser())
@@ -32,4 +33,10 @@ def open_store(url: str, endpoint_url: str | None = None) -> Store:
             form = "kaggle://OWNER/KERNEL[/FOLDER]" if parsed.scheme == "kaggle" else "kaggle-dataset://OWNER/SLUG"
             raise SyncError(f"{url}: expected {form}")
         return KaggleDatasetStore(text, *parts)
-    raise SyncError(f"{url}: unknown storage scheme {parsed.scheme!r} (use a path, file://, s3://, kaggle:// or kaggle-dataset://)")
+    if parsed.scheme == "ssh":
+        from sync.ssh import SshStore
+
+        if not parsed.netloc or not parsed.path.startswith("/"):
+            raise SyncError(f"{url}: expected ssh://HOST/ABSOLUTE/PATH (HOST as ssh takes it: alias, user@host, host:port)")
+        return SshStore(text, parsed.netloc, parsed.path)
+    raise SyncError(f"{url}: unknown storage scheme {parsed.scheme!r} (use a path, file://, s3://, kaggle://, kaggle-dataset:// or ssh://)")
