@@ -5,21 +5,23 @@ import argparse
 import sys
 
 from jobs import JOBS
-from launch import bundle, kaggle, local, runs, ssh, transfer
+from launch import bundle, kaggle, local, ray, runs, ssh, transfer
 from launch.bundle import BundleError
 from launch.local import LaunchError
 from sync import SyncError
 
-BACKENDS = {"local": local, "kaggle": kaggle, "ssh": ssh}
+BACKENDS = {"local": local, "kaggle": kaggle, "ssh": ssh, "ray": ray}
 BACKEND_HELP = {"local": "this machine, under accelerate launch (the default: one CPU process)",
                 "kaggle": "a Kaggle kernel (T4 x2 by default); the run directory comes back to ./runs",
-                "ssh": "machines over SSH (--host, repeat for nodes), one accelerate launch per node; the run comes back to ./runs"}
+                "ssh": "machines over SSH (--host, repeat for nodes), one accelerate launch per node; the run comes back to ./runs",
+                "ray": "a Ray cluster through Ray Jobs (--address http://HEAD:8265 --storage URL); the run comes back to ./runs"}
 COMMANDS = {
     "sync": (transfer.add_sync_arguments, transfer.run_sync,
              "copy a run or shard set between storage URLs, incrementally and verified"),
     "pull": (transfer.add_pull_arguments, runs.run_pull, "bring a remote run (or a run directory URL) into ./runs"),
     "status": (runs.add_arguments, runs.run_status, "where a run stands (asks its backend)"),
     "logs": (runs.add_arguments, runs.run_logs, "a run's logs (from its backend)"),
+    "stop": (runs.add_arguments, runs.run_stop, "stop a running ssh or ray run"),
     "bundle": (bundle.add_arguments, bundle.run, "show (or write) the code bundle remote backends carry; uploads nothing"),
 }
 

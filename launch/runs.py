@@ -44,6 +44,10 @@ def backend_of(run_dir: Path):
         from launch import ssh
 
         return ssh, record
+    if record.get("backend") == "ray":
+        from launch import ray
+
+        return ray, record
     raise LaunchError(f"{run_dir / RECORD}: unknown backend {record.get('backend')!r}")
 
 
@@ -69,6 +73,15 @@ def run_logs(args: argparse.Namespace) -> int:
     for path in sorted((run_dir / "logs").glob("*.log")):
         print(f"==> {path} <==\n{path.read_text()}", end="")
     return 0
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    run_dir = locate(args.run, args.runs_dir)
+    backend, record = backend_of(run_dir)
+    if backend is None or not hasattr(backend, "stop_run"):
+        raise LaunchError(f"{run_dir}: launch stop works on ssh and ray runs (a local run stops with Ctrl-C; a Kaggle kernel "
+                          "from its page)")
+    return backend.stop_run(record, run_dir)
 
 
 def run_pull(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--venv", action="store_true",
                         help="create (once) and use a venv on each host from the project's pinned requirements")
     parser.add_argument("--venv-system-site-packages", action="store_true",
-                        help="let that venv see the interpreter's packages (images that ship torch)")
+                        help="let that venv see the --python interpreter's packages (images that ship torch)")
     parser.add_argument("--gpus-per-node", type=int, help="processes per node (default: the GPUs the node has; 1 on CPU)")
     parser.add_argument("--remote-dir", default="streamapprox", help="working directory on each host (relative to home)")
     parser.add_argument("--ssh-config", help="an ssh_config file to use instead of ~/.ssh/config")
@@ -88,8 +88,9 @@ class Host:
         return names[0] if names else self.base[-1].rsplit("@", 1)[-1]
 
 
-def requirements_digest(spec: JobSpec, inherit: bool) -> str:
-    parts = [(REPO_ROOT / "pyproject.toml").read_bytes(), (REPO_ROOT / "constraints.txt").read_bytes(), repr((spec.extras, inherit)).encode()]
+def requirements_digest(spec: JobSpec, inherit: bool, python: str) -> str:
+    parts = [(REPO_ROOT / "pyproject.toml").read_bytes(), (REPO_ROOT / "constraints.txt").read_bytes(),
+             repr((spec.extras, inherit, python)).encode()]
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
 
@@ -101,15 +102,7 @@ def prepare_python(host: Host, root: str, spec: JobSpec, options: argparse.Names
         raise LaunchError(f"{host.name}: no {python} there; pass --python PATH to an interpreter on that host (or --venv "
                           "with a python3 that can create one)")
     if options.venv:
-        env = f"{root}/envs/{requirements_digest(spec, options.venv_system_site_packages)}"
-        code = f"{root}/code"
-        extras = ",".join(spec.extras)
-        make = (f"{shlex.quote(python)} -m venv {'--system-site-packages ' if options.venv_system_site_packages else ''}{env} && "
-                f"{env}/bin/pip install -q -c {code}/constraints.txt torch torchvision torchaudio && "
-                f"{env}/bin/pip install -q -c {code}/constraints.txt '{code}{'[' + extras + ']' if extras else ''}' && touch {env}/.ready")
-        print(f"launch ssh: {host.name}: python environment {env}", flush=True)
-        host.run(f"test -f {env}/.ready || ( rm -rf {env} && {make} )", timeout=3600, what="creating the venv")
-        python = f"{env}/bin/python"
+        python = make_venv(host, root, spec, python, options.venv_system_site_packages)
     missing = host.run(f"{shlex.quote(python)} -c 'import importlib.util as u; "
                        "print(\" \".join(m for m in (\"torch\", \"accelerate\", \"webdataset\") if u.find_spec(m) is None))'",
                        what="checking the interpreter").strip()
@@ -117,6 +110,30 @@ def prepare_python(host: Host, root: str, spec: JobSpec, options: argparse.Names
         raise LaunchError(f"{host.name}: {python} lacks {missing}; pass --venv to make an environment from the project's "
                           "pinned requirements, or --python PATH to one that has them")
     return python
+
+
+INHERIT = ("import pathlib, subprocess, sys, sysconfig; paths = subprocess.run([sys.argv[1], '-c', 'import site; "
+           "print(chr(10).join(site.getsitepackages()))'], capture_output=True, text=True, check=True).stdout; "
+           "pathlib.Path(sysconfig.get_paths()['purelib'], '_streamapprox_inherit.pth').write_text(paths)")
+
+
+def make_venv(host: Host, root: str, spec: JobSpec, python: str, inherit: bool) -> str:
+    """``<root>/envs/<digest>``: the project's pinned requirements (torch by constraints.txt) in a venv made
+    once per requirements, interpreter and extras, and reused while they are unchanged. With ``inherit``
+    the venv also sees ``python``'s packages (a .pth file; works when ``python`` is itself a venv), so an
+    image's torch is used instead of downloaded again."""
+    env = f"{root}/envs/{requirements_digest(spec, inherit, python)}"
+    code, extras = f"{root}/code", ",".join(spec.extras)
+    steps = [f"{shlex.quote(python)} -m venv {env}",
+             *([f"{env}/bin/python -c {shlex.quote(INHERIT)} {shlex.quote(python)}"] if inherit else []),
+             f"{env}/bin/pip install -q --disable-pip-version-check -c {code}/constraints.txt torch torchvision torchaudio",
+             f"{env}/bin/pip install -q --disable-pip-version-check -c {code}/constraints.txt "
+             f"'{code}{'[' + extras + ']' if extras else ''}'",
+             f"touch {env}/.ready"]
+    made = host.run(f"test -f {env}/.ready && echo reused || ( rm -rf {env} && {' && '.join(steps)} && echo made )",
+                    timeout=3600, what="creating the venv").strip().splitlines()[-1]
+    print(f"launch ssh: {host.name}: python environment {env} ({made})", flush=True)
+    return f"{env}/bin/python"
 
 
 def send_inputs(hosts: list[Host], root: str, inputs: dict) -> list[str]:
@@ -273,6 +290,15 @@ def show_logs(record: dict, run_dir: Path) -> int:
         print(f"==> {name}: node-{rank}.log <==")
         print(Host(name, record.get("ssh_config")).run(f"cat {record['remote_run']}/logs/node-{rank}.log 2>/dev/null || true"),
               end="", flush=True)
+    return 0
+
+
+def stop_run(record: dict, run_dir: Path) -> int:
+    """SIGTERM to each node's process group (setsid made the job its leader)."""
+    for rank, name in enumerate(record["hosts"]):
+        pid = f"{record['remote_run']}/logs/pid-{rank}"
+        state = Host(name, record.get("ssh_config")).run(f"kill -TERM -- -$(cat {pid}) 2>/dev/null && echo stopped || echo 'not running'")
+        print(f"node {name}: {state.strip()}")
     return 0
 
 

@@ -80,10 +80,14 @@ def test_extract_runs_on_a_host_and_the_shards_come_back(sshd, tmp_path):
     from data_shards.synthetic_videos import write_collection
 
     listing = write_collection(tmp_path / "videos", 4, seconds=2.0)
-    result = launch_ssh(sshd, tmp_path, "ssh", "extract", *ssh_args(sshd, tmp_path / "remote", "node0"),
-                        "--videos", str(listing), "--random-init", *TINY_EXTRACT)
+    venv = ["--venv", "--venv-system-site-packages"]  # made from the pinned requirements; this interpreter's torch is reused
+    args = ["extract", *ssh_args(sshd, tmp_path / "remote", "node0"), *venv, "--videos", str(listing), "--random-init", *TINY_EXTRACT]
+    result = launch_ssh(sshd, tmp_path, "ssh", *args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    run = next((tmp_path / "runs").iterdir())
+    assert "(made)" in result.stdout and "/envs/" in result.stdout
+    again = launch_ssh(sshd, tmp_path, "ssh", *args)
+    assert again.returncode == 0 and "(reused)" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
+    run = sorted((tmp_path / "runs").iterdir())[0]
     shards = open_shards(run / "shards")
     assert sum(shards.manifest.splits.values()) == 4 and shards.manifest.encoders["random_init"]
     assert list((tmp_path / "remote" / "data").glob("videos-*/videos.json"))  # the videos travelled once, by rsync

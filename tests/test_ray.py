@@ -1,0 +1,112 @@
+"""``launch ray``: the real CLI and Ray's own JobSubmissionClient against a real local Ray head on
+127.0.0.1 with token authentication on; runs come back through sync from a storage path."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import cli_env, launch_command
+from servers import free_port
+
+TINY = ["train.epochs=2", "data.batch_size=64", "model.hidden=[64]"]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    ray = str(Path(sys.executable).with_name("ray"))
+    token, dashboard = secrets.token_hex(16), free_port()
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's unix sockets live under it
+    # the cluster's "python" is this environment's, as on a node set up with ./setup.sh
+    env = {**cli_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(free_port()), "--dashboard-host",
+                    "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2", "--disable-usage-stats",
+                    "--include-dashboard", "true", "--temp-dir", temp], env=env, check=True, capture_output=True, timeout=180)
+    try:
+        yield f"http://127.0.0.1:{dashboard}", env, temp
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    from data_shards.synthetic import SyntheticSpec, generate
+
+    out = tmp_path_factory.mktemp("ray-shards") / "small"
+    generate(SyntheticSpec(train=600, val=120, test=200, samples_per_shard=128), out, progress=False)
+    return out
+
+
+def launch_ray(env: dict, cwd: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    return subprocess.run(launch_command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_train_and_sweep_run_on_the_cluster_and_come_back(ray_head, shards, tmp_path):
+    address, env, temp = ray_head
+    cluster = ["--address", address, "--storage", str(tmp_path / "store"), "--poll-interval", "0.5"]
+    trained = launch_ray(env, tmp_path, "ray", "train_mlp", *cluster, "--set", f"data.shards={shards}", *TINY)
+    assert trained.returncode == 0 and "status: complete" in trained.stdout, trained.stdout[-3000:] + trained.stderr[-3000:]
+    run = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("train_mlp"))
+    assert json.loads((run / "run.json").read_text())["backend"] == "ray" and (run / "eval" / "results.json").is_file()
+    status = launch_ray(env, tmp_path, "status", str(run))
+    assert status.returncode == 0 and ": succeeded" in status.stdout, status.stdout + status.stderr
+    logs = launch_ray(env, tmp_path, "logs", str(run))
+    assert "epoch 1 done" in logs.stdout
+
+    swept = launch_ray(env, tmp_path, "ray", "sweep", *cluster, "--space", "temperature_depth", "--num-samples", "2",
+                       "--preset", "train_transformer", "--set", f"data.shards={shards}", "train.epochs=2", "data.batch_size=64",
+                       "model.width=32", "model.heads=2")
+    assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
+    sweep = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("sweep"))
+    info = json.loads((sweep / "run.json").read_text())
+    assert info["status"] == "complete" and (sweep / "best" / "eval" / "results.json").is_file()
+    assert temp in swept.stdout and "Trial status: 2 TERMINATED" in swept.stdout  # Tune ran inside the cluster's session
+
+    from conftest import TINY_EXTRACT
+
+    from data_shards.synthetic_videos import write_collection
+
+    listing = write_collection(tmp_path / "videos", 3, seconds=2.0)
+    extracted = launch_ray(env, tmp_path, "ray", "extract", *cluster, "--videos", str(listing), "--random-init", *TINY_EXTRACT)
+    assert extracted.returncode == 0, extracted.stdout[-3000:] + extracted.stderr[-3000:]
+    shards = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("extract")) / "shards"
+    assert json.loads((shards / "manifest.json").read_text())["splits"] == {"train": 1, "val": 1, "test": 1}
+
+
+def test_stop_ends_a_running_job(ray_head, shards, tmp_path):
+    address, env, _ = ray_head
+    submitted = launch_ray(env, tmp_path, "ray", "train_mlp", "--address", address, "--storage", str(tmp_path / "store"),
+                           "--detach", "--set", f"data.shards={shards}", "train.epochs=500", "data.batch_size=64")
+    assert submitted.returncode == 0 and "detached" in submitted.stdout, submitted.stdout + submitted.stderr
+    run = next((tmp_path / "runs").iterdir())
+    stopped = launch_ray(env, tmp_path, "stop", str(run))
+    assert stopped.returncode == 0 and "stop requested" in stopped.stdout, stopped.stdout + stopped.stderr
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and ": stopped" not in launch_ray(env, tmp_path, "status", str(run)).stdout:
+        time.sleep(1)
+    assert ": stopped" in launch_ray(env, tmp_path, "status", str(run)).stdout
+
+
+def test_bad_cluster_inputs_fail_before_submission(ray_head, shards, tmp_path):
+    address, env, _ = ray_head
+    job = ["train_mlp", "--storage", str(tmp_path / "store"), "--set", f"data.shards={shards}", *TINY]
+    wrong_token = launch_ray({**env, "RAY_AUTH_TOKEN": "0" * 32}, tmp_path, "ray", *job, "--address", address)
+    assert wrong_token.returncode == 2 and "RAY_AUTH_TOKEN" in wrong_token.stderr and "uthentication" in wrong_token.stderr
+    nowhere = launch_ray(env, tmp_path, "ray", *job, "--address", f"http://127.0.0.1:{free_port()}")
+    assert nowhere.returncode == 2 and "Ray Jobs at http://127.0.0.1" in nowhere.stderr
+    relative = shutil.copytree(shards, tmp_path / "local-shards")
+    moved = launch_ray(env, tmp_path, "ray", "train_mlp", "--address", address, "--storage", "s", "--set",
+                       f"data.shards={relative.name}", *TINY)
+    assert moved.returncode == 2 and "absolute path" in moved.stderr
+    too_big = launch_ray(env, tmp_path, "ray", *job, "--address", address, "--max-bundle-mb", "0.05")
+    assert too_big.returncode == 2 and "over the 0.05 MB guard" in too_big.stderr
+    assert not (tmp_path / "runs").exists()  # nothing was submitted
