@@ -146,14 +146,36 @@ def _resolve_root(location: str | Path) -> Path:
         return ensure_synthetic(text)
     if text.startswith("file://"):
         text = text[len("file://"):]
+    if text.startswith("s3://"):
+        return _fetched(text)
     if "://" in text:
-        raise ShardError(f"{location}: only local paths, file:// and synthetic:// shard sets can be read directly; bring remote shards here with `launch sync` first.")
+        raise ShardError(f"{location}: shard sets are read from a path, file://, s3:// or synthetic://; bring others here with "
+                         "`launch sync` first.")
     return Path(text).expanduser()
+
+
+def _fetched(url: str) -> Path:
+    """An S3 shard set, mirrored into the cache through sync (incremental and sha256-verified; only
+    changed shards move again); readers then verify it against its manifest like any local set."""
+    import hashlib
+
+    from data_shards.files import cache_root
+    from sync import SyncError, sync
+
+    local = cache_root() / "s3" / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+    try:
+        sync(url, str(local), delete=True)
+    except SyncError as exc:
+        raise ShardError(f"{url}: cannot fetch the shard set: {exc}") from None
+    if not (local / "manifest.json").is_file():
+        raise ShardError(f"{url}: no manifest.json under that prefix; point data.shards at the shard set's own prefix")
+    return local
 
 
 def open_shards(location: str | Path, verify: bool = True, splits: tuple[str, ...] | None = None,
                 partial: bool = False) -> ShardSet:
-    """Open a shard set from a path, ``file://`` or ``synthetic://`` URL and verify its digests.
+    """Open a shard set from a path, ``file://``, ``s3://`` (mirrored into the cache) or ``synthetic://``
+    URL and verify its digests.
 
     With ``splits``, only those splits are verified and readable: a sweep's trials open the set this
     way, so the test split cannot influence model selection. An unfinished extraction (one worker's

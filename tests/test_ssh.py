@@ -73,7 +73,7 @@ def test_two_nodes_train_as_one_and_the_run_survives_a_dropped_connection(sshd, 
     assert "copied 0 files" in again.stdout  # incremental
 
 
-def test_extract_runs_on_a_host_and_the_shards_come_back(sshd, tmp_path):
+def test_extract_runs_on_a_host_and_the_shards_come_back(sshd, tmp_path, capsys):
     from conftest import TINY_EXTRACT
 
     from data_shards.reader import open_shards
@@ -81,13 +81,18 @@ def test_extract_runs_on_a_host_and_the_shards_come_back(sshd, tmp_path):
 
     listing = write_collection(tmp_path / "videos", 4, seconds=2.0)
     venv = ["--venv", "--venv-system-site-packages"]  # made from the pinned requirements; this interpreter's torch is reused
-    args = ["extract", *ssh_args(sshd, tmp_path / "remote", "node0"), *venv, "--videos", str(listing), "--random-init", *TINY_EXTRACT]
-    result = launch_ssh(sshd, tmp_path, "ssh", *args)
+    result = launch_ssh(sshd, tmp_path, "ssh", "extract", *ssh_args(sshd, tmp_path / "remote", "node0"), *venv,
+                        "--videos", str(listing), "--random-init", *TINY_EXTRACT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "(made)" in result.stdout and "/envs/" in result.stdout
-    again = launch_ssh(sshd, tmp_path, "ssh", *args)
-    assert again.returncode == 0 and "(reused)" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
-    run = sorted((tmp_path / "runs").iterdir())[0]
+    from jobs import JOBS
+    from launch.ssh import Host, make_venv
+
+    made = next(line for line in result.stdout.splitlines() if "(made)" in line).split("python environment ")[1].split(" (")[0]
+    host = Host("node0", str(sshd.client_config))
+    assert make_venv(host, str(tmp_path / "remote"), JOBS["extract"], sys.executable, True) == f"{made}/bin/python"
+    assert "(reused)" in capsys.readouterr().out  # the same requirements: the environment is not made again
+    run = next((tmp_path / "runs").iterdir())
     shards = open_shards(run / "shards")
     assert sum(shards.manifest.splits.values()) == 4 and shards.manifest.encoders["random_init"]
     assert list((tmp_path / "remote" / "data").glob("videos-*/videos.json"))  # the videos travelled once, by rsync
@@ -114,3 +119,13 @@ def test_bad_hosts_fail_before_anything_starts(sshd, shards, tmp_path):
     single = launch_ssh(sshd, tmp_path, "ssh", "sweep", *ssh_args(sshd, tmp_path / "remote", "node0", "node1"), "--space", "x")
     assert single.returncode == 2 and "runs as one process" in single.stderr
     assert not (tmp_path / "runs").exists()  # nothing started anywhere
+
+
+def test_sweep_runs_on_a_host_and_its_best_run_comes_back(sshd, shards, tmp_path):
+    result = launch_ssh(sshd, tmp_path, "ssh", "sweep", *ssh_args(sshd, tmp_path / "remote", "node0"), "--space", "temperature_depth",
+                        "--num-samples", "2", "--preset", "train_transformer", "--set", f"data.shards={shards}", "train.epochs=2",
+                        "data.batch_size=64", "model.width=32", "model.heads=2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    sweep = next((tmp_path / "runs").iterdir())
+    assert json.loads((sweep / "run.json").read_text())["status"] == "complete"
+    assert (sweep / "best" / "eval" / "results.json").is_file() and (sweep / "trials.csv").is_file()

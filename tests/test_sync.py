@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -202,3 +203,20 @@ def test_launch_cli_stays_light():
     """`launch sync/pull/--help` must not pay for torch (seconds per call, and it halved sync throughput once)."""
     code = "import sys, launch.cli, sync.s3, sync.kaggle; assert 'torch' not in sys.modules and 'webdataset' not in sys.modules"
     subprocess.run([os.sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_jobs_read_shards_from_s3_through_a_verified_cache(tmp_path, s3_endpoint, bucket, small_shards):
+    """``data.shards=s3://...`` (how a Ray cluster reads shards it does not share): mirrored into the cache
+    by sync, then verified against the manifest like any local set; a second read moves nothing."""
+    from sync import sync
+
+    _, name = bucket
+    sync(str(small_shards), f"s3://{name}/feats", endpoint_url=s3_endpoint)
+    env = {**cli_env(), "AWS_ENDPOINT_URL": s3_endpoint, "STREAMAPPROX_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "jobs.train_mlp", "--check", "--set", f"data.shards=s3://{name}/feats"]
+    for _ in range(2):
+        check = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        assert check.returncode == 0 and "check ok" in check.stdout, check.stdout + check.stderr
+    assert len(list((tmp_path / "cache" / "s3").glob("*/manifest.json"))) == 1
+    missing = subprocess.run([*command[:-1], f"data.shards=s3://{name}/nothing-here"], env=env, capture_output=True, text=True)
+    assert missing.returncode == 2 and "nothing-here: no manifest.json under that prefix" in missing.stderr
