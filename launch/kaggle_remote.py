@@ -24,6 +24,7 @@ from pathlib import Path
 from data_shards.manifest import sha256_file
 from jobs import JOBS
 from launch.inputs import VIDEO_LISTING
+from launch.local import mixed_precision as auto_precision
 from sync.local import write_content_manifest
 
 KERNEL_RECORD = "streamapprox-kernel.json"  # beside the run directory in /kaggle/working
@@ -83,8 +84,7 @@ def accelerate_arguments(gpus: list[dict], mixed_precision: str, code_dir: Path)
     """One process per GPU; fp16 where a GPU lacks bf16 (T4, P100: capability below 8.0)."""
     if not gpus:
         return ["--config_file", str(code_dir / "accelerate_config.yaml")]
-    if mixed_precision == "auto":
-        mixed_precision = "bf16" if all(float(g["capability"]) >= 8.0 for g in gpus) else "fp16"
+    mixed_precision = auto_precision(mixed_precision, gpus)
     arguments = ["--num_processes", str(len(gpus)), "--num_machines", "1", "--mixed_precision", mixed_precision,
                  "--dynamo_backend", "no"]
     return arguments + (["--multi_gpu"] if len(gpus) > 1 else [])

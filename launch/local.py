@@ -39,6 +39,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", default="runs", help="where new run directories go (default: ./runs)")
 
 
+def mixed_precision(requested: str, gpus: list[dict]) -> str:
+    """``auto``: bf16 where every GPU has it (compute capability 8.0+), fp16 on older ones (T4, P100), none on CPU."""
+    if requested != "auto":
+        return requested
+    if not gpus:
+        return "no"
+    return "bf16" if all(float(g["capability"]) >= 8.0 for g in gpus) else "fp16"
+
+
 def option_value(args: list[str], flag: str) -> str | None:
     for i, arg in enumerate(args):
         if arg == flag and i + 1 < len(args):

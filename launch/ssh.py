@@ -28,7 +28,7 @@ from data_shards.files import cache_root
 from jobs import JOBS, JobSpec, new_run_id, now
 from launch import bundle as code_bundle
 from launch.inputs import VIDEO_LISTING, job_inputs, link_shards, link_videos, videos_digest
-from launch.local import REPO_ROOT, LaunchError, option_value, summarize
+from launch.local import REPO_ROOT, LaunchError, mixed_precision, option_value, summarize
 from launch.runs import write_record
 from sync.ssh import ssh_base
 
@@ -164,10 +164,8 @@ def send_inputs(hosts: list[Host], root: str, inputs: dict) -> list[str]:
 
 def accelerate_arguments(rank: int, nodes: int, per_node: int, gpus: list[dict], main: str, port: int, precision: str) -> list[str]:
     total = nodes * per_node
-    if precision == "auto":
-        precision = ("bf16" if all(float(g["capability"]) >= 8.0 for g in gpus) else "fp16") if gpus else "no"
     arguments = ["--num_machines", str(nodes), "--machine_rank", str(rank), "--num_processes", str(total),
-                 "--mixed_precision", precision, "--dynamo_backend", "no"]
+                 "--mixed_precision", mixed_precision(precision, gpus), "--dynamo_backend", "no"]
     if nodes > 1:
         arguments += ["--main_process_ip", main, "--main_process_port", str(port)]
     return arguments + (["--multi_gpu"] if total > 1 else [])

@@ -8,13 +8,13 @@ weights, or that there were none.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
+from data_shards.manifest import sha256_file
 from model.config import Strict
 
 VGGISH_EXAMPLE_S = 0.96
@@ -35,14 +35,6 @@ class VGGishConfig(Strict):
     weights: Optional[str] = None  # default: torchvggish's release file through the torch hub cache
     postprocess: bool = False  # AudioSet's PCA whitening + 8-bit quantization (values 0..255)
     pca_weights: Optional[str] = None  # default: torchvggish's PCA params through the torch hub cache
-
-
-def file_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load_state(path: str | Path, what: str) -> dict:
@@ -101,7 +93,7 @@ class ClipImageEncoder:
         weights = self.config.weights
         return {"library": "open_clip", "version": self.version, "model": self.config.model, "dim": self.dim,
                 "pretrained": None if self.random_init else (weights or self.config.pretrained),
-                "weights_sha256": file_digest(weights) if weights and not self.random_init else None,
+                "weights_sha256": sha256_file(weights) if weights and not self.random_init else None,
                 "random_init": self.random_init}
 
 
@@ -153,6 +145,6 @@ class VGGishEncoder:
 
         weights = None if self.random_init else (self.config.weights or torchvggish.torchvggish.VGGISH_WEIGHTS)
         return {"library": "torchvggish", "dim": 128, "example_s": VGGISH_EXAMPLE_S, "weights": weights,
-                "weights_sha256": file_digest(self.config.weights) if self.config.weights and not self.random_init else None,
+                "weights_sha256": sha256_file(self.config.weights) if self.config.weights and not self.random_init else None,
                 "postprocess": "pca+quantize (0..255)" if self.config.postprocess else "raw",
                 "random_init": self.random_init}
