@@ -233,7 +233,7 @@ def worker_share(args: argparse.Namespace) -> tuple[int, int, object | None]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
-        state = PartialState()
+        state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True Accelerate sees one process on a CPU-only host
         return index + count * state.process_index, count * state.num_processes, state
     return index, count, None
 

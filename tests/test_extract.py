@@ -144,6 +144,7 @@ def test_workers_together_or_apart_make_the_single_worker_set(videos, reference,
     # ranks under accelerate launch share one directory; the last one to finish writes the manifest
     result = launch("local", "extract", "--accelerate-config", "cpu_ddp2", "--videos", str(videos), "--random-init", *TINY, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "worker 0/2:" in result.stdout and "worker 1/2:" in result.stdout, "each rank must take its own half of the shards"
     run = only_run(tmp_path)
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
     assert_same_samples(open_shards(run / "shards"), open_shards(reference))  # one thread per rank: float sums may differ by an ulp
