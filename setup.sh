@@ -4,8 +4,8 @@
 #   --dev  also installs the test tools.
 set -euo pipefail
 cd "$(dirname "$0")"
-extras="deepspeed,tune,extract"
-[[ "${1:-}" == "--dev" ]] && extras="deepspeed,tune,extract,dev"
+extras="deepspeed,tune,extract,report"
+[[ "${1:-}" == "--dev" ]] && extras="deepspeed,tune,extract,report,dev"
 
 # The tests run a real sshd on loopback (launch ssh): Debian's openssh-server and rsync.
 if [[ "${1:-}" == "--dev" ]] && ! { command -v rsync && [[ -x /usr/sbin/sshd ]]; } > /dev/null; then

@@ -47,5 +47,8 @@ JOBS: dict[str, JobSpec] = {
         "jobs.sweep", "Ray Tune sweep over a search space (--space temperature_depth); winner picked on validation -> RUN/best",
         False, True, True, True, extras=("tune",)
     ),
-    "evaluate": JobSpec("jobs.evaluate", "evaluate a run's checkpoint on the test split (eval/results.json, .csv)", False, False),
+    "zero_shot": JobSpec("jobs.zero_shot", "the floor to beat: middle CLIP frame -> fixed random projection, recorded and "
+                         "evaluated as a run (nothing trained)", False, True, True),
+    "evaluate": JobSpec("jobs.evaluate", "evaluate runs' checkpoints on the test split (eval/results.json, .csv, embeddings.npz)",
+                        False, False),
 }

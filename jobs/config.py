@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from model.config import LossConfig, MLPStudentConfig, Strict, StudentConfig, TransformerStudentConfig
+from model.config import LossConfig, MLPStudentConfig, Strict, StudentConfig, TransformerStudentConfig, ZeroShotStudentConfig
 from model.metrics import RECALL_AT
 
 PRESETS = Path(__file__).parent / "presets"
@@ -116,7 +116,7 @@ def apply_override(data: dict, assignment: str) -> None:
 def _known_keys(loc: tuple, root: type[Strict]) -> list[str]:
     """Field names valid where ``loc`` points (for "did you mean")."""
     if root is JobConfig and len(loc) == 2 and loc[0] == "model":
-        return sorted(set(MLPStudentConfig.model_fields) | set(TransformerStudentConfig.model_fields))
+        return sorted(set(MLPStudentConfig.model_fields) | set(TransformerStudentConfig.model_fields) | set(ZeroShotStudentConfig.model_fields))
     node = root
     for part in loc[:-1]:
         field = getattr(node, "model_fields", {}).get(part)
@@ -129,7 +129,7 @@ def _known_keys(loc: tuple, root: type[Strict]) -> list[str]:
 def format_validation_error(exc: ValidationError, root: type[Strict] | None = None) -> str:
     lines = []
     for error in exc.errors():
-        loc = tuple(str(part) for part in error["loc"] if part not in ("mlp", "transformer"))
+        loc = tuple(str(part) for part in error["loc"] if part not in ("mlp", "transformer", "zero_shot"))
         key = ".".join(loc)
         if error["type"] == "extra_forbidden":
             close = difflib.get_close_matches(loc[-1], _known_keys(loc, root or JobConfig), n=3)
@@ -141,12 +141,22 @@ def format_validation_error(exc: ValidationError, root: type[Strict] | None = No
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
 def preset_data(preset: str) -> dict:
+    """A preset's YAML; ``extends: OTHER`` starts from another preset (one changed key, not a copy)."""
     path = PRESETS / f"{preset}.yaml"
     if not path.is_file():
-        names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
-        raise ConfigError(f"no preset {preset!r} in {PRESETS} (presets: {', '.join(names)})")
-    return yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"no preset {preset!r} in {PRESETS} (presets: {', '.join(preset_names())})")
+    data = yaml.safe_load(path.read_text()) or {}
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    merged = preset_data(base)
+    _deep_merge(merged, data)
+    return merged
 
 
 def layered(data: dict, config_file: str | None = None, overrides: list[str] | None = None) -> dict:

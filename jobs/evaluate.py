@@ -1,7 +1,8 @@
-"""``python -m jobs.evaluate --run-dir RUN``: a run's checkpoint on the test split.
+"""``python -m jobs.evaluate RUN [RUN ...]``: each run's checkpoint on the test split.
 
-Writes ``eval/results.json`` and ``eval/results.csv`` in the run directory. This is the only code
-that reads the test split.
+Writes ``eval/results.json``, ``eval/results.csv`` and ``eval/embeddings.npz`` (student and teacher
+embeddings of up to 2000 test videos, what ``report`` plots) in each run directory. This is the
+only code that reads the test split.
 """
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import logging
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from data_shards import ShardError, open_shards
-from data_shards.files import atomic_write_text
+from data_shards.files import atomic_destination, atomic_write_text
 from jobs.config import ConfigError, validate_config
 from jobs import now
 from jobs.rundir import RunDir
@@ -24,6 +26,7 @@ from jobs.train import check_dims, embed_indices
 from model import build_student, retrieval_metrics
 
 log = logging.getLogger("streamapprox.evaluate")
+EMBEDDING_SAMPLE = 2000  # enough for distributions and a PCA; the metrics use every test video
 
 
 def load_student(checkpoint_path: Path):
@@ -66,26 +69,36 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best", shards: str | No
     writer.writeheader()
     writer.writerow({"run_id": run.path.name, "checkpoint": checkpoint, "split": split, **metrics})
     atomic_write_text(run.path / "eval" / "results.csv", table.getvalue())
+    save_embeddings(run.path / "eval" / "embeddings.npz", tensors.keys, embeddings, tensors.teacher, tensors.has_audio)
     if (run.path / "run.json").is_file():
         run.update(eval={"checkpoint": checkpoint, "split": split, "s2t_r1": metrics["s2t_r1"], "t2s_r1": metrics["t2s_r1"],
                          "results": "eval/results.json"})
     return metrics
 
 
+def save_embeddings(path: Path, keys: list[str], student: torch.Tensor, teacher: torch.Tensor, has_audio: torch.Tensor) -> None:
+    """The first ``EMBEDDING_SAMPLE`` test videos' embeddings (float16), so a report needs no shards."""
+    n = min(len(keys), EMBEDDING_SAMPLE)
+    with atomic_destination(path) as handle:
+        np.savez_compressed(handle, keys=np.array(keys[:n]), student=student[:n].half().numpy(),
+                            teacher=teacher[:n].half().numpy(), has_audio=has_audio[:n].bool().numpy())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__)
-    parser.add_argument("run_dir", metavar="RUN", help="a run directory (runs/<run-id>)")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN", help="run directories (runs/<run-id>)")
     parser.add_argument("--checkpoint", default="best", choices=["best", "last"])
     parser.add_argument("--shards", help="evaluate on another shard set (default: the one the run trained on)")
     parser.add_argument("--split", help="default: the config's test split")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        metrics = evaluate_run(args.run_dir, args.checkpoint, args.shards, args.split)
-    except (ConfigError, ShardError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(metrics, indent=2))
+    for run_dir in args.run_dirs:
+        try:
+            metrics = evaluate_run(run_dir, args.checkpoint, args.shards, args.split)
+        except (ConfigError, ShardError, FileNotFoundError) as exc:
+            print(f"error: {run_dir}: {exc}", file=sys.stderr)
+            return 2
+        print(f"{run_dir}: " + json.dumps(metrics, indent=2))
     return 0
 
 

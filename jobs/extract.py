@@ -39,7 +39,7 @@ from jobs import new_run_id, now
 from jobs.config import ConfigError, format_validation_error, layered
 from jobs.synthesize import parse_slice
 from model.config import Strict
-from model.encoders import VGGISH_EXAMPLE_S, ClipConfig, EncoderError, VGGishConfig
+from model.encoders import VGGISH_EXAMPLE_S, ClipConfig, EncoderError, VGGishConfig, autocast, resolve_precision
 from model.teachers import TeacherConfig
 
 log = logging.getLogger("streamapprox.extract")
@@ -65,13 +65,25 @@ class StudentInputConfig(Strict):
     audio: AudioInputConfig = Field(default_factory=AudioInputConfig)
 
 
-class ExtractConfig(Strict):
-    input: InputConfig = Field(default_factory=InputConfig)
+class EncodersConfig(Strict):
+    """The encoders and what they see: recorded in the manifest, so a report can measure the same pipelines."""
+
     student: StudentInputConfig = Field(default_factory=StudentInputConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    samples_per_shard: int = Field(256, ge=1)
     seed: int = 0  # frame sampling (weighted, dropout) and random-init weights
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp32 on CPU; bf16 on GPUs that have it, else fp16
+
+    @model_validator(mode="after")
+    def _strategies_fit(self) -> "EncodersConfig":
+        check_strategy(self.student.sampling, self.student.frames)
+        if self.teacher.sampling != "imagebind":
+            check_strategy(self.teacher.sampling, self.teacher.frames)
+        return self
+
+
+class ExtractConfig(EncodersConfig):
+    input: InputConfig = Field(default_factory=InputConfig)
+    samples_per_shard: int = Field(256, ge=1)
     random_init: bool = False  # tests and benchmarks only: recorded in the manifest, training on it warns
 
     @field_validator("input")
@@ -81,23 +93,8 @@ class ExtractConfig(Strict):
             raise ValueError("input.videos is required (--videos DIR|LIST)")
         return value
 
-    @model_validator(mode="after")
-    def _strategies_fit(self) -> "ExtractConfig":
-        check_strategy(self.student.sampling, self.student.frames)
-        if self.teacher.sampling != "imagebind":
-            check_strategy(self.teacher.sampling, self.teacher.frames)
-        return self
-
     def audio_examples(self) -> int | None:
         return None if self.student.audio.pooling == "mean" else max(int(self.student.audio.segment_s / VGGISH_EXAMPLE_S), 1)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        return precision
-    if device.type != "cuda":
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 class VideoFailure(Exception):
@@ -137,8 +134,7 @@ class Extractor:
 
     def autocast(self):
         """Encoders run in ``precision`` (autocast); outputs are stored as the schema says either way."""
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+        return autocast(self.device, self.precision)
 
     def audio(self, path: str) -> tuple[np.ndarray, np.ndarray | None, str]:
         """(audio.npy, the waveform the teacher hears or None, status)."""
@@ -265,7 +261,8 @@ def run_worker(cfg: ExtractConfig, out: Path, index: int, count: int, state, tim
     progress.close()
     if state is not None:
         state.wait_for_everyone()
-    source = {"kind": "videos", "input": cfg.input.model_dump(mode="json"), "videos": len(entries)}
+    source = {"kind": "videos", "input": cfg.input.model_dump(mode="json"), "videos": len(entries),
+              "encoders_config": cfg.model_dump(mode="json", include=set(EncodersConfig.model_fields))}
     manifest = None
     if state is None or state.is_main_process:
         manifest = ledger.finish(extractor.dims, encoders, source)

@@ -4,7 +4,8 @@ runs/<run-id>/run.json           run id, job, resolved config, git commit + dirt
                                  hardware, backend, start/end, status (running|complete|incomplete|failed)
 runs/<run-id>/metrics.jsonl      one JSON object per logged step / epoch
 runs/<run-id>/checkpoints/       best.pt (chosen on validation), last.pt (resumable)
-runs/<run-id>/eval/              results.json, results.csv
+runs/<run-id>/eval/              results.json, results.csv, embeddings.npz (a test sample, for plots),
+                                 report.md + *.png (``launch report``)
 runs/<run-id>/logs/              train.log, audit-rank*.jsonl
 Status ``incomplete`` (or ``running`` after a crash) with a last.pt means "resume me".
 """
@@ -47,6 +48,14 @@ def hardware(accelerator) -> dict:
         "distributed_type": str(accelerator.distributed_type),
         "mixed_precision": accelerator.mixed_precision,
     }
+
+
+def shards_record(location: str, shards) -> dict:
+    """What run.json says about the shard set a run read (``shards``: a ``data_shards.ShardSet``)."""
+    manifest = shards.manifest
+    return {"location": location, "root": str(shards.root), "manifest_digest": shards.digest(), "splits": manifest.splits,
+            "source_kind": manifest.source.get("kind", "unknown"), "encoders": manifest.encoders,
+            "encoders_config": manifest.source.get("encoders_config")}
 
 
 class RunDir:

@@ -27,10 +27,10 @@ from data_shards.files import atomic_write_text
 from data_shards.manifest import MANIFEST_NAME, sha256_file
 from data_shards.reader import SplitTensors, TrainBatches
 from data_shards.schema import Dims
-from jobs.config import ConfigError, JobConfig, apply_override, load_config, validate_config
+from jobs.config import ConfigError, JobConfig, apply_override, load_config, preset_data, preset_names, validate_config
 from jobs.hardware import HardwareError, check_gpus
 from jobs import new_run_id, now
-from jobs.rundir import RunDir, git_state, hardware, save_atomic
+from jobs.rundir import RunDir, git_state, hardware, save_atomic, shards_record
 from model import build_loss, build_student, retrieval_metrics
 from model.metrics import is_better
 
@@ -166,6 +166,8 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs, set_seed
 
+        if cfg.model.kind == "zero_shot":
+            raise ConfigError("model.kind=zero_shot has nothing to train: make the floor with `launch local zero_shot`")
         self.cfg, self.run, self.on_epoch_end = cfg, run, on_epoch_end
         self.started = JOB_STARTED
         self.deadline = self.started + time_budget if time_budget else None
@@ -332,6 +334,8 @@ def parse_args(argv: list[str] | None, preset: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"python -m jobs.{preset}", description=__doc__)
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. --set model.depth=3 loss.temperature=0.05")
+    parser.add_argument("--preset", default=preset, choices=[p for p in preset_names() if preset_data(p).get("job") == preset],
+                        help=f"the configuration to start from (default: {preset}); jobs/presets/ holds them")
     parser.add_argument("--config", help="a YAML file merged over the preset")
     parser.add_argument("--run-dir", help="where to write the run (default: runs/<job>-<time>-<id>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoints/last.pt")
@@ -352,7 +356,7 @@ def setup_logging(run: RunDir | None, is_main: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def resolve(args: argparse.Namespace, preset: str) -> tuple[JobConfig, RunDir, dict | None]:
+def resolve(args: argparse.Namespace) -> tuple[JobConfig, RunDir, dict | None]:
     """Config, run directory and (when resuming) the checkpoint to continue from."""
     if args.resume:
         moved = [o for o in args.overrides if o.partition("=")[0].strip() == "data.shards"]
@@ -368,7 +372,7 @@ def resolve(args: argparse.Namespace, preset: str) -> tuple[JobConfig, RunDir, d
         for assignment in moved:
             apply_override(config, assignment)
         return validate_config(config), run, state
-    cfg = load_config(preset, args.config, args.overrides)
+    cfg = load_config(args.preset, args.config, args.overrides)
     run = RunDir(args.run_dir or Path("runs") / new_run_id(cfg.job))
     return cfg, run, None
 
@@ -401,9 +405,7 @@ def run_training(trainer: Trainer, run: RunDir, cfg: JobConfig, resume: dict | N
             info.update(resumed_at=[*run.read().get("resumed_at", []), now()], error=None)
         else:
             info.update(run_id=run.path.name, job=cfg.job, config=cfg.model_dump(mode="json"), started_at=now(),
-                        git=git_state(Path(__file__).parent), shards={"location": cfg.data.shards, "root": str(trainer.shards.root),
-                        "manifest_digest": trainer.shards.digest(), "splits": trainer.shards.manifest.splits,
-                        "source_kind": trainer.shards.manifest.source.get("kind", "unknown")},
+                        git=git_state(Path(__file__).parent), shards=shards_record(cfg.data.shards, trainer.shards),
                         student_parameters=trainer.n_params)
         run.update(**info, hardware=hardware(acc), backend=os.environ.get("STREAMAPPROX_BACKEND", "direct"))
         log.info("run directory %s (%s, %d processes, %d student parameters)", run.path, acc.device, acc.num_processes, trainer.n_params)
@@ -423,7 +425,7 @@ def run_training(trainer: Trainer, run: RunDir, cfg: JobConfig, resume: dict | N
 def main(argv: list[str] | None = None, preset: str = "train_mlp") -> int:
     args = parse_args(argv, preset)
     try:
-        cfg, run, resume = resolve(args, preset)
+        cfg, run, resume = resolve(args)
         shards = open_shards(cfg.data.shards)
         if resume and resume.get("shards_digest") != shards.digest():
             raise ConfigError(f"{shards.root}: not the shard set this run was trained on (manifest digest differs); "
@@ -440,7 +442,7 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp") -> int:
     except (ConfigError, ShardError, HardwareError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    status = run_training(trainer, run, cfg, resume)
+    status = run_training(trainer, run, cfg, resume, **({} if resume else {"preset": args.preset}))
     if status == "incomplete":
         log.info("time budget reached: resumable checkpoint saved; continue with --resume %s", run.path)
     elif trainer.is_main and cfg.train.evaluate_test:

@@ -23,6 +23,8 @@ COMMANDS = {
     "logs": (runs.add_arguments, runs.run_logs, "a run's logs (from its backend)"),
     "stop": (runs.add_arguments, runs.run_stop, "stop a running ssh or ray run"),
     "bundle": (bundle.add_arguments, bundle.run, "show (or write) the code bundle remote backends carry; uploads nothing"),
+    "report": (local.add_report_arguments, local.run_report,
+               "report.md over runs from any backend: metrics both ways, plots, measured params/FLOPs/latency (--help: its options)"),
 }
 
 
@@ -45,11 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
         backend.add_argument("job", choices=sorted(JOBS), metavar="JOB", help="one of: " + ", ".join(JOBS))
         module.add_arguments(backend)
     for name, (add_arguments, _, help_text) in COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text, ))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:  # every option belongs to the report job, --help included
+        return local.run_report(argv[1:])
     parser = build_parser()
     args, job_args = parser.parse_known_args(argv)
     try:

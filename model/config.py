@@ -47,7 +47,15 @@ class TransformerStudentConfig(StudentIO):
         return self
 
 
-StudentConfig = Annotated[Union[MLPStudentConfig, TransformerStudentConfig], Field(discriminator="kind")]
+class ZeroShotStudentConfig(StudentIO):
+    """The floor a trained student must beat: the middle sampled CLIP frame through a fixed random
+    projection (seeded Gaussian) into the teacher's space. Nothing is learned; audio is ignored."""
+
+    kind: Literal["zero_shot"] = "zero_shot"
+    seed: int = 0
+
+
+StudentConfig = Annotated[Union[MLPStudentConfig, TransformerStudentConfig, ZeroShotStudentConfig], Field(discriminator="kind")]
 
 
 class LossConfig(Strict):

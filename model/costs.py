@@ -36,19 +36,24 @@ class Timing:
         return f"{self.median_s * 1e3:.1f} ms (median of {self.repeats}, min {self.min_s * 1e3:.1f})"
 
 
-def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> Timing:
-    """Wall time of ``fn``: ``warmup`` untimed calls, then the median of ``repeats`` (CUDA synchronised)."""
-    def synchronize() -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
+
+def time_call(fn: Callable[[], object], repeats: int = 5, warmup: int = 1, budget_s: float | None = None) -> Timing:
+    """Wall time of ``fn``: ``warmup`` untimed calls, then the median of ``repeats`` (CUDA synchronised).
+    With ``budget_s``, repeats stop once another would overrun it (at least one is always timed)."""
+    began = time.perf_counter()
     for _ in range(warmup):
         fn()
     synchronize()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
+    times: list[float] = []
+    while len(times) < repeats:
+        if times and budget_s is not None and time.perf_counter() - began + statistics.median(times) > budget_s:
+            break
+        start = time.perf_counter()
         fn()
         synchronize()
-        times.append(time.perf_counter() - began)
-    return Timing(statistics.median(times), min(times), repeats)
+        times.append(time.perf_counter() - start)
+    return Timing(statistics.median(times), min(times), len(times))

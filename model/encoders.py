@@ -20,6 +20,20 @@ from model.config import Strict
 VGGISH_EXAMPLE_S = 0.96
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: fp32 on CPU; bf16 on GPUs that have it, else fp16 (T4, P100)."""
+    if precision != "auto":
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def autocast(device: torch.device, precision: str):
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
 class EncoderError(RuntimeError):
     """An encoder could not be built or its weights loaded; the message says what to do."""
 

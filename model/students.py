@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import MLPStudentConfig, TransformerStudentConfig
+from model.config import MLPStudentConfig, TransformerStudentConfig, ZeroShotStudentConfig
 
 
 class MLPStudent(nn.Module):
@@ -88,9 +88,27 @@ class TransformerStudent(nn.Module):
         return F.normalize(out, dim=-1) if self.cfg.normalize_output else out
 
 
-def build_student(cfg: MLPStudentConfig | TransformerStudentConfig) -> nn.Module:
+class ZeroShotStudent(nn.Module):
+    """A random projection keeps CLIP's geometry (Johnson-Lindenstrauss), so this scores what CLIP's
+    own similarities already agree with the teacher's. The projection is a buffer: saved, never trained."""
+
+    def __init__(self, cfg: ZeroShotStudentConfig):
+        super().__init__()
+        self.cfg = cfg
+        generator = torch.Generator().manual_seed(cfg.seed)
+        self.register_buffer("projection", torch.randn(cfg.clip_dim, cfg.out_dim, generator=generator) / cfg.out_dim ** 0.5)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        clip = batch["clip"]
+        out = clip[:, clip.shape[1] // 2] @ self.projection.to(clip.dtype)
+        return F.normalize(out, dim=-1) if self.cfg.normalize_output else out
+
+
+def build_student(cfg: MLPStudentConfig | TransformerStudentConfig | ZeroShotStudentConfig) -> nn.Module:
     if isinstance(cfg, MLPStudentConfig):
         return MLPStudent(cfg)
+    if isinstance(cfg, ZeroShotStudentConfig):
+        return ZeroShotStudent(cfg)
     if isinstance(cfg, TransformerStudentConfig):
         return TransformerStudent(cfg)
     raise TypeError(f"unknown student config {type(cfg).__name__}")
