@@ -1,4 +1,4 @@
-"""ImageBind-huge's vision and audio towers: the teacher, re-implemented because the official package
+"""ImageBind-huge's vision, text and audio towers: the teacher, re-implemented because the official package
 does not install with current torch. Module names reproduce the official state-dict keys, so the
 released ``imagebind_huge.pth`` loads with ``strict=True``; the arithmetic reproduces the official
 forward (checked against it in ``tests/test_imagebind.py``). Inputs come from ``model.imagebind_inputs``.
@@ -6,6 +6,7 @@ forward (checked against it in ``tests/test_imagebind.py``). Inputs come from ``
 Input layouts:
   vision  [B, V, 3, 2, 224, 224] (V views), [B, 3, 2, 224, 224] (one), or images [B, 3, 224, 224]
   audio   [B, C, 1, 128, 204] (C clips) or [B, 1, 128, 204]
+  text    [B, 77] BPE token ids (``model.imagebind_inputs.text_tokens``); pooled at the end-of-text token
 With a views/clips axis, each view is embedded and post-processed on its own and the results are
 averaged, as the official forward does (the mean is not re-normalised).
 """
@@ -25,10 +26,10 @@ from model.config import Strict
 
 # The official model's modalities and top-level module groups; a checkpoint key is <group>.<modality>.*
 IMAGEBIND_MODALITIES = ("vision", "text", "audio", "depth", "thermal", "imu")
-BUILT_MODALITIES = ("vision", "audio")
+BUILT_MODALITIES = ("vision", "text", "audio")
 _GROUPS = ("modality_preprocessors", "modality_trunks", "modality_heads", "modality_postprocessors")
-_VIEWS_NDIM = {"vision": 6, "audio": 5}  # rank of an input that carries a views/clips axis
-_SINGLE_NDIM = {"vision": (4, 5), "audio": (4,)}
+_VIEWS_NDIM = {"vision": 6, "audio": 5, "text": None}  # rank of an input that carries a views/clips axis
+_SINGLE_NDIM = {"vision": (4, 5), "audio": (4,), "text": (2,)}
 CHECKPOINT_URL = "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"
 
 
@@ -83,11 +84,23 @@ class AudioTowerConfig(TowerConfig):
         return side(self.mel_bins) * side(self.target_length)
 
 
+class TextTowerConfig(TowerConfig):
+    """A causal text transformer over CLIP's BPE tokens (77 of them), pooled at the end-of-text token."""
+
+    embed_dim: int = Field(1024, ge=1)
+    blocks: int = Field(24, ge=1)
+    heads: int = Field(16, ge=1)
+    vocab_size: int = Field(49408, ge=1)
+    context_length: int = Field(77, ge=2)
+    logit_scale: float = Field(1 / 0.07, gt=0)  # the initial value; the checkpoint holds the learned one
+
+
 class ImageBindConfig(Strict):
     """Defaults are ``imagebind_huge``; tests use smaller widths and depths of the same architecture."""
 
     out_embed_dim: int = Field(1024, ge=1)
     vision: VisionTowerConfig = Field(default_factory=VisionTowerConfig)
+    text: TextTowerConfig = Field(default_factory=TextTowerConfig)
     audio: AudioTowerConfig = Field(default_factory=AudioTowerConfig)
 
     @classmethod
@@ -161,14 +174,14 @@ class _SelfAttention(nn.Module):
         self.bias_v = nn.Parameter(torch.randn(1, 1, dim) * 0.02) if bias_kv else None
         self.out_proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, _, d = x.shape
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         if self.bias_k is not None:
             k = torch.cat([k, self.bias_k.expand(b, 1, d)], dim=1)
             v = torch.cat([v, self.bias_v.expand(b, 1, d)], dim=1)
         q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if attn_mask is None else attn_mask.to(q.dtype))
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
 
@@ -201,8 +214,8 @@ class _Block(nn.Module):
         self.norm_2 = nn.LayerNorm(cfg.embed_dim, eps=1e-6)
         self.drop_path = drop_path
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + _drop_tokens(self.attn(self.norm_1(x)), self.drop_path, self.training)
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + _drop_tokens(self.attn(self.norm_1(x), attn_mask), self.drop_path, self.training)
         return x + _drop_tokens(self.mlp(self.norm_2(x)), self.drop_path, self.training)
 
 
@@ -213,8 +226,11 @@ class _Trunk(nn.Module):
         rates = [cfg.drop_path * i / max(cfg.blocks - 1, 1) for i in range(cfg.blocks)]
         self.blocks = nn.Sequential(*[_Block(cfg, bias_kv, rate) for rate in rates])
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.pre_transformer_layer(tokens))
+    def forward(self, tokens: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.pre_transformer_layer(tokens)
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        return x
 
 
 class _ClsToken(nn.Module):
@@ -228,7 +244,8 @@ class _L2Normalize(nn.Module):
 
 
 class _LogitScale(nn.Module):
-    """Multiplies by exp(log_logit_scale), capped at 100. The value is a checkpoint buffer, not learned."""
+    """Multiplies by exp(log_logit_scale), capped at 100. The value comes from the checkpoint (learned in
+    ImageBind's training for text, fixed for audio); nothing here trains it."""
 
     def __init__(self, scale: float):
         super().__init__()
@@ -236,6 +253,33 @@ class _LogitScale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.clip(self.log_logit_scale.exp(), max=100.0) * x
+
+
+class _TextTokens(nn.Module):
+    """Token embeddings + learned positions; ``mask`` is the additive causal mask (a checkpoint buffer)."""
+
+    def __init__(self, cfg: TextTowerConfig):
+        super().__init__()
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
+        self.pos_embed = nn.Parameter(torch.randn(1, cfg.context_length, cfg.embed_dim) * 0.01)
+        self.register_buffer("mask", torch.full((cfg.context_length, cfg.context_length), float("-inf")).triu_(1))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.shape[-1] != self.pos_embed.shape[1]:
+            raise ValueError(f"text input of {tokens.shape[-1]} tokens; the model was built for {self.pos_embed.shape[1]} "
+                             "(use model.imagebind_inputs.text_tokens)")
+        return self.token_embedding(tokens) + self.pos_embed
+
+
+class _SelectEOSAndProject(nn.Module):
+    """CLIP's text pooling: the features at the end-of-text token (the highest id in each row), projected."""
+
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, out_dim, bias=False))
+
+    def forward(self, tokens: torch.Tensor, seq_len: torch.Tensor) -> torch.Tensor:
+        return self.proj(tokens[torch.arange(tokens.shape[0], device=tokens.device), seq_len])
 
 
 def _head(dim: int, out_dim: int) -> nn.Sequential:
@@ -263,6 +307,12 @@ class ImageBind(nn.Module):
             trunks["vision"] = _Trunk(v, pre_norm=True, bias_kv=False)
             heads["vision"] = _head(v.embed_dim, config.out_embed_dim)
             post["vision"] = _L2Normalize()
+        if "text" in self.modalities:
+            t = config.text
+            pre["text"] = _TextTokens(t)
+            trunks["text"] = _Trunk(t, pre_norm=False, bias_kv=False)
+            heads["text"] = _SelectEOSAndProject(t.embed_dim, config.out_embed_dim)
+            post["text"] = nn.Sequential(_L2Normalize(), _LogitScale(t.logit_scale))
         if "audio" in self.modalities:
             conv = nn.Conv2d(1, a.embed_dim, kernel_size=a.kernel_size, stride=a.stride, bias=False)
             stem = _PatchStem(conv, nn.LayerNorm(a.embed_dim))
@@ -276,7 +326,11 @@ class ImageBind(nn.Module):
         self.modality_postprocessors = nn.ModuleDict(post)
 
     def embed(self, modality: str, x: torch.Tensor) -> torch.Tensor:
-        """One embedding per input item (no views axis): normalised, and x logit scale for audio."""
+        """One embedding per input item (no views axis): normalised, and x logit scale for text and audio."""
+        if modality == "text":
+            preprocess = self.modality_preprocessors["text"]
+            tokens = self.modality_trunks["text"](preprocess(x), attn_mask=preprocess.mask)
+            return self.modality_postprocessors["text"](self.modality_heads["text"](tokens, x.argmax(dim=-1)))
         tokens = self.modality_trunks[modality](self.modality_preprocessors[modality](x))
         return self.modality_postprocessors[modality](self.modality_heads[modality](tokens))
 

@@ -4,10 +4,11 @@ are used, and the pixel and log-mel transforms. The arithmetic is the originals'
 where they use them, the same float expressions elsewhere), so the teacher sees identical inputs.
 
 Per video: 5 windows of 2 s -> 2 frames each -> 3 spatial crops = 15 vision views [15, 3, 2, 224, 224];
-3 windows of 2 s of 16 kHz audio -> 3 log-mel clips [3, 1, 128, 204].
+3 windows of 2 s of 16 kHz audio -> 3 log-mel clips [3, 1, 128, 204]. Per text: 77 BPE token ids.
 """
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 
@@ -155,3 +156,19 @@ def audio_clips(waveform: torch.Tensor, sample_rate: int = AUDIO_SAMPLE_RATE, cl
             window_type="hanning", num_mel_bins=num_mel_bins, dither=0.0, frame_length=25, frame_shift=10)
         out.append(((_fit_length(fbank.t(), target_length) - shift) / scale).unsqueeze(0))
     return torch.stack(out)
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(context_length: int):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=context_length)
+
+
+def text_tokens(texts: list[str], context_length: int = 77) -> torch.Tensor:
+    """ImageBind's text input [N, 77]: CLIP's BPE (the same ``bpe_simple_vocab_16e6`` vocabulary ImageBind
+    ships), start/end-of-text tokens, zero padding; too long a text is cut and still ends in end-of-text.
+    open_clip's tokenizer does exactly this (tests compare it with the official one)."""
+    if isinstance(texts, str) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise ValueError("text queries must be a non-empty list of non-empty strings")
+    return _tokenizer(context_length)(texts, context_length=context_length)

@@ -11,11 +11,12 @@ import torch
 
 from model.imagebind import (ImageBind, ImageBindCheckpointError, ImageBindConfig, TowerConfig,
                              load_imagebind_checkpoint)
-from model.imagebind_inputs import (audio_clips, clip_frame_indices, clip_windows, video_frame_indices,
+from model.imagebind_inputs import (audio_clips, clip_frame_indices, clip_windows, text_tokens, video_frame_indices,
                                     vision_views)
 
 FIXTURES = Path(__file__).parent / "fixtures"
-OTHER_MODALITIES = ("text", "depth", "thermal", "imu")
+BUILT = ("vision", "text", "audio")
+OTHER_MODALITIES = ("depth", "thermal", "imu")
 
 
 def _load_reference_tools():
@@ -46,9 +47,14 @@ def modality_of(key: str) -> str:
 
 
 def official_checkpoint(small, path: Path, **edits) -> Path:
-    """The small model's official state dict plus every key of the huge model's other four modalities
-    (placeholder tensors: they must be dropped unread), saved the way imagebind_huge.pth is."""
+    """The small model's official state dict (token embeddings rebuilt from the rows the fixture keeps) plus
+    every key of the huge model's other three modalities (placeholders: they must be dropped unread),
+    saved the way imagebind_huge.pth is."""
     state = dict(small["state_dict"])
+    rows = small["text_embedding_rows"]
+    embedding = torch.zeros(rows["shape"])
+    embedding[rows["ids"]] = rows["rows"]
+    state["modality_preprocessors.text.token_embedding.weight"] = embedding
     state.update({k: torch.zeros(1) for k in HUGE_KEYS if modality_of(k) in OTHER_MODALITIES})
     for key, value in edits.items():
         if value is None:
@@ -67,11 +73,11 @@ def assert_close_to(ours: torch.Tensor, official: torch.Tensor, rel: float = 1e-
 
 
 def test_huge_keys_and_shapes_equal_official():
-    assert {modality_of(k) for k in HUGE_KEYS} == {"vision", "audio", *OTHER_MODALITIES}
+    assert {modality_of(k) for k in HUGE_KEYS} == {*BUILT, *OTHER_MODALITIES}
     with torch.device("meta"):
         model = ImageBind(ImageBindConfig.huge())
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
-    assert ours == {k: s for k, s in HUGE_KEYS.items() if modality_of(k) in ("vision", "audio")}
+    assert ours == {k: s for k, s in HUGE_KEYS.items() if modality_of(k) in BUILT}
     with torch.device("meta"):
         vision_only = ImageBind(ImageBindConfig.huge(), modalities=("vision",))
     assert {modality_of(k) for k in vision_only.state_dict()} == {"vision"}
@@ -90,9 +96,12 @@ def test_small_model_matches_official_outputs(small, tmp_path):
             "vision_one_view": model({"vision": vision[:, 0]})["vision"],  # [B, 3, 2, 224, 224]
             "vision_image": model({"vision": vision[:, 0, :, 0]})["vision"],  # images: frame repeated
             "audio_one_clip": model({"audio": audio[:, 0]})["audio"],
+            "text": model({"text": text_tokens(small["texts"])})["text"],  # our tokenizer, the official tokens
         }
     for name, official in small["outputs"].items():
         assert_close_to(ours[name], official)
+    scale = small["state_dict"]["modality_postprocessors.text.1.log_logit_scale"].exp()
+    torch.testing.assert_close(ours["text"].norm(dim=-1), scale.expand(len(small["texts"])))  # the checkpoint's learned scale
     torch.testing.assert_close(ours["audio_one_clip"].norm(dim=-1), torch.full((2,), tools.SMALL_AUDIO_LOGIT_SCALE))
     assert not torch.allclose(ours["vision"][0], ours["vision"][1], atol=1e-3)  # batch items stay apart
 
@@ -155,11 +164,24 @@ def test_inputs_of_the_wrong_rank_or_size_are_refused(small):
         model({"audio": torch.zeros(1, 128, 204)})
 
 
+def test_text_tokens_equal_the_official_tokenizer(small):
+    tokens = text_tokens(small["texts"])
+    assert torch.equal(tokens, small["text_tokens"])
+    assert tokens[3, -1] == tokens.max() and tokens[3].argmax() == 76  # cut at 77 tokens, still ending in end-of-text
+    for bad in ([], [""], "a dog"):
+        with pytest.raises(ValueError, match="non-empty list of non-empty strings"):
+            text_tokens(bad)
+    model = ImageBind(ImageBindConfig.model_validate(small["config"]), modalities=("text",))
+    with pytest.raises(ValueError, match="text input of 76 tokens; the model was built for 77"):
+        model({"text": tokens[:, :76]})
+
+
 def test_config_defaults_are_imagebind_huge():
     cfg = ImageBindConfig.huge()
     assert (cfg.vision.embed_dim, cfg.vision.blocks, cfg.vision.heads, cfg.vision.num_patches()) == (1280, 32, 16, 256)
     assert (cfg.audio.embed_dim, cfg.audio.blocks, cfg.audio.heads, cfg.audio.num_patches()) == (768, 12, 12, 228)
     assert (cfg.audio.drop_path, cfg.audio.logit_scale, cfg.out_embed_dim) == (0.1, 20.0, 1024)
+    assert (cfg.text.embed_dim, cfg.text.blocks, cfg.text.heads, cfg.text.context_length, cfg.text.vocab_size) == (1024, 24, 16, 77, 49408)
     with pytest.raises(ValueError, match="divisible by heads"):
         TowerConfig(embed_dim=50, blocks=1, heads=4)
 
