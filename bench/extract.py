@@ -3,7 +3,7 @@
     .venv/bin/python bench/extract.py [--seconds 10] [--size 320x240] [--repeats 5] [--teacher-repeats 1]
 
 Student inputs: probe + seek-decode the 3 sampled frames + CLIP ViT-B/32 on them, and decode the audio
-+ VGGish on its 2.88 s segment. Teacher: decode ImageBind's 10 frames + ImageBind-huge's vision tower
++ VGGish on its 3 s segment (3 examples). Teacher: decode ImageBind's 10 frames + ImageBind-huge's vision tower
 on its 15 views (5 clips x 2 frames x 3 crops) and audio tower on 3 x 2 s clips. Real architectures
 with random weights (random weights cost the same). FLOPs are counted by torch's flop counter
 (FLOPs = 2 x MACs, model forwards only); wall times are medians after a warm-up, on this machine's
@@ -24,10 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data_shards.sampling import sample_frames, video_rng  # noqa: E402
 from data_shards.synthetic_videos import FPS, moving_shapes, tone  # noqa: E402
 from data_shards.video import decode_audio, decode_frames, probe, write_video  # noqa: E402
-from jobs.extract import audio_segment, mean_image  # noqa: E402
+from jobs.extract import AudioInputConfig, audio_segment, mean_image  # noqa: E402
 from model.costs import count_flops, count_parameters, time_call  # noqa: E402
 from model.encoders import ClipConfig, ClipImageEncoder, VGGishConfig, VGGishEncoder  # noqa: E402
 from model.teachers import TeacherConfig, build_teacher  # noqa: E402
+
+
+SEGMENT_S = AudioInputConfig().segment_s
 
 
 def make_video(path: Path, seconds: float, width: int, height: int) -> Path:
@@ -59,7 +62,7 @@ def main() -> None:
 
         def student_decode():
             frames = decode_frames(info, [i for g in student_groups for i in g])
-            return [mean_image(frames, g) for g in student_groups], audio_segment(decode_audio(path), 2.88, "middle")
+            return [mean_image(frames, g) for g in student_groups], audio_segment(decode_audio(path), SEGMENT_S, "middle")
 
         def teacher_decode():
             frames = decode_frames(info, [i for g in teacher_groups for i in g])

@@ -145,16 +145,18 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS.glob("*.yaml"))
 
 
-def preset_data(preset: str) -> dict:
+def preset_data(preset: str, _chain: tuple[str, ...] = ()) -> dict:
     """A preset's YAML; ``extends: OTHER`` starts from another preset (one changed key, not a copy)."""
     path = PRESETS / f"{preset}.yaml"
     if not path.is_file():
         raise ConfigError(f"no preset {preset!r} in {PRESETS} (presets: {', '.join(preset_names())})")
+    if preset in _chain:
+        raise ConfigError(f"{path}: 'extends' loops: {' -> '.join((*_chain, preset))}")
     data = yaml.safe_load(path.read_text()) or {}
     base = data.pop("extends", None)
     if base is None:
         return data
-    merged = preset_data(base)
+    merged = preset_data(base, (*_chain, preset))
     _deep_merge(merged, data)
     return merged
 

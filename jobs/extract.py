@@ -39,7 +39,7 @@ from jobs import new_run_id, now
 from jobs.config import ConfigError, format_validation_error, layered
 from jobs.synthesize import parse_slice
 from model.config import Strict
-from model.encoders import VGGISH_EXAMPLE_S, ClipConfig, EncoderError, VGGishConfig, autocast, resolve_precision
+from model.encoders import ClipConfig, EncoderError, VGGishConfig, autocast, resolve_precision, vggish_examples
 from model.teachers import TeacherConfig
 
 log = logging.getLogger("streamapprox.extract")
@@ -52,10 +52,17 @@ class InputConfig(Strict):
 
 
 class AudioInputConfig(Strict):
-    segment_s: float = Field(2.88, gt=0)  # the student's short audio segment (3 VGGish examples)
+    segment_s: float = Field(3.0, gt=0)  # the student's short audio segment: 3 VGGish examples (see vggish_examples)
     position: Literal["middle", "start"] = "middle"
-    pooling: Literal["mean", "none"] = "mean"  # mean: audio.npy [128]; none: [segment_s / 0.96, 128]
+    pooling: Literal["mean", "none"] = "mean"  # mean: audio.npy [128]; none: [vggish_examples(segment_s), 128]
     vggish: VGGishConfig = Field(default_factory=VGGishConfig)
+
+    @field_validator("segment_s")
+    @classmethod
+    def _holds_an_example(cls, value: float) -> float:
+        if vggish_examples(value) < 1:
+            raise ValueError(f"{value} s holds no whole VGGish example (0.96 s plus the 15 ms STFT tail): use at least 0.975")
+        return value
 
 
 class StudentInputConfig(Strict):
@@ -94,7 +101,7 @@ class ExtractConfig(EncodersConfig):
         return value
 
     def audio_examples(self) -> int | None:
-        return None if self.student.audio.pooling == "mean" else max(int(self.student.audio.segment_s / VGGISH_EXAMPLE_S), 1)
+        return None if self.student.audio.pooling == "mean" else vggish_examples(self.student.audio.segment_s)
 
 
 class VideoFailure(Exception):

@@ -32,7 +32,6 @@ from data_shards.files import atomic_write_text
 from jobs import new_run_id, now
 from jobs.config import ConfigError, layered
 from jobs.evaluate import evaluate_run, load_student
-from jobs.extract import EncodersConfig
 from jobs.rundir import RunDir
 from model.encoders import EncoderError
 from jobs.report_text import METRIC_COLUMNS, cost_rows, data_text, markdown_table, metric_rows, ratio_lines, render
@@ -112,9 +111,14 @@ def load_run(path: Path, shards: str | None) -> RunReport:
     return RunReport(path, info, json.loads(results_path.read_text()), embeddings)
 
 
-def encoders_config(runs: list[RunReport], overrides: list[str]) -> tuple[EncodersConfig, str]:
-    """The encoders the first run's shards were extracted with (recorded in their manifest), or the
-    architectures the synthetic shards stand in for; ``--set`` changes either."""
+def encoders_config(runs: list[RunReport], overrides: list[str]):
+    """The encoders (``jobs.extract.EncodersConfig``) the first run's shards were extracted with
+    (recorded in their manifest), or the architectures the synthetic shards stand in for; ``--set``
+    changes either. Imported here: the extraction module needs the extract extra (PyAV)."""
+    try:
+        from jobs.extract import EncodersConfig
+    except ImportError as exc:
+        raise ConfigError(f"measuring the encoders needs the extract extra ({exc}): pip install -e '.[extract]', or --no-costs") from None
     recorded = next((r.info["shards"]["encoders_config"] for r in runs if (r.info.get("shards") or {}).get("encoders_config")), None)
     source = "as recorded in the shards' manifest" if recorded else "the default extraction encoders (the synthetic shards imitate them)"
     if overrides:
@@ -125,9 +129,10 @@ def encoders_config(runs: list[RunReport], overrides: list[str]) -> tuple[Encode
         raise ConfigError(f"encoders for the cost measurement: {exc}") from None
 
 
-def measure_costs(runs: list[RunReport], cfg: EncodersConfig, devices: list[torch.device], batches: tuple[int, ...], repeats: int,
+def measure_costs(runs: list[RunReport], cfg, devices: list[torch.device], batches: tuple[int, ...], repeats: int,
                   budget_s: float) -> list[Cost]:
-    """Each run's head, then the whole student pipeline (the first run's head) and the teacher pipeline."""
+    """Each run's head (in run order), then the whole student pipeline (with the first trained run's
+    head) and the teacher pipeline, all in the extraction's precision."""
     from model.encoders import ClipImageEncoder, VGGishEncoder
     from model.pipelines import dense_clip_pipeline, imagebind_pipeline, student_pipeline
     from model.teachers import build_teacher
@@ -135,20 +140,22 @@ def measure_costs(runs: list[RunReport], cfg: EncodersConfig, devices: list[torc
     def progress(line: str) -> None:
         log.info("cost: %s", line)
 
-    heads = [load_student(run.path / "checkpoints" / "best.pt")[0] for run in runs]
-    costs = [measure(head_pipeline(f"head: {run.label}", head), devices, batches, repeats, budget_s, progress=progress)
-             for run, head in zip(runs, heads)]
     cpu = torch.device("cpu")
     try:
         clip = ClipImageEncoder(cfg.student.clip, random_init=True, device=cpu, seed=cfg.seed)
         vggish = VGGishEncoder(cfg.student.audio.vggish, random_init=True, device=cpu, seed=cfg.seed)
     except ImportError as exc:
         raise ConfigError(f"measuring the encoders needs the extract extra ({exc}): pip install -e '.[extract]', or --no-costs") from None
-    if clip.dim != heads[0].cfg.clip_dim:
-        raise ConfigError(f"{runs[0].path}: its head takes {heads[0].cfg.clip_dim}-d CLIP features but CLIP {cfg.student.clip.model} "
+    heads = [load_student(run.path / "checkpoints" / "best.pt")[0] for run in runs]
+    trained = next((i for i, h in enumerate(heads) if h.cfg.kind != "zero_shot"), 0)
+    run, head = runs[trained], heads[trained]
+    if clip.dim != head.cfg.clip_dim:
+        raise ConfigError(f"{run.path}: its head takes {head.cfg.clip_dim}-d CLIP features but CLIP {cfg.student.clip.model} "
                           f"gives {clip.dim}-d; measure the encoders its shards were made with (--set student.clip.model=...)")
-    student = student_pipeline(f"student pipeline ({runs[0].label} head)", clip.model, vggish.model, heads[0], cfg.student.audio.segment_s)
-    costs.append(measure(student, devices, batches, repeats, budget_s, precision=cfg.precision, progress=progress))
+    costs = [measure(head_pipeline(f"head: {r.label}", h), devices, batches, repeats, budget_s, cfg.precision, progress)
+             for r, h in zip(runs, heads)]
+    student = student_pipeline(f"student pipeline ({run.label} head)", clip.model, vggish.model, head, cfg.student.audio.segment_s)
+    costs.append(measure(student, devices, batches, repeats, budget_s, cfg.precision, progress))
     teacher = build_teacher(cfg.teacher, clip, random_init=True, device=cpu, seed=cfg.seed)
     if cfg.teacher.kind == "imagebind":
         teacher_pipeline = imagebind_pipeline(f"teacher pipeline (ImageBind {Path(cfg.teacher.imagebind.architecture).stem})",
@@ -164,9 +171,9 @@ def write_tables(out: Path, runs: list[RunReport], costs: list[Cost]) -> None:
     table = io.StringIO()
     writer = csv.writer(table)
     writer.writerow(["run", "preset", "job", "student", "loss", "data", *METRIC_COLUMNS, "n", "head_parameters", "head_flops_per_video"])
-    heads = {c.name: c for c in costs}
-    for run in runs:
-        metrics, head = run.results["metrics"], heads.get(f"head: {run.label}")
+    heads = costs[:len(runs)] or [None] * len(runs)  # measure_costs puts the heads first, in run order
+    for run, head in zip(runs, heads):
+        metrics = run.results["metrics"]
         writer.writerow([run.run_id, run.preset, run.info.get("job"), run.student_text(), run.loss_text(), data_text(run.info),
                          *(metrics[c] for c in METRIC_COLUMNS), int(metrics["n"]),
                          head.parameters if head else "", head.flops_per_video if head else ""])
@@ -200,7 +207,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="encoders the costs are measured for, e.g. --set teacher.kind=dense_clip student.clip.model=ViT-L-14")
     parser.add_argument("--devices", default="auto", help="cpu, cuda or cpu,cuda (default: cpu, plus cuda when present)")
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)), help=f"batch sizes timed (default: {','.join(map(str, BATCHES))})")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per latency cell (after one warm-up)")
+    parser.add_argument("--repeats", type=positive, default=5, help="timed repeats per latency cell (after one warm-up)")
     parser.add_argument("--latency-budget", type=float, default=120.0, metavar="SECONDS",
                         help="a latency cell predicted to take longer than this is skipped and says so (ImageBind-huge at batch 256 on CPU)")
     parser.add_argument("--no-costs", action="store_true", help="metrics and plots only")
@@ -210,10 +217,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def resolve_devices(text: str) -> list[torch.device]:
     if text == "auto":
         return default_devices()
-    devices = [torch.device(name.strip()) for name in text.split(",") if name.strip()]
+    try:
+        devices = [torch.device(name.strip()) for name in text.split(",") if name.strip()]
+    except RuntimeError:
+        devices = []
+    if not devices or any(d.type not in ("cpu", "cuda") for d in devices):
+        raise ConfigError(f"--devices {text!r}: cpu, cuda or cpu,cuda")
     if any(d.type == "cuda" for d in devices) and not torch.cuda.is_available():
         raise ConfigError("--devices cuda: no GPU visible here")
     return devices
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
@@ -239,8 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         devices, batches = resolve_devices(args.devices), parse_batches(args.batches)
         runs = [load_run(path, args.shards) for path in paths]
-        cfg, encoders_source = encoders_config(runs, args.overrides)
-        costs = [] if args.no_costs else measure_costs(runs, cfg, devices, batches, args.repeats, args.latency_budget)
+        costs, encoders_source = [], ""
+        if not args.no_costs:
+            cfg, encoders_source = encoders_config(runs, args.overrides)
+            costs = measure_costs(runs, cfg, devices, batches, args.repeats, args.latency_budget)
     except (ConfigError, EncoderError, ShardError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

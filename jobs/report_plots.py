@@ -85,7 +85,9 @@ def pca_overlay(out: Path, runs: list[RunReport]) -> str:
         s, t = _unit(run.embeddings["student"]), _unit(run.embeddings["teacher"])
         mean = t.mean(0)
         _, _, components = np.linalg.svd(t - mean, full_matrices=False)
-        ps, pt = (s - mean) @ components[:2].T, (t - mean) @ components[:2].T
+        axes2 = np.zeros((2, t.shape[1]))
+        axes2[:min(2, len(components))] = components[:2]  # fewer than 2 test videos: the missing axis stays 0
+        ps, pt = (s - mean) @ axes2.T, (t - mean) @ axes2.T
         shown = slice(0, min(PCA_POINTS, len(s)))
         ax.plot(np.stack([pt[shown, 0], ps[shown, 0]]), np.stack([pt[shown, 1], ps[shown, 1]]), color="0.8", lw=0.5, zorder=1)
         ax.scatter(*pt[shown].T, s=8, label="teacher", zorder=2)

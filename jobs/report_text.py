@@ -57,6 +57,8 @@ def latency_text(value: Timing | str | None, batch: int) -> str:
 
 def times(a: float, b: float, what: str) -> str:
     """'**12x** fewer FLOPs for the student' -- or more, said as plainly."""
+    if not a or not b:
+        return "not comparable (a zero)"
     return f"**{number(a / b)}x** {what[0]}" if a >= b else f"**{number(b / a)}x** {what[1]}"
 
 
@@ -116,7 +118,13 @@ def summary_lines(runs: list[RunReport], costs: list[Cost]) -> list[str]:
             floor = floors[0].results["metrics"]
             line += f" — the zero-shot floor reaches {floor['s2t_r1']:.2f} % / {floor['t2s_r1']:.2f} %"
         lines.append(line + ".")
-        lines.append(f"- Chance level is {100 / m['n']:.2f} % R@1.")
+        lines.append(f"- Chance level is {100 / m['n']:.2f} % R@1. \"Best\" is read off the test split, after each run chose "
+                     "its checkpoint on validation.")
+        test_sets = {(r.results["metrics"]["n"], r.results.get("split"), (r.results.get("shards") or {}).get("manifest_digest"))
+                     for r in runs}
+        if len(test_sets) > 1:
+            lines.append("- **Caution:** these runs were tested on different test sets (size, split or shards differ), so their "
+                         "R@K are not directly comparable.")
     return lines + ratio_lines(costs)
 
 

@@ -61,8 +61,12 @@ def main(argv: list[str] | None = None) -> int:
                backend=os.environ.get("STREAMAPPROX_BACKEND", "direct"), status="running")
     state = {"model": {f"student.{key}": value for key, value in student.state_dict().items()}, "config": cfg.model_dump(mode="json"),
              "epoch": None, "shards_digest": shards.digest()}
-    save_atomic(state, run.checkpoints / "best.pt")
-    metrics = evaluate_run(run.path, checkpoint="best")
+    try:
+        save_atomic(state, run.checkpoints / "best.pt")
+        metrics = evaluate_run(run.path, checkpoint="best")
+    except BaseException as exc:
+        run.update(status="failed", error=f"{type(exc).__name__}: {exc}", ended_at=now())
+        raise
     run.update(status="complete", ended_at=now())
     print(f"zero-shot floor on test ({int(metrics['n'])} videos): s2t R@1 {metrics['s2t_r1']:.2f}, t2s R@1 {metrics['t2s_r1']:.2f}")
     return 0

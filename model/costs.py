@@ -2,7 +2,8 @@
 warm-up and repeats.
 
 FLOPs follow ``torch.utils.flop_counter``: a multiply-add counts 2 (FLOPs = 2 x MACs); matmuls,
-convolutions and attention are counted, elementwise work (norms, activations) is not.
+convolutions and attention (as its two matmuls) are counted, elementwise work (norms, activations,
+softmax) is not.
 """
 from __future__ import annotations
 
@@ -20,9 +21,18 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 
 def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call of ``fn`` (everything torch dispatches inside it)."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
+    """FLOPs of one call of ``fn`` (everything torch dispatches inside it). Fused attention kernels (the
+    ``nn.MultiheadAttention`` fast path, CPU flash attention) have no counting formula and would count 0,
+    so attention runs as plain matmuls while counting: the count is the same on every device."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            fn()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return int(counter.get_total_flops())
 
 

@@ -18,6 +18,14 @@ from data_shards.manifest import sha256_file
 from model.config import Strict
 
 VGGISH_EXAMPLE_S = 0.96
+_STFT_WINDOW, _STFT_HOP, _EXAMPLE_FRAMES = 400, 160, 96  # torchvggish at 16 kHz: 25 ms window, 10 ms hop, 96 frames
+
+
+def vggish_examples(seconds: float) -> int:
+    """Whole 0.96 s examples torchvggish makes of ``seconds`` of 16 kHz audio: its 25 ms STFT window needs
+    15 ms beyond the last 10 ms hop, so 2.88 s gives 2 examples and 3 needs at least 2.895 s."""
+    frames = 1 + (int(seconds * 16_000) - _STFT_WINDOW) // _STFT_HOP
+    return max(1 + (frames - _EXAMPLE_FRAMES) // _EXAMPLE_FRAMES, 0)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

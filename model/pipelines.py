@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.costs import Timing, count_flops, count_parameters, time_call
-from model.encoders import VGGISH_EXAMPLE_S, autocast, resolve_precision
+from model.encoders import autocast, resolve_precision, vggish_examples
 
 VGGISH_FRAMES, VGGISH_BANDS = 96, 64  # one 0.96 s log-mel example
 BATCHES = (1, 256)
@@ -94,7 +94,7 @@ def student_pipeline(name: str, clip_tower: nn.Module, vggish: nn.Module, head: 
     """Sparse inputs to the student's embedding: CLIP on ``frames`` images, VGGish on the segment's examples, the head."""
     cfg = head.cfg
     image_size = clip_tower.image_size
-    examples = max(int(segment_s / VGGISH_EXAMPLE_S), 1)
+    examples = vggish_examples(segment_s)
 
     def make_inputs(batch: int, device: torch.device) -> Inputs:
         return {"frames": torch.randn(batch * cfg.frames, 3, *image_size, device=device),
@@ -145,44 +145,46 @@ def default_devices() -> list[torch.device]:
     return [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 
 
-@torch.inference_mode()
 def measure(pipeline: Pipeline, devices: list[torch.device], batches: tuple[int, ...] = BATCHES, repeats: int = 5,
             budget_s: float = 120.0, precision: str = "auto", progress: Callable[[str], None] = lambda line: None) -> Cost:
-    """FLOPs per video (counted at batch 1 on the first device; that call is also the warm-up) and the
-    median latency of each batch size on each device. A cell whose call is predicted (linearly, from
-    batch 1) to overrun ``budget_s`` is skipped, saying so; so is one that runs out of GPU memory."""
+    """FLOPs per video (counted at batch 1 on the first device, whatever ``batches`` says) and the
+    median latency of each batch size on each device, after a warm-up. A cell whose warm-up and one
+    timed call are predicted (linearly, from the smallest batch) to overrun ``budget_s`` is skipped,
+    saying so; so is one that runs out of memory or fails."""
     cost = Cost(pipeline.name, pipeline.description, pipeline.parameters(), 0)
     for device in devices:
         pipeline.to(device)
         mode = resolve_precision(precision, device)
         cost.precision[device.type] = mode
+
+        def runner(batch: int) -> Callable[[], torch.Tensor]:
+            inputs = pipeline.make_inputs(batch, device)
+
+            def call() -> torch.Tensor:
+                with torch.inference_mode(), autocast(device, mode):
+                    return pipeline.forward(inputs)
+
+            return call
+
+        if not cost.flops_per_video:
+            cost.flops_per_video = count_flops(runner(1))
         cells: dict[int, Timing | str] = cost.latency.setdefault(device.type, {})
         for batch in batches:
             smallest = cells.get(min(batches))
             predicted = smallest.median_s * batch / min(batches) if isinstance(smallest, Timing) and batch > min(batches) else 0.0
             if 2 * predicted > budget_s:
-                cells[batch] = f"skipped: ~{predicted:.0f} s per call (from batch {min(batches)}) exceeds the {budget_s:.0f} s budget"
-                progress(f"{pipeline.name} {device.type} batch {batch}: {cells[batch]}")
-                continue
-            try:
-                inputs = pipeline.make_inputs(batch, device)
-
-                def call() -> torch.Tensor:
-                    with autocast(device, mode):
-                        return pipeline.forward(inputs)
-
-                if not cost.flops_per_video and batch == 1:
-                    cost.flops_per_video = count_flops(call)
-                    cells[batch] = time_call(call, repeats=repeats, warmup=0, budget_s=budget_s)
-                else:
-                    cells[batch] = time_call(call, repeats=repeats, warmup=1, budget_s=budget_s)
-                progress(f"{pipeline.name} {device.type} batch {batch}: {cells[batch]}")
-            except torch.OutOfMemoryError:
-                cells[batch] = f"skipped: out of {device.type} memory"
-                progress(f"{pipeline.name} {device.type} batch {batch}: {cells[batch]}")
-            finally:
-                inputs = None
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+                cells[batch] = (f"skipped: warm-up + 1 call ~ 2 x {predicted:.0f} s (predicted from batch {min(batches)}) "
+                                f"would overrun the {budget_s:.0f} s budget")
+            else:
+                try:
+                    cells[batch] = time_call(runner(batch), repeats=repeats, warmup=1, budget_s=budget_s)
+                except torch.OutOfMemoryError:
+                    cells[batch] = f"skipped: out of {device.type} memory"
+                except RuntimeError as exc:  # e.g. a CPU allocation failure at batch 256
+                    cells[batch] = f"skipped: failed ({str(exc).splitlines()[0][:120]})"
+                finally:
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+            progress(f"{pipeline.name} {device.type} batch {batch}: {cells[batch]}")
     pipeline.to(torch.device("cpu"))
     return cost

@@ -285,3 +285,14 @@ def test_teacher_targets_are_unit_vectors_fused_only_with_real_audio():
     assert np.allclose(fused, torch.nn.functional.normalize((v + a) / 2, dim=0).numpy(), atol=1e-5)
     assert np.allclose(vision_only, v.numpy(), atol=1e-5)
     assert abs(np.linalg.norm(fused) - 1) < 1e-5 and abs(np.linalg.norm(vision_only) - 1) < 1e-5
+
+
+def test_vggish_example_count_is_torchvggish_framing():
+    import numpy as np
+    import torchvggish
+
+    from model.encoders import vggish_examples
+
+    for seconds in (0.96, 0.975, 1.5, 2.88, 2.895, 3.0, 4.8, 10.0):
+        assert vggish_examples(seconds) == torchvggish.waveform_to_examples(np.zeros(int(seconds * 16_000)), 16_000).shape[0], seconds
+    assert vggish_examples(2.88) == 2 and vggish_examples(3.0) == 3  # why the default segment is 3 s, not 3 x 0.96
