@@ -11,10 +11,11 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from model.config import LossConfig, MLPStudentConfig, Strict, StudentConfig, TransformerStudentConfig, ZeroShotStudentConfig
+from model.config import STUDENT_CONFIGS, LossConfig, MLPStudentConfig, Strict, StudentConfig
 from model.metrics import RECALL_AT
 
 PRESETS = Path(__file__).parent / "presets"
+STUDENT_KINDS = {config.model_fields["kind"].default for config in STUDENT_CONFIGS}
 SELECTABLE = sorted(
     [f"{d}_{m}" for d in ("s2t", "t2s") for m in [f"r{k}" for k in RECALL_AT] + ["medr", "meanr", "cos_gap"]] + ["mean_cos", "mse"]
 )
@@ -116,7 +117,7 @@ def apply_override(data: dict, assignment: str) -> None:
 def _known_keys(loc: tuple, root: type[Strict]) -> list[str]:
     """Field names valid where ``loc`` points (for "did you mean")."""
     if root is JobConfig and len(loc) == 2 and loc[0] == "model":
-        return sorted(set(MLPStudentConfig.model_fields) | set(TransformerStudentConfig.model_fields) | set(ZeroShotStudentConfig.model_fields))
+        return sorted({name for config in STUDENT_CONFIGS for name in config.model_fields})
     node = root
     for part in loc[:-1]:
         field = getattr(node, "model_fields", {}).get(part)
@@ -129,7 +130,7 @@ def _known_keys(loc: tuple, root: type[Strict]) -> list[str]:
 def format_validation_error(exc: ValidationError, root: type[Strict] | None = None) -> str:
     lines = []
     for error in exc.errors():
-        loc = tuple(str(part) for part in error["loc"] if part not in ("mlp", "transformer", "zero_shot"))
+        loc = tuple(str(part) for part in error["loc"] if part not in STUDENT_KINDS)  # pydantic's union tags
         key = ".".join(loc)
         if error["type"] == "extra_forbidden":
             close = difflib.get_close_matches(loc[-1], _known_keys(loc, root or JobConfig), n=3)
@@ -141,8 +142,10 @@ def format_validation_error(exc: ValidationError, root: type[Strict] | None = No
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+def preset_names(job: str | None = None) -> list[str]:
+    """Every preset, or those of one job."""
+    names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+    return names if job is None else [name for name in names if preset_data(name).get("job") == job]
 
 
 def preset_data(preset: str, _chain: tuple[str, ...] = ()) -> dict:

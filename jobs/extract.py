@@ -37,6 +37,7 @@ from data_shards.sources import VideoEntry, list_videos
 from data_shards.video import AUDIO_RATE, DecodeError, decode_audio, decode_frames, probe
 from jobs import new_run_id, now
 from jobs.config import ConfigError, format_validation_error, layered
+from jobs.rundir import RunDir, launched_by
 from jobs.synthesize import parse_slice
 from model.config import Strict
 from model.encoders import ClipConfig, EncoderError, VGGishConfig, autocast, resolve_precision, vggish_examples
@@ -360,10 +361,8 @@ def resolve(args: argparse.Namespace) -> tuple[ExtractConfig, Path, Path | None]
 def record_run(run: Path | None, cfg: ExtractConfig, **fields) -> None:
     if run is None:
         return
-    path = run / "run.json"
-    info = json.loads(path.read_text()) if path.is_file() else {"run_id": run.name, "job": "extract", "started_at": now()}
-    info.update(config=cfg.model_dump(mode="json"), backend=os.environ.get("STREAMAPPROX_BACKEND", "direct"), **fields)
-    atomic_write_text(path, json.dumps(info, indent=2, sort_keys=True) + "\n")
+    first = {} if (run / "run.json").is_file() else {"run_id": run.name, "job": "extract", "started_at": now()}
+    RunDir(run).update(**first, config=cfg.model_dump(mode="json"), backend=launched_by(), **fields)
 
 
 def merge_slices(run: Path) -> int:

@@ -32,12 +32,16 @@ from data_shards.files import atomic_write_text
 from jobs import new_run_id, now
 from jobs.config import ConfigError, layered
 from jobs.evaluate import evaluate_run, load_student
+from jobs.report_text import METRIC_COLUMNS, cost_rows, data_text, markdown_table, metric_rows, ratio_lines, render
 from jobs.rundir import RunDir
 from model.encoders import EncoderError
-from jobs.report_text import METRIC_COLUMNS, cost_rows, data_text, markdown_table, metric_rows, ratio_lines, render
 from model.pipelines import BATCHES, Cost, default_devices, head_pipeline, measure
 
 log = logging.getLogger("streamapprox.report")
+
+
+def needs_extract_extra(exc: ImportError) -> ConfigError:
+    return ConfigError(f"measuring the encoders needs the extract extra ({exc}): pip install -e '.[extract]', or --no-costs")
 
 
 @dataclass
@@ -66,6 +70,11 @@ class RunReport:
     def config(self) -> dict:
         return self.info.get("config", {})
 
+    @property
+    def is_floor(self) -> bool:
+        """The zero-shot floor: a baseline, not a trained student."""
+        return self.config.get("model", {}).get("kind") == "zero_shot"
+
     def student_text(self) -> str:
         model = self.config.get("model", {})
         kind = model.get("kind", "?")
@@ -76,7 +85,7 @@ class RunReport:
         return "middle CLIP frame → fixed random projection" if kind == "zero_shot" else kind
 
     def loss_text(self) -> str:
-        if self.config.get("model", {}).get("kind") == "zero_shot":
+        if self.is_floor:
             return "none (not trained)"
         loss = self.config.get("loss", {})
         kind = loss.get("kind", "?")
@@ -85,7 +94,7 @@ class RunReport:
         return {"infonce": "InfoNCE", "cosine": "cosine regression", "hnac": "hard-negative-aware contrastive"}.get(kind, kind)
 
     def training_text(self) -> str:
-        if self.config.get("model", {}).get("kind") == "zero_shot":
+        if self.is_floor:
             return "—"
         epochs = [r for r in RunDir(self.path).read_metrics() if r.get("kind") == "epoch"]
         best = self.info.get("best") or {}
@@ -118,7 +127,7 @@ def encoders_config(runs: list[RunReport], overrides: list[str]):
     try:
         from jobs.extract import EncodersConfig
     except ImportError as exc:
-        raise ConfigError(f"measuring the encoders needs the extract extra ({exc}): pip install -e '.[extract]', or --no-costs") from None
+        raise needs_extract_extra(exc) from None
     recorded = next((r.info["shards"]["encoders_config"] for r in runs if (r.info.get("shards") or {}).get("encoders_config")), None)
     source = "as recorded in the shards' manifest" if recorded else "the default extraction encoders (the synthetic shards imitate them)"
     if overrides:
@@ -145,9 +154,9 @@ def measure_costs(runs: list[RunReport], cfg, devices: list[torch.device], batch
         clip = ClipImageEncoder(cfg.student.clip, random_init=True, device=cpu, seed=cfg.seed)
         vggish = VGGishEncoder(cfg.student.audio.vggish, random_init=True, device=cpu, seed=cfg.seed)
     except ImportError as exc:
-        raise ConfigError(f"measuring the encoders needs the extract extra ({exc}): pip install -e '.[extract]', or --no-costs") from None
+        raise needs_extract_extra(exc) from None
     heads = [load_student(run.path / "checkpoints" / "best.pt")[0] for run in runs]
-    trained = next((i for i, h in enumerate(heads) if h.cfg.kind != "zero_shot"), 0)
+    trained = next((i for i, r in enumerate(runs) if not r.is_floor), 0)
     run, head = runs[trained], heads[trained]
     if clip.dim != head.cfg.clip_dim:
         raise ConfigError(f"{run.path}: its head takes {head.cfg.clip_dim}-d CLIP features but CLIP {cfg.student.clip.model} "
@@ -163,11 +172,11 @@ def measure_costs(runs: list[RunReport], cfg, devices: list[torch.device], batch
     else:
         teacher_pipeline = dense_clip_pipeline(f"teacher pipeline (dense CLIP x {cfg.teacher.frames})", teacher.encoder.model,
                                                cfg.teacher.frames)
-    costs.append(measure(teacher_pipeline, devices, batches, repeats, budget_s, precision=cfg.precision, progress=progress))
+    costs.append(measure(teacher_pipeline, devices, batches, repeats, budget_s, cfg.precision, progress))
     return costs
 
 
-def write_tables(out: Path, runs: list[RunReport], costs: list[Cost]) -> None:
+def write_tables(out: Path, runs: list[RunReport], costs: list[Cost], machine: dict) -> None:
     table = io.StringIO()
     writer = csv.writer(table)
     writer.writerow(["run", "preset", "job", "student", "loss", "data", *METRIC_COLUMNS, "n", "head_parameters", "head_flops_per_video"])
@@ -184,7 +193,7 @@ def write_tables(out: Path, runs: list[RunReport], costs: list[Cost]) -> None:
         header, rows = cost_rows(costs)
         text += "\n## Costs (measured together, this machine)\n\n" + markdown_table(header, rows)
     atomic_write_text(out / "comparison.md", text)
-    atomic_write_text(out / "costs.json", json.dumps({"measured_at": now(), "machine": machine(),
+    atomic_write_text(out / "costs.json", json.dumps({"measured_at": now(), "machine": machine,
                                                      "costs": [c.as_dict() for c in costs]}, indent=2) + "\n")
 
 
@@ -268,10 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     out = paths[0] / "eval" if len(paths) == 1 else Path(args.out or Path("reports") / new_run_id("report"))
     out.mkdir(parents=True, exist_ok=True)
     plots = draw_all(out, runs, costs)
-    write_tables(out, runs, costs)
+    here = machine()
+    write_tables(out, runs, costs, here)
     command = "launch report " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     report = out / "report.md"
-    atomic_write_text(report, render(runs, costs, plots, encoders_source, command, machine()))
+    atomic_write_text(report, render(runs, costs, plots, encoders_source, command, here))
     print("\n".join(ratio_lines(costs)))
     print(f"report: {report}")
     return 0

@@ -33,7 +33,6 @@ def data_text(info: dict) -> str:
     return f"shards of kind {kind!r} (unknown provenance)"
 
 
-
 def number(value: float) -> str:
     """Three significant digits without scientific notation: 0.000263, 81.3, 17200."""
     return f"{value:.3g}" if 1e-3 <= abs(value) < 1e4 or value == 0 else f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.2e}"
@@ -85,14 +84,13 @@ def cost_rows(costs: list[Cost]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-
 def ratio_lines(costs: list[Cost]) -> list[str]:
     student = next((c for c in costs if c.name.startswith("student pipeline")), None)
     teacher = next((c for c in costs if c.name.startswith("teacher pipeline")), None)
     if student is None or teacher is None:
         return []
     lines = [f"- FLOPs per video: teacher {flops_text(teacher.flops_per_video)} vs student {flops_text(student.flops_per_video)}: "
-             + times(teacher.flops_per_video, max(student.flops_per_video, 1), ("fewer for the student", "more for the student")) + "."]
+             + times(teacher.flops_per_video, student.flops_per_video, ("fewer for the student", "more for the student")) + "."]
     for device, batch in teacher.cells():
         t, s = teacher.per_video_ms(device, batch), student.per_video_ms(device, batch)
         if t is not None and s is not None:
@@ -106,7 +104,7 @@ def ratio_lines(costs: list[Cost]) -> list[str]:
 
 
 def summary_lines(runs: list[RunReport], costs: list[Cost]) -> list[str]:
-    trained = [r for r in runs if r.config.get("model", {}).get("kind") != "zero_shot"]
+    trained = [r for r in runs if not r.is_floor]
     floors = [r for r in runs if r not in trained]
     lines = []
     if trained:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from data_shards.files import atomic_destination, atomic_write_text
+from jobs import now
 from jobs.hardware import check_gpus
 
 
@@ -48,6 +49,17 @@ def hardware(accelerator) -> dict:
         "distributed_type": str(accelerator.distributed_type),
         "mixed_precision": accelerator.mixed_precision,
     }
+
+
+def launched_by() -> str:
+    """The backend that started this job (its launcher sets STREAMAPPROX_BACKEND); ``direct`` when run by hand."""
+    return os.environ.get("STREAMAPPROX_BACKEND", "direct")
+
+
+def new_run_record(run: "RunDir", cfg, shards) -> dict:
+    """What a new run's run.json starts with, whichever job made it (``cfg``: a ``JobConfig``)."""
+    return {"run_id": run.path.name, "job": cfg.job, "config": cfg.model_dump(mode="json"), "started_at": now(),
+            "git": git_state(Path(__file__).parent), "shards": shards_record(cfg.data.shards, shards)}
 
 
 def shards_record(location: str, shards) -> dict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import sys
 import time
@@ -19,7 +18,7 @@ from data_shards import ShardError, open_shards
 from jobs import new_run_id, now
 from jobs.config import ConfigError, parse_assignment
 from jobs.hardware import HardwareError, check_gpus
-from jobs.rundir import RunDir, git_state
+from jobs.rundir import RunDir, git_state, launched_by, shards_record
 
 log = logging.getLogger("streamapprox.sweep")
 SPACE_COPY = "space.yaml"
@@ -110,10 +109,10 @@ def start(sweep: RunDir, space, settings, overrides: dict, storage: str | None, 
     (sweep.path / "logs").mkdir(exist_ok=True)
     shutil.copyfile(space.source, sweep.path / SPACE_COPY)
     sweep.update(run_id=sweep.path.name, job="sweep", status="running", started_at=now(), git=git_state(Path(__file__).parent),
-                 backend=os.environ.get("STREAMAPPROX_BACKEND", "direct"), storage=storage,
+                 backend=launched_by(), storage=storage,
                  sweep={"space": space.source, "preset": space.preset, "metric": space.metric, "overrides": overrides,
                         "params": {key: str(dist) for key, dist in space.params.items()}, "settings": asdict(settings)},
-                 shards={"location": space.trial_config({}).data.shards, "root": str(shards.root), "manifest_digest": shards.digest()})
+                 shards=shards_record(space.trial_config({}).data.shards, shards))
 
 
 def setup_logging(sweep: RunDir) -> None:

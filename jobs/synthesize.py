@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from data_shards.files import atomic_write_text
 from data_shards.merge import merge_shard_sets
 from data_shards.synthetic import SyntheticSpec, generate
 from jobs import new_run_id, now
+from jobs.rundir import launched_by
 
 
 def parse_slice(text: str) -> tuple[int, int]:
@@ -31,7 +31,7 @@ def parse_slice(text: str) -> tuple[int, int]:
 
 def write_run(run: Path, **fields) -> None:
     atomic_write_text(run / "run.json", json.dumps({"run_id": run.name, "job": "synthesize", "ended_at": now(),
-                                                    "backend": os.environ.get("STREAMAPPROX_BACKEND", "direct"), **fields},
+                                                    "backend": launched_by(), **fields},
                                                    indent=2, sort_keys=True) + "\n")
 
 

@@ -27,10 +27,10 @@ from data_shards.files import atomic_write_text
 from data_shards.manifest import MANIFEST_NAME, sha256_file
 from data_shards.reader import SplitTensors, TrainBatches
 from data_shards.schema import Dims
-from jobs.config import ConfigError, JobConfig, apply_override, load_config, preset_data, preset_names, validate_config
+from jobs.config import ConfigError, JobConfig, apply_override, load_config, preset_names, validate_config
 from jobs.hardware import HardwareError, check_gpus
 from jobs import new_run_id, now
-from jobs.rundir import RunDir, git_state, hardware, save_atomic, shards_record
+from jobs.rundir import RunDir, hardware, launched_by, new_run_record, save_atomic
 from model import build_loss, build_student, retrieval_metrics
 from model.metrics import is_better
 
@@ -334,7 +334,7 @@ def parse_args(argv: list[str] | None, preset: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"python -m jobs.{preset}", description=__doc__)
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. --set model.depth=3 loss.temperature=0.05")
-    parser.add_argument("--preset", default=preset, choices=[p for p in preset_names() if preset_data(p).get("job") == preset],
+    parser.add_argument("--preset", default=preset, choices=preset_names(job=preset),
                         help=f"the configuration to start from (default: {preset}); jobs/presets/ holds them")
     parser.add_argument("--config", help="a YAML file merged over the preset")
     parser.add_argument("--run-dir", help="where to write the run (default: runs/<job>-<time>-<id>)")
@@ -404,10 +404,8 @@ def run_training(trainer: Trainer, run: RunDir, cfg: JobConfig, resume: dict | N
         if resume:
             info.update(resumed_at=[*run.read().get("resumed_at", []), now()], error=None)
         else:
-            info.update(run_id=run.path.name, job=cfg.job, config=cfg.model_dump(mode="json"), started_at=now(),
-                        git=git_state(Path(__file__).parent), shards=shards_record(cfg.data.shards, trainer.shards),
-                        student_parameters=trainer.n_params)
-        run.update(**info, hardware=hardware(acc), backend=os.environ.get("STREAMAPPROX_BACKEND", "direct"))
+            info.update(**new_run_record(run, cfg, trainer.shards), student_parameters=trainer.n_params)
+        run.update(**info, hardware=hardware(acc), backend=launched_by())
         log.info("run directory %s (%s, %d processes, %d student parameters)", run.path, acc.device, acc.num_processes, trainer.n_params)
     try:
         status = trainer.fit()

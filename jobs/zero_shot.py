@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from data_shards import ShardError, open_shards
 from jobs import new_run_id, now
 from jobs.config import ConfigError, load_config
 from jobs.evaluate import evaluate_run
-from jobs.rundir import RunDir, git_state, save_atomic, shards_record
+from jobs.rundir import RunDir, launched_by, new_run_record, save_atomic
 from jobs.train import check_dims, warn_random_init, write_check_report
 from model import build_student
 
@@ -56,9 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     run = RunDir(args.run_dir or Path("runs") / new_run_id(cfg.job)).create()
     logging.getLogger("streamapprox.zero_shot").info("run directory %s", run.path)
     student = build_student(cfg.model)
-    run.update(run_id=run.path.name, job=cfg.job, preset=PRESET, config=cfg.model_dump(mode="json"), started_at=now(),
-               git=git_state(Path(__file__).parent), shards=shards_record(cfg.data.shards, shards), student_parameters=0,
-               backend=os.environ.get("STREAMAPPROX_BACKEND", "direct"), status="running")
+    run.update(**new_run_record(run, cfg, shards), preset=PRESET, student_parameters=0, backend=launched_by(), status="running")
     state = {"model": {f"student.{key}": value for key, value in student.state_dict().items()}, "config": cfg.model_dump(mode="json"),
              "epoch": None, "shards_digest": shards.digest()}
     try:

@@ -115,10 +115,6 @@ def run(name: str, spec: JobSpec, job_args: list[str], options: argparse.Namespa
     return code
 
 
-def add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    """None here: ``launch report ARGS`` hands every argument to ``jobs.report`` (see ``launch report --help``)."""
-
-
 def run_report(report_args: list[str]) -> int:
     """The report runs here, in its own process (it measures models; the launcher never imports them)."""
     return subprocess.run([sys.executable, "-m", "jobs.report", *report_args], env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode

@@ -55,7 +55,8 @@ class ZeroShotStudentConfig(StudentIO):
     seed: int = 0
 
 
-StudentConfig = Annotated[Union[MLPStudentConfig, TransformerStudentConfig, ZeroShotStudentConfig], Field(discriminator="kind")]
+STUDENT_CONFIGS = (MLPStudentConfig, TransformerStudentConfig, ZeroShotStudentConfig)
+StudentConfig = Annotated[Union[STUDENT_CONFIGS], Field(discriminator="kind")]
 
 
 class LossConfig(Strict):
