@@ -4,13 +4,15 @@
 #   --dev  also installs the test tools.
 set -euo pipefail
 cd "$(dirname "$0")"
-extras="deepspeed,tune,extract,report"
-[[ "${1:-}" == "--dev" ]] && extras="deepspeed,tune,extract,report,dev"
+extras="deepspeed,tune,extract,report,search"
+[[ "${1:-}" == "--dev" ]] && extras="deepspeed,tune,extract,report,search,dev"
 
-# The tests run a real sshd on loopback (launch ssh): Debian's openssh-server and rsync.
-if [[ "${1:-}" == "--dev" ]] && ! { command -v rsync && [[ -x /usr/sbin/sshd ]]; } > /dev/null; then
+# The tests run a real sshd on loopback (launch ssh): Debian's openssh-server and rsync; and drive the
+# search page in a real headless browser: Debian's chromium.
+if [[ "${1:-}" == "--dev" ]] && ! { command -v rsync && command -v chromium && [[ -x /usr/sbin/sshd ]]; } > /dev/null; then
   sudo=(); [[ $(id -u) -ne 0 ]] && sudo=(sudo)
-  "${sudo[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq openssh-server rsync > /dev/null
+  "${sudo[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+    openssh-server rsync chromium > /dev/null
 fi
 
 stamp=".venv/.setup-$(cat pyproject.toml constraints.txt setup.sh | sha256sum | cut -c1-16)-${extras//,/-}"

@@ -19,7 +19,7 @@ import torch
 import webdataset as wds
 
 from data_shards.errors import ShardError
-from data_shards.manifest import MANIFEST_NAME, Manifest, sha256_file
+from data_shards.manifest import MANIFEST_NAME, Manifest, ShardEntry, sha256_file
 from data_shards.schema import Dims
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,18 @@ class SplitTensors:
             "teacher": self.teacher[index],
             "index": index,
         }
+
+
+@dataclass
+class ShardSample:
+    """One video as stored, with its meta.json (frame times, split, audio status): what an index keeps."""
+
+    key: str
+    clip: np.ndarray
+    audio: np.ndarray
+    has_audio: bool
+    teacher: np.ndarray
+    meta: dict
 
 
 def _sample_arrays(sample: dict, dims: Dims, where: str) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray]:
@@ -115,6 +127,15 @@ class ShardSet:
                 raise ShardError(
                     f"{path}: sha256 does not match manifest.json (corrupted shard); re-copy the shard or regenerate the set."
                 )
+
+    def read_shard(self, entry: ShardEntry) -> list[ShardSample]:
+        """Every sample of one (verified) shard, in stored order."""
+        path = self.root / entry.name
+        samples = [ShardSample(sample["__key__"], *_sample_arrays(sample, self.dims, str(path)), sample["meta.json"])
+                   for sample in _decoded([str(path)], shardshuffle=False, nodesplitter=None, workersplitter=None)]
+        if len(samples) != entry.samples:
+            raise ShardError(f"{path}: {len(samples)} samples, manifest.json declares {entry.samples}; re-copy or regenerate it.")
+        return samples
 
     def load_split(self, split: str) -> SplitTensors:
         """Decode a whole split once into tensors."""

@@ -24,13 +24,20 @@ COMMANDS = {
     "stop": (runs.add_arguments, runs.run_stop, "stop a running ssh or ray run"),
     "bundle": (bundle.add_arguments, bundle.run, "show (or write) the code bundle remote backends carry; uploads nothing"),
 }
-REPORT_HELP = "report.md over runs from any backend: metrics both ways, plots, measured params/FLOPs/latency (--help: its options)"
+# Commands that are whole programs of their own (every option theirs, --help included), run in their own process.
+PROGRAMS = {
+    "report": ("jobs.report", "report.md over runs from any backend: metrics both ways, plots, measured params/FLOPs/latency "
+                              "(--help: its options)"),
+    "serve": ("search.serve", "the search service over an index (--index DIR|URL): /search, /videos/{id}, /health, /metrics, "
+                              "/docs and a web page (--help: its options)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     jobs_text = "\n".join(f"  {name:<18} {spec.summary}" for name, spec in JOBS.items())
     backends_text = "\n".join(f"  {name:<18} {BACKEND_HELP[name]}" for name in BACKENDS)
-    helps = {**{name: help_text for name, (_, _, help_text) in COMMANDS.items()}, "report": REPORT_HELP}
+    helps = {**{name: help_text for name, (_, _, help_text) in COMMANDS.items()},
+             **{name: help_text for name, (_, help_text) in PROGRAMS.items()}}
     commands_text = "\n".join(f"  {name:<18} {help_text}" for name, help_text in helps.items())
     parser = argparse.ArgumentParser(
         prog="launch",
@@ -42,20 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="backend", required=True, metavar="BACKEND|COMMAND")
     for name, module in BACKENDS.items():
-        backend = sub.add_parser(name, help=BACKEND_HELP[name], description=BACKEND_HELP[name],
+        # no abbreviations: a job's own option (index --run) must never be taken for a backend's (--runs-dir)
+        backend = sub.add_parser(name, help=BACKEND_HELP[name], description=BACKEND_HELP[name], allow_abbrev=False,
                                  epilog=f"jobs:\n{jobs_text}", formatter_class=argparse.RawDescriptionHelpFormatter)
-        backend.add_argument("job", choices=sorted(JOBS), metavar="JOB", help="one of: " + ", ".join(JOBS))
+        backend.add_argument("job", type=lambda name: name.replace("-", "_"), choices=sorted(JOBS), metavar="JOB",
+                             help="one of: " + ", ".join(JOBS) + " (- and _ alike: evaluate-search)")
         module.add_arguments(backend)
     for name, (add_arguments, _, help_text) in COMMANDS.items():
         add_arguments(sub.add_parser(name, help=help_text, description=help_text))
-    sub.add_parser("report", help=REPORT_HELP, add_help=False)  # listed here; main() hands its arguments to jobs.report
+    for name, (_, help_text) in PROGRAMS.items():
+        sub.add_parser(name, help=help_text, add_help=False)  # listed here; main() hands their arguments over
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["report"]:  # every option belongs to the report job, --help included
-        return local.run_report(argv[1:])
+    if argv[:1] and argv[0] in PROGRAMS:
+        return local.run_program(PROGRAMS[argv[0]][0], argv[1:])
     parser = build_parser()
     args, job_args = parser.parse_known_args(argv)
     try:

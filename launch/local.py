@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jobs import JobSpec, new_run_id
+from jobs import JOBS, JobSpec, new_run_id
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ACCELERATE_CONFIG = REPO_ROOT / "accelerate_config.yaml"
@@ -84,8 +84,13 @@ def summarize(run_dir: Path, backend: str = "local") -> str:
         m = json.loads(results.read_text())["metrics"]
         lines.append(f"test ({int(m['n'])} videos): student->teacher R@1 {m['s2t_r1']:.2f}  R@5 {m['s2t_r5']:.2f}  "
                      f"R@10 {m['s2t_r10']:.2f}  MedR {m['s2t_medr']:.1f} | teacher->student R@1 {m['t2s_r1']:.2f}")
-    if info.get("status") in ("incomplete", "running", "failed"):
-        lines.append(f"resume with: launch {backend} {info.get('job', 'JOB')} --resume {run_dir}")
+    index = info.get("index")
+    if index:
+        lines.append(f"index: {index['index']}: {index['videos']} videos, {index['frames']} frames ({index['shards_indexed']} shards "
+                     f"indexed, {index['shards_unchanged']} unchanged); search it with: launch serve --index {index['index']}")
+    spec = JOBS.get(info.get("job", ""))
+    if info.get("status") in ("incomplete", "running", "failed") and spec and spec.resumable:
+        lines.append(f"resume with: launch {backend} {info['job']} --resume {run_dir}")
     return "\n".join(lines)
 
 
@@ -115,7 +120,15 @@ def run(name: str, spec: JobSpec, job_args: list[str], options: argparse.Namespa
     return code
 
 
-def run_report(report_args: list[str]) -> int:
-    """The report runs here, in its own process (it measures models; the launcher never imports them)."""
-    return subprocess.run([sys.executable, "-m", "jobs.report", *report_args], env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+def run_program(module: str, args: list[str]) -> int:
+    """A program (report, serve) runs here in its own process: it loads models, which the launcher never imports."""
+    process = subprocess.Popen([sys.executable, "-m", module, *args], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        return process.wait()
+    except KeyboardInterrupt:  # a terminal's Ctrl-C reaches the child too; a SIGINT sent to the launcher alone is passed on
+        try:
+            return process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGINT)
+            return process.wait()
 

@@ -75,33 +75,38 @@ def _hub_state(url: str, what: str, setting: str) -> dict:
         ) from None
 
 
+def create_clip(config: ClipConfig, random_init: bool, seed: int = 0):
+    """The whole open_clip model (image and text towers), its image transform and open_clip's version."""
+    import open_clip
+
+    if config.architecture:
+        if not Path(config.architecture).is_file():
+            raise EncoderError(f"{config.architecture}: open_clip model config file not found")
+        open_clip.add_model_config(config.architecture)
+    if config.model not in open_clip.list_models():
+        raise EncoderError(f"open_clip has no model {config.model!r} (e.g. ViT-B-32, ViT-L-14; custom ones via model_config)")
+    pretrained = None if random_init else (config.weights or config.pretrained)
+    torch.manual_seed(seed)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(config.model, pretrained=pretrained)
+    except Exception as exc:
+        if random_init:
+            raise EncoderError(f"cannot build CLIP {config.model}: {exc}") from None
+        raise EncoderError(
+            f"cannot load CLIP weights {config.model}/{pretrained} ({exc}). Put them in open_clip's cache, pass "
+            "a file with clip.weights=PATH, or use --random-init (tests and benchmarks only)"
+        ) from None
+    return model.eval(), preprocess, open_clip.__version__
+
+
 class ClipImageEncoder:
     """open_clip image tower: RGB frames -> unit-norm image embeddings."""
 
     def __init__(self, config: ClipConfig, random_init: bool = False, device: str | torch.device = "cpu", seed: int = 0):
-        import open_clip
-
         self.config, self.random_init, self.device = config, random_init, torch.device(device)
-        if config.architecture:
-            if not Path(config.architecture).is_file():
-                raise EncoderError(f"{config.architecture}: open_clip model config file not found")
-            open_clip.add_model_config(config.architecture)
-        if config.model not in open_clip.list_models():
-            raise EncoderError(f"open_clip has no model {config.model!r} (e.g. ViT-B-32, ViT-L-14; custom ones via model_config)")
-        pretrained = None if random_init else (config.weights or config.pretrained)
-        torch.manual_seed(seed)
-        try:
-            model, _, self.preprocess = open_clip.create_model_and_transforms(config.model, pretrained=pretrained)
-        except Exception as exc:
-            if random_init:
-                raise EncoderError(f"cannot build CLIP {config.model}: {exc}") from None
-            raise EncoderError(
-                f"cannot load CLIP weights {config.model}/{pretrained} ({exc}). Put them in open_clip's cache, pass "
-                "a file with --set student.clip.weights=PATH, or use --random-init (tests and benchmarks only)"
-            ) from None
+        model, self.preprocess, self.version = create_clip(config, random_init, seed)
         self.model = model.visual.to(self.device).eval()
         self.dim = int(model.visual.output_dim)
-        self.version = open_clip.__version__
 
     @torch.inference_mode()
     def encode(self, images: list[np.ndarray]) -> np.ndarray:

@@ -59,39 +59,44 @@ class DenseClipTeacher:
         return {"kind": "dense_clip", "sampling": self.config.sampling, "frames": self.config.frames, "clip": self.encoder.describe()}
 
 
+def build_imagebind(config: ImageBindTeacherConfig, modalities: tuple[str, ...], random_init: bool, seed: int = 0):
+    """ImageBind's ``modalities`` towers (eval mode) and the checkpoint they came from (None: random init)."""
+    from model.imagebind import ImageBind, ImageBindConfig, load_imagebind_checkpoint
+
+    arch = config.architecture
+    if arch == "huge":
+        architecture = ImageBindConfig.huge()
+    elif Path(arch).is_file():
+        architecture = ImageBindConfig.model_validate_json(Path(arch).read_text())
+    else:
+        raise EncoderError(f"imagebind.architecture={arch!r}: 'huge' or a JSON file of ImageBindConfig fields")
+    if random_init:
+        torch.manual_seed(seed)
+        return ImageBind(architecture, modalities=modalities).eval(), None
+    weights = Path(config.weights or Path(".checkpoints") / "imagebind_huge.pth")
+    if not weights.is_file():
+        raise EncoderError(
+            f"{weights}: ImageBind checkpoint not found. Download imagebind_huge.pth (see README), pass "
+            "imagebind.weights=PATH (extraction: --set teacher.imagebind.weights=PATH), use a dense_clip teacher, "
+            "or --random-init (tests only)"
+        )
+    with torch.device("meta"):  # no random init of 700 M parameters that the checkpoint replaces
+        model = ImageBind(architecture, modalities=modalities)
+    try:
+        load_imagebind_checkpoint(model, weights)
+    except ValueError as exc:
+        raise EncoderError(str(exc)) from None
+    return model.eval(), weights
+
+
 class ImageBindTeacher:
     def __init__(self, config: TeacherConfig, random_init: bool, device: torch.device, seed: int = 0):
-        from model.imagebind import ImageBind, ImageBindConfig, load_imagebind_checkpoint
-
         if config.sampling != "imagebind" and config.frames != 2 * IMAGEBIND_CLIPS:
             raise EncoderError(f"teacher.frames={config.frames}: ImageBind takes {IMAGEBIND_CLIPS} clips of 2 frames, set teacher.frames=10")
         self.config, self.random_init, self.device = config, random_init, device
-        arch = config.imagebind.architecture
-        if arch == "huge":
-            architecture = ImageBindConfig.huge()
-        elif Path(arch).is_file():
-            architecture = ImageBindConfig.model_validate_json(Path(arch).read_text())
-        else:
-            raise EncoderError(f"teacher.imagebind.architecture={arch!r}: 'huge' or a JSON file of ImageBindConfig fields")
-        self.weights = None
-        if random_init:
-            torch.manual_seed(seed)
-            self.model = ImageBind(architecture, modalities=("vision", "audio"))
-        else:
-            self.weights = Path(config.imagebind.weights or Path(".checkpoints") / "imagebind_huge.pth")
-            if not self.weights.is_file():
-                raise EncoderError(
-                    f"{self.weights}: ImageBind checkpoint not found. Download imagebind_huge.pth (see README), pass "
-                    "--set teacher.imagebind.weights=PATH, use --set teacher.kind=dense_clip, or --random-init (tests only)"
-                )
-            with torch.device("meta"):  # no random init of 700 M parameters that the checkpoint replaces
-                self.model = ImageBind(architecture, modalities=("vision", "audio"))
-            try:
-                load_imagebind_checkpoint(self.model, self.weights)
-            except ValueError as exc:
-                raise EncoderError(str(exc)) from None
-        self.model.to(device).eval()
-        self.dim = architecture.out_embed_dim
+        self.model, self.weights = build_imagebind(config.imagebind, ("vision", "audio"), random_init, seed)
+        self.model.to(device)
+        self.dim = self.model.config.out_embed_dim
 
     def frame_groups(self, info: VideoInfo, rng: np.random.Generator) -> Groups:
         from model.imagebind_inputs import video_frame_indices

@@ -1,0 +1,243 @@
+"""``python -m jobs.index --run RUN --shards PATH [--index DIR|URL]``: a searchable index of a shard set.
+
+Every video is embedded by the run's trained student (its ``best.pt``) and stored in a Qdrant index
+with its teacher embedding and metadata; every sampled frame's CLIP embedding is stored with its
+timestamp, so a query can land on a moment. The work is done and committed shard by shard: a rerun
+over an unchanged shard set does nothing, an interrupted one picks up at the first shard not yet
+recorded, and a changed shard set re-indexes only the shards that changed (and drops the ones that
+left). An index belongs to one student: another one is refused rather than mixed in.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from pydantic import Field, ValidationError
+
+from data_shards import ShardError, SplitTensors, open_shards
+from data_shards.files import atomic_write_text
+from data_shards.manifest import sha256_file
+from data_shards.sources import list_videos
+from jobs import now
+from jobs.config import ConfigError, apply_override, format_validation_error
+from jobs.evaluate import load_student
+from jobs.rundir import RunDir, launched_by, shards_record
+from jobs.train import check_dims, embed_indices, warn_random_init
+from model.config import Strict
+from search.store import STATE_FORMAT, SearchIndexError, VectorIndex, is_server
+
+log = logging.getLogger("streamapprox.index")
+
+
+class IndexConfig(Strict):
+    run: str = ""  # a run directory (its checkpoints/<checkpoint>.pt) or a checkpoint file
+    checkpoint: str = "best"
+    shards: str = ""
+    index: str = ""  # a directory (embedded Qdrant) or http(s)://host:6333 (a Qdrant server); default RUN_DIR/index
+    name: str = Field("streamapprox", pattern=r"^[A-Za-z0-9_-]+$")  # collection prefix (several indexes on one server)
+    videos: Optional[str] = None  # where the source videos are (thumbnails); default: the extraction's input, if here
+    batch_size: int = Field(1024, ge=1)
+    rebuild: bool = False  # drop an index built by another student or from other dims, then build this one
+
+
+def checkpoint_path(cfg: IndexConfig) -> Path:
+    path = Path(cfg.run)
+    if path.is_dir():
+        path = path / "checkpoints" / f"{cfg.checkpoint}.pt"
+    if not path.is_file():
+        raise ConfigError(f"{path}: no student checkpoint there; --run takes a run directory with checkpoints/{cfg.checkpoint}.pt "
+                          "(a finished training run) or a checkpoint file")
+    return path
+
+
+def video_sources(cfg: IndexConfig, manifest) -> dict[str, str]:
+    """video id -> absolute path of its source file, for thumbnails; {} when the videos are not here."""
+    location = cfg.videos or (manifest.source.get("input") or {}).get("videos")
+    if not location:
+        return {}
+    if not Path(location).exists():
+        if cfg.videos:
+            raise ConfigError(f"videos={location}: no such video directory or list")
+        log.info("the extraction's videos (%s) are not on this machine: no thumbnails (pass --videos to add them)", location)
+        return {}
+    splits = (manifest.source.get("input") or {}).get("msrvtt_splits")
+    return {e.video_id: str(Path(e.path).resolve()) for e in list_videos(location, splits if not cfg.videos else None)}
+
+
+def student_identity(path: Path, state: dict, dims) -> dict:
+    return {"checkpoint_sha256": sha256_file(path), "checkpoint": str(path), "kind": state["config"]["model"]["kind"],
+            "epoch": state.get("epoch"), "dim": dims.teacher}
+
+
+def opened_index(cfg: IndexConfig, student: dict, dims) -> tuple[VectorIndex, dict]:
+    """The index, created if new; refused if another student or other dims built it (unless ``rebuild``)."""
+    index = VectorIndex(cfg.index, cfg.name, create=True)
+    state = index.state()
+    if state is not None:
+        theirs = state.get("student", {})
+        problem = None
+        if theirs.get("checkpoint_sha256") != student["checkpoint_sha256"]:
+            problem = (f"it was built with another student ({theirs.get('checkpoint')}, sha256 {str(theirs.get('checkpoint_sha256'))[:12]}), "
+                       f"not {student['checkpoint']} (sha256 {student['checkpoint_sha256'][:12]})")
+        elif state.get("dims") != {"video": dims.teacher, "frame": dims.clip}:
+            problem = f"its vectors have dims {state.get('dims')}, these shards {{'video': {dims.teacher}, 'frame': {dims.clip}}}"
+        if problem and not cfg.rebuild:
+            index.close()
+            raise SearchIndexError(f"{cfg.index}: {problem}. Index into a new --index DIR, or add --rebuild to replace it")
+        if problem:
+            log.warning("%s: %s; rebuilding (--rebuild)", cfg.index, problem)
+            index.drop()
+            state = None
+    if state is None:
+        index.create(dims.teacher, dims.clip)
+        state = {"format": STATE_FORMAT, "student": student, "dims": {"video": dims.teacher, "frame": dims.clip},
+                 "done": {}, "created_at": now()}
+        index.save_state(state)
+    return index, state
+
+
+def index_shard(index: VectorIndex, shard_set, entry, student, sources: dict[str, str], batch_size: int) -> list[str]:
+    """Embed and store one shard's videos and frames; returns its video ids."""
+    samples = shard_set.read_shard(entry)
+    tensors = SplitTensors([s.key for s in samples], torch.from_numpy(np.stack([s.clip for s in samples])),
+                           torch.from_numpy(np.stack([s.audio for s in samples])), torch.tensor([s.has_audio for s in samples]),
+                           torch.from_numpy(np.stack([s.teacher for s in samples])))
+    with torch.no_grad():
+        embeddings = embed_indices(student, tensors, torch.arange(len(samples)), batch_size, torch.device("cpu")).numpy()
+    rows, frame_rows, frame_vectors = [], [], []
+    for s in samples:
+        video_id = s.meta.get("video_id", s.key)
+        rows.append({"video_id": video_id, "split": s.meta.get("split", entry.split), "has_audio": s.has_audio,
+                     "duration_s": s.meta.get("duration_s"), "frame_times_s": s.meta.get("frame_times_s"),
+                     "source": sources.get(video_id), "shard": entry.name})
+        times = s.meta.get("frame_times_s") or [None] * len(s.clip)
+        for frame, (t, vector) in enumerate(zip(times, s.clip)):
+            frame_rows.append({"video_id": video_id, "frame": frame, "t": t})
+            frame_vectors.append(vector.astype(np.float32))
+    index.upsert_videos(rows, embeddings, np.stack([s.teacher for s in samples]))
+    index.upsert_frames(frame_rows, np.stack(frame_vectors))
+    return [row["video_id"] for row in rows]
+
+
+def build_index(cfg: IndexConfig) -> dict:
+    path = checkpoint_path(cfg)
+    student, job_cfg, checkpoint = load_student(path)
+    shard_set = open_shards(cfg.shards)
+    check_dims(job_cfg, shard_set.dims, str(shard_set.root))
+    warn_random_init(shard_set)
+    sources = video_sources(cfg, shard_set.manifest)
+    index, state = opened_index(cfg, student_identity(path, checkpoint, shard_set.dims), shard_set.dims)
+    started, indexed, unchanged = time.monotonic(), 0, 0
+    with index:
+        state["shards"] = shards_record(cfg.shards, shard_set)
+        wanted = {entry.name: entry for entry in shard_set.manifest.shards}
+        for name in [n for n in state["done"] if n not in wanted]:  # left the shard set
+            index.delete_shard(name, state["done"].pop(name)["videos"])
+            log.info("removed shard %s (no longer in the shard set)", name)
+        for number, entry in enumerate(shard_set.manifest.shards, 1):
+            done = state["done"].get(entry.name)
+            if done and done["sha256"] == entry.sha256:
+                unchanged += 1
+                continue
+            if done:
+                index.delete_shard(entry.name, done["videos"])
+            videos = index_shard(index, shard_set, entry, student, sources, cfg.batch_size)
+            state["done"][entry.name] = {"sha256": entry.sha256, "videos": videos}
+            index.save_state(state)  # the commit point: this shard is in
+            indexed += 1
+            log.info("indexed shard %s (%d/%d, %d videos)", entry.name, number, len(wanted), len(videos))
+        counts = index.count()
+        state.update(counts=counts, sources=bool(sources), updated_at=now())
+        index.save_state(state)
+    seconds = time.monotonic() - started
+    summary = {"index": cfg.index, "name": cfg.name, "shards_indexed": indexed, "shards_unchanged": unchanged, **counts,
+               "seconds": round(seconds, 2), "student": state["student"], "thumbnails": bool(sources)}
+    print(f"index {cfg.index}: {indexed} shards indexed, {unchanged} unchanged; {counts['videos']} videos, "
+          f"{counts['frames']} frames ({seconds:.1f} s)", flush=True)
+    return summary
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m jobs.index", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", help="the student: a run directory (uses checkpoints/best.pt) or a checkpoint file")
+    parser.add_argument("--checkpoint", choices=["best", "last"], help="which checkpoint of the run (default best)")
+    parser.add_argument("--shards", help="the shard set to index (path, s3://, synthetic://)")
+    parser.add_argument("--index", help="index directory (embedded Qdrant) or a Qdrant server URL; default RUN_DIR/index")
+    parser.add_argument("--name", help="collection name prefix (default streamapprox)")
+    parser.add_argument("--videos", help="where the source videos are, for thumbnails (default: the extraction's input)")
+    parser.add_argument("--rebuild", action="store_true", help="replace an index built by another student")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="any IndexConfig field, e.g. --set batch_size=256")
+    parser.add_argument("--run-dir", help="where to record this job (run.json, logs); launchers pass it")
+    parser.add_argument("--check", action="store_true", help="only validate the student, shards and index, then exit")
+    parser.add_argument("--check-report", metavar="FILE", help="with --check: write the job's inputs as JSON, for remote launchers")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> IndexConfig:
+    data = {key: value for key, value in vars(args).items()
+            if key in IndexConfig.model_fields and value not in (None, False)}
+    for assignment in args.overrides:
+        apply_override(data, assignment)
+    if not data.get("index") and args.run_dir:
+        data["index"] = str(Path(args.run_dir) / "index")
+    try:
+        cfg = IndexConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, IndexConfig)) from None
+    missing = [f"--{key}" for key in ("run", "shards", "index") if not getattr(cfg, key)]
+    if missing:
+        raise ConfigError(f"index needs {', '.join(missing)} (e.g. --run runs/RUN --shards PATH --index DIR)")
+    return cfg
+
+
+def check(cfg: IndexConfig, report: str | None) -> None:
+    path = checkpoint_path(cfg)
+    _, job_cfg, _ = load_student(path)
+    shard_set = open_shards(cfg.shards)
+    check_dims(job_cfg, shard_set.dims, str(shard_set.root))
+    if not is_server(cfg.index) and Path(cfg.index).exists() and not Path(cfg.index).is_dir():
+        raise ConfigError(f"--index {cfg.index}: a file is there, not an index directory")
+    if report:
+        manifest = shard_set.root / "manifest.json"
+        inputs = {"shards": {"location": cfg.shards, "root": str(shard_set.root), "manifest_sha256": sha256_file(manifest),
+                             "regenerable": cfg.shards.startswith("synthetic://")},
+                  "run": {"kind": "file", "location": str(path), "sha256": sha256_file(path), "regenerable": False}}
+        atomic_write_text(Path(report), json.dumps({"job": "index", "inputs": inputs}, indent=2) + "\n")
+    print(f"check ok: student {path} on {shard_set.root} ({sum(shard_set.manifest.splits.values())} videos) -> {cfg.index}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    logging.getLogger("streamapprox").setLevel(logging.INFO)  # ours; open_clip logs chatter at INFO on the root logger
+    run = RunDir(args.run_dir) if args.run_dir else None
+    try:
+        cfg = resolve_config(args)
+        if args.check:
+            check(cfg, args.check_report)
+            return 0
+        if run is not None:
+            run.create()
+            run.update(run_id=run.path.name, job="index", config=cfg.model_dump(mode="json"), started_at=now(),
+                       backend=launched_by(), status="running")
+        summary = build_index(cfg)
+    except (ConfigError, ShardError, SearchIndexError) as exc:
+        if run is not None and (run.path / "run.json").is_file():
+            run.update(status="failed", error=str(exc), ended_at=now())
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if run is not None:
+        run.update(status="complete", index=summary, ended_at=now())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""``python -m search.serve --index DIR|URL`` (what ``launch serve`` runs): the search service on uvicorn.
+
+The text towers default to those the indexed shard set was extracted with (recorded in the index);
+``--set`` changes them, e.g. ``--set imagebind.weights=PATH`` or ``--set clip.pretrained=laion2b_s34b_b79k``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pydantic import ValidationError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="launch serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", required=True, help="index directory (embedded Qdrant) or a Qdrant server URL")
+    parser.add_argument("--name", default="streamapprox", help="collection name prefix the index was built with")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--random-init", action="store_true", help="random-init text towers (tests only: results are meaningless)")
+    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="text tower settings (QueryEncodersConfig): video_text, imagebind.*, clip.*, seed")
+    return parser.parse_args(argv)
+
+
+def build_engine(args: argparse.Namespace):
+    from jobs.config import apply_override, format_validation_error
+    from model.text import QueryEncoders, QueryEncodersConfig
+    from search.query import SearchEngine, encoders_config
+    from search.store import VectorIndex
+
+    overrides: dict = {"random_init": True} if args.random_init else {}
+    for assignment in args.overrides:
+        apply_override(overrides, assignment)
+    index = VectorIndex(args.index, args.name)
+    try:
+        config = encoders_config(index.state() or {}, overrides)
+    except ValidationError as exc:
+        index.close()
+        raise ValueError(format_validation_error(exc, QueryEncodersConfig)) from None
+    try:
+        return SearchEngine(index, QueryEncoders(config))
+    except BaseException:
+        index.close()
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    from jobs.config import ConfigError
+    from model.encoders import EncoderError
+    from search.app import create_app
+    from search.store import SearchIndexError
+
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    logging.getLogger("streamapprox").setLevel(logging.INFO)  # ours; open_clip logs chatter at INFO on the root logger
+    try:
+        engine = build_engine(args)
+    except (SearchIndexError, EncoderError, ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    counts = engine.index.count()
+    print(f"serving {counts['videos']} videos, {counts['frames']} frames from {args.index} on http://{args.host}:{args.port}/ "
+          "(API docs /docs, metrics /metrics)", flush=True)
+    try:
+        uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="info")
+    finally:
+        engine.index.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
