@@ -51,7 +51,7 @@ JOBS: dict[str, JobSpec] = {
                          "evaluated as a run (nothing trained)", False, True, True),
     "index": JobSpec("jobs.index", "a trained student's search index of a shard set (Qdrant: video vectors + frame vectors "
                      "with timestamps) -> --index DIR or RUN/index; resumable, a no-op when nothing changed", False, True, True,
-                     extras=("extract", "search")),
+                     extras=("search",)),
     "evaluate_search": JobSpec("jobs.evaluate_search", "text->video and video->video R@K / MedR of an index's student vectors "
                                "against its teacher vectors (what the cheap index costs)", False, False, extras=("extract", "search")),
     "evaluate": JobSpec("jobs.evaluate", "evaluate runs' checkpoints on the test split (eval/results.json, .csv, embeddings.npz)",

@@ -192,7 +192,7 @@ def resolve_config(args: argparse.Namespace) -> IndexConfig:
         cfg = IndexConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, IndexConfig)) from None
-    missing = [f"--{key}" for key in ("run", "shards", "index") if not getattr(cfg, key)]
+    missing = [f"--{key}" for key in ("run", "shards", "index") if not getattr(cfg, key) and not (key == "index" and args.check)]
     if missing:
         raise ConfigError(f"index needs {', '.join(missing)} (e.g. --run runs/RUN --shards PATH --index DIR)")
     return cfg
@@ -203,15 +203,19 @@ def check(cfg: IndexConfig, report: str | None) -> None:
     _, job_cfg, _ = load_student(path)
     shard_set = open_shards(cfg.shards)
     check_dims(job_cfg, shard_set.dims, str(shard_set.root))
-    if not is_server(cfg.index) and Path(cfg.index).exists() and not Path(cfg.index).is_dir():
+    if cfg.index and not is_server(cfg.index) and Path(cfg.index).exists() and not Path(cfg.index).is_dir():
         raise ConfigError(f"--index {cfg.index}: a file is there, not an index directory")
-    if report:
+    if report:  # only remote launchers ask for one: the index must come back inside the run directory
+        if cfg.index and not is_server(cfg.index):
+            raise ConfigError(f"--index {cfg.index}: on a remote backend the index is written into the run directory and comes "
+                              "back with it; drop --index (or give a Qdrant server URL the remote machines can reach)")
         manifest = shard_set.root / "manifest.json"
         inputs = {"shards": {"location": cfg.shards, "root": str(shard_set.root), "manifest_sha256": sha256_file(manifest),
                              "regenerable": cfg.shards.startswith("synthetic://")},
-                  "run": {"kind": "file", "location": str(path), "sha256": sha256_file(path), "regenerable": False}}
+                  "run": {"kind": "file", "location": cfg.run, "path": str(path), "sha256": sha256_file(path), "regenerable": False}}
         atomic_write_text(Path(report), json.dumps({"job": "index", "inputs": inputs}, indent=2) + "\n")
-    print(f"check ok: student {path} on {shard_set.root} ({sum(shard_set.manifest.splits.values())} videos) -> {cfg.index}")
+    print(f"check ok: student {path} on {shard_set.root} ({sum(shard_set.manifest.splits.values())} videos) -> "
+          f"{cfg.index or 'RUN_DIR/index'}")
 
 
 def main(argv: list[str] | None = None) -> int:

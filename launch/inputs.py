@@ -51,6 +51,23 @@ def listing(spec: dict) -> list[dict]:
     return [{k: v for k, v in entry.items() if k != "source"} for entry in spec["listing"]]
 
 
+def link_file(spec: dict, folder: Path) -> None:
+    """``folder`` gets a link to one input file (a student checkpoint) under its own name."""
+    (folder / Path(spec["path"]).name).symlink_to(Path(spec["path"]).resolve())
+
+
+def staged_form(spec: dict):
+    """How a carried input travels: a folder name derived from its content, how to fill such a folder
+    with links, and the path inside it that the job is pointed at ('' for the folder itself)."""
+    kind = spec.get("kind", "shards")
+    if kind == "videos":
+        digest = videos_digest(spec)
+        return f"videos-{digest[:16]}", lambda folder: link_videos(spec, folder, digest), VIDEO_LISTING
+    if kind == "file":
+        return f"file-{spec['sha256'][:16]}", lambda folder: link_file(spec, folder), Path(spec["path"]).name
+    return f"shards-{spec['manifest_sha256'][:16]}", lambda folder: link_shards(spec, folder), ""
+
+
 def link_videos(spec: dict, folder: Path, digest: str) -> None:
     """``folder`` gets a link per video under its flat name, and ``videos.json`` (with ``digest``) to find it by."""
     for entry in spec["listing"]:

@@ -98,6 +98,9 @@ def job_arguments(plan: dict, input_root: Path, run_dir: Path) -> list[str]:
         if wanted.get("kind") == "videos":
             found = find_input(input_root, VIDEO_LISTING, lambda p: json.loads(p.read_text()).get("digest") == wanted["digest"])
             what, value = f"the videos with listing digest {wanted['digest'][:12]}", found and found / VIDEO_LISTING
+        elif wanted.get("kind") == "file":
+            found = find_input(input_root, wanted["name"], lambda p: sha256_file(p) == wanted["sha256"])
+            what, value = f"{wanted['name']} with sha256 {wanted['sha256'][:12]}", found and found / wanted["name"]
         else:
             found = find_input(input_root, "manifest.json", lambda p: sha256_file(p) == wanted["manifest_sha256"])
             what, value = f"the shard set with manifest sha256 {wanted['manifest_sha256'][:12]}", found

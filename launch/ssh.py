@@ -27,7 +27,7 @@ from pathlib import Path
 from data_shards.files import cache_root
 from jobs import JOBS, JobSpec, new_run_id, now
 from launch import bundle as code_bundle
-from launch.inputs import VIDEO_LISTING, job_inputs, link_shards, link_videos, videos_digest
+from launch.inputs import job_inputs, staged_form
 from launch.local import REPO_ROOT, LaunchError, mixed_precision, option_value, summarize
 from launch.runs import write_record
 from sync.ssh import ssh_base
@@ -142,11 +142,7 @@ def send_inputs(hosts: list[Host], root: str, inputs: dict) -> list[str]:
     for key, spec in inputs.items():
         if spec["regenerable"]:
             continue
-        if spec.get("kind") == "videos":
-            digest = videos_digest(spec)
-            name, link, value = f"videos-{digest[:16]}", lambda folder: link_videos(spec, folder, digest), VIDEO_LISTING
-        else:
-            name, link, value = f"shards-{spec['manifest_sha256'][:16]}", lambda folder: link_shards(spec, folder), ""
+        name, link, value = staged_form(spec)
         folder = cache_root() / "ssh" / name
         if not folder.is_dir():
             staging = folder.with_suffix(".partial")

@@ -295,3 +295,27 @@ def test_extract_fans_out_over_kernels_with_the_videos_as_a_dataset(tmp_path, ka
     assert tars == sorted(p.name for p in (run / "shards").glob("*.tar")) and len(tars) == 3
     assert all((run / "shards" / name).read_bytes() == (tmp_path / "local" / name).read_bytes() for name in tars)
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
+
+
+def test_index_runs_in_a_kernel_with_the_student_as_a_dataset_and_comes_back_reusable(tmp_path, kaggle, shard_dir):
+    """The student checkpoint travels as its own dataset (named by its sha256), the index is built inside
+    the kernel's run directory and pulled back; indexing the same shards here with it is then a no-op."""
+    import sys
+
+    student = tmp_path / "student"
+    trained = subprocess.run([sys.executable, "-m", "jobs.train_mlp", "--run-dir", str(student), "--set", f"data.shards={shard_dir}",
+                              "train.epochs=1", "data.batch_size=64", "model.hidden=[64]"], env=cli_env(), capture_output=True,
+                             text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    refused = launch_kaggle(kaggle, tmp_path, "kaggle", "index", *FAST, "--run", str(student), "--shards", str(shard_dir),
+                            "--index", str(tmp_path / "here"))
+    assert refused.returncode != 0 and "the index is written into the run directory" in refused.stderr
+    result = launch_kaggle(kaggle, tmp_path, "kaggle", "index", *FAST, "--run", str(student), "--shards", str(shard_dir))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    uploads = json.dumps([body for method, body in kaggle.requests if method == "CreateDataset"])
+    assert "streamapprox-file-" in uploads and "streamapprox-shards-" in uploads
+    run = only_run_dir(tmp_path)
+    assert json.loads((run / "run.json").read_text())["index"]["videos"] == 920
+    again = subprocess.run([sys.executable, "-m", "jobs.index", "--run", str(student), "--shards", str(shard_dir), "--index",
+                            str(run / "index")], env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "0 shards indexed, 8 unchanged; 920 videos" in again.stdout, again.stdout + again.stderr

@@ -62,6 +62,12 @@ def test_train_and_sweep_run_on_the_cluster_and_come_back(ray_head, shards, tmp_
     logs = launch_ray(env, tmp_path, "logs", str(run))
     assert "epoch 1 done" in logs.stdout
 
+    indexed = launch_ray(env, tmp_path, "ray", "index", *cluster, "--run", str(run.resolve()), "--shards", str(shards))
+    assert indexed.returncode == 0, indexed.stdout[-3000:] + indexed.stderr[-3000:]
+    index_run = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("index"))
+    assert json.loads((index_run / "run.json").read_text())["index"]["videos"] == 920  # the index came back inside its run
+    assert (index_run / "index").is_dir()
+
     swept = launch_ray(env, tmp_path, "ray", "sweep", *cluster, "--space", "temperature_depth", "--num-samples", "2",
                        "--preset", "train_transformer", "--set", f"data.shards={shards}", "train.epochs=2", "data.batch_size=64",
                        "model.width=32", "model.heads=2")

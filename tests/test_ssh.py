@@ -129,3 +129,11 @@ def test_sweep_runs_on_a_host_and_its_best_run_comes_back(sshd, shards, tmp_path
     sweep = next((tmp_path / "runs").iterdir())
     assert json.loads((sweep / "run.json").read_text())["status"] == "complete"
     assert (sweep / "best" / "eval" / "results.json").is_file() and (sweep / "trials.csv").is_file()
+
+    # the sweep's winner indexes the shards on the host: its checkpoint travels by rsync, the index comes back in the run
+    indexed = launch_ssh(sshd, tmp_path, "ssh", "index", *ssh_args(sshd, tmp_path / "remote", "node0"), "--run", str(sweep / "best"),
+                         "--shards", str(shards))
+    assert indexed.returncode == 0, indexed.stdout[-3000:] + indexed.stderr[-3000:]
+    run = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("index"))
+    assert json.loads((run / "run.json").read_text())["index"]["videos"] == 920 and (run / "index").is_dir()
+    assert any(p.name.startswith("file-") for p in (tmp_path / "remote" / "data").iterdir())
