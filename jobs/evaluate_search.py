@@ -125,30 +125,34 @@ def evaluate_index(args: argparse.Namespace) -> dict:
     from search.query import encoders_config
 
     texts, labels = read_queries(args.queries)
-    overrides: dict = {"random_init": True} if args.random_init else {}
-    for assignment in args.overrides:
-        apply_override(overrides, assignment)
     with VectorIndex(args.index, args.name) as index:
         state = index.state() or {}
         ids, student, teacher = index.matrices()
+    result = {"index": args.index, "videos": len(ids), "student": state.get("student"), "evaluated_at": now(),
+              "video_to_video": video_to_video(student, teacher, args.max_queries)}
+    if args.no_text:
+        return result
+    overrides: dict = {"random_init": True} if args.random_init else {}
+    for assignment in args.overrides:
+        apply_override(overrides, assignment)
     try:
         encoders = QueryEncoders(encoders_config(state, overrides))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, QueryEncodersConfig)) from None
     encoders.check_dims(student.shape[1], state.get("dims", {}).get("frame"))
-    return {"index": args.index, "videos": len(ids), "student": state.get("student"), "encoders": encoders.describe(),
-            "evaluated_at": now(), "video_to_video": video_to_video(student, teacher, args.max_queries),
+    return {**result, "encoders": encoders.describe(),
             "text_to_video": text_to_video(ids, student, teacher, texts, labels, encoders.videos.encode)}
 
 
 def report_lines(result: dict) -> list[str]:
-    v, t = result["video_to_video"], result["text_to_video"]
+    v, t = result["video_to_video"], result.get("text_to_video", {})
     keys = [f"r{k}" for k in RECALL_AT]
     fmt = lambda m: "  ".join(f"R@{k[1:]} {m[k]:5.1f}" for k in keys) + f"  MedR {m['medr']:.1f}"  # noqa: E731
     lines = [f"index {result['index']}: {result['videos']} videos",
              f"video->video ({v['queries']} queries, target = teacher's nearest): student {fmt(v)}  "
-             + "  ".join(f"{k} {v[k]:.1f}" for k in v if k.startswith("overlap")),
-             f"text->video  ({t['queries']} queries, target = teacher's top video): student {fmt(t['vs_teacher_top1'])}"]
+             + "  ".join(f"{k} {v[k]:.1f}" for k in v if k.startswith("overlap"))]
+    if t:
+        lines.append(f"text->video  ({t['queries']} queries, target = teacher's top video): student {fmt(t['vs_teacher_top1'])}")
     if "labelled" in t:
         lab = t["labelled"]
         lines += [f"text->video  ({lab['queries']} labelled queries): student {fmt(lab['student'])}",
@@ -164,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", help="text queries: a .txt (one per line) or .csv (text[,video_id]); default: built-in generic ones")
     parser.add_argument("--max-queries", type=int, default=2000, help="video->video queries (the first N videos by id)")
     parser.add_argument("--random-init", action="store_true", help="random-init text towers (tests only)")
+    parser.add_argument("--no-text", action="store_true", help="video->video only (no text towers needed, e.g. synthetic shards)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="text tower settings, as for launch serve")
     parser.add_argument("--out", help="write the JSON here (default: INDEX/search_eval.json for an index directory)")

@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from data_shards.files import hash_file
@@ -56,16 +58,30 @@ def link_file(spec: dict, folder: Path) -> None:
     (folder / Path(spec["path"]).name).symlink_to(Path(spec["path"]).resolve())
 
 
-def staged_form(spec: dict):
-    """How a carried input travels: a folder name derived from its content, how to fill such a folder
-    with links, and the path inside it that the job is pointed at ('' for the folder itself)."""
+@dataclass(frozen=True)
+class Staged:
+    """How a carried input travels: a folder ``name`` derived from its content, ``link`` fills such a folder,
+    ``target`` is the path inside it the job is pointed at ('' for the folder itself), ``locator`` is how a
+    kernel recognises it among its mounted datasets."""
+
+    name: str
+    link: Callable[[Path], None]
+    target: str
+    locator: dict
+
+
+def staged_form(spec: dict) -> Staged:
     kind = spec.get("kind", "shards")
     if kind == "videos":
         digest = videos_digest(spec)
-        return f"videos-{digest[:16]}", lambda folder: link_videos(spec, folder, digest), VIDEO_LISTING
+        return Staged(f"videos-{digest[:16]}", lambda folder: link_videos(spec, folder, digest), VIDEO_LISTING,
+                      {"kind": "videos", "digest": digest, "also_set": spec.get("also_set", {})})
     if kind == "file":
-        return f"file-{spec['sha256'][:16]}", lambda folder: link_file(spec, folder), Path(spec["path"]).name
-    return f"shards-{spec['manifest_sha256'][:16]}", lambda folder: link_shards(spec, folder), ""
+        name = Path(spec["path"]).name
+        return Staged(f"file-{spec['sha256'][:16]}", lambda folder: link_file(spec, folder), name,
+                      {"kind": "file", "sha256": spec["sha256"], "name": name})
+    return Staged(f"shards-{spec['manifest_sha256'][:16]}", lambda folder: link_shards(spec, folder), "",
+                  {"manifest_sha256": spec["manifest_sha256"]})
 
 
 def link_videos(spec: dict, folder: Path, digest: str) -> None:

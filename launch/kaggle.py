@@ -29,7 +29,7 @@ from data_shards.files import atomic_write_text, cache_root
 from jobs import JOBS, JobSpec, new_run_id, now
 from launch import bundle as code_bundle
 from launch.kaggle_api import TERMINAL, KaggleService, KernelState
-from launch.inputs import job_inputs, link_file, link_shards, link_videos, videos_digest
+from launch.inputs import job_inputs, staged_form
 from launch.kaggle_remote import KERNEL_RECORD
 from launch.local import REPO_ROOT, LaunchError, option_value, summarize
 from launch.runs import read_record, write_record
@@ -136,43 +136,17 @@ class Uploader:
             print(f"launch kaggle: code bundle {bundle.digest[:12]} already on Kaggle ({owner}/{slug})", flush=True)
         return {"dataset": f"{owner}/{slug}", "digest": bundle.digest}
 
-    def shards(self, key: str, spec: dict) -> dict:
-        """A local shard set, named by its manifest digest: the same shards are never uploaded twice."""
-        digest = spec["manifest_sha256"]
-        slug = f"streamapprox-shards-{digest[:16]}"
-        if self.service.dataset_status(slug) is None:
-            folder = stage_dir(self.service.owner, slug)
-            link_shards(spec, folder)
-            self._upload(folder, slug, f"StreamApprox shards {digest[:8]}", new=True, notes="")
-        else:
-            print(f"launch kaggle: {key} ({spec['location']}) already on Kaggle as {self.service.owner}/{slug}", flush=True)
-        return {"dataset": f"{self.service.owner}/{slug}", "manifest_sha256": digest}
-
-    def videos(self, key: str, spec: dict) -> dict:
-        """A video collection as one flat dataset with ``videos.json``: the same videos are never uploaded twice."""
-        digest = videos_digest(spec)
-        slug = f"streamapprox-videos-{digest[:16]}"
-        if self.service.dataset_status(slug) is None:
-            folder = stage_dir(self.service.owner, slug)
-            link_videos(spec, folder, digest)
-            self._upload(folder, slug, f"StreamApprox videos {digest[:8]}", new=True, notes=f"{len(spec['listing'])} videos")
-        else:
-            print(f"launch kaggle: {key} ({spec['location']}) already on Kaggle as {self.service.owner}/{slug}", flush=True)
-        return {"dataset": f"{self.service.owner}/{slug}", "kind": "videos", "digest": digest, "also_set": spec.get("also_set", {})}
-
-    def file(self, key: str, spec: dict) -> dict:
-        """One input file (a student checkpoint), named by its sha256: never uploaded twice."""
-        slug, name = f"streamapprox-file-{spec['sha256'][:16]}", Path(spec["path"]).name
-        if self.service.dataset_status(slug) is None:
-            folder = stage_dir(self.service.owner, slug)
-            link_file(spec, folder)
-            self._upload(folder, slug, f"StreamApprox {name} {spec['sha256'][:8]}", new=True, notes="")
-        else:
-            print(f"launch kaggle: {key} ({spec['location']}) already on Kaggle as {self.service.owner}/{slug}", flush=True)
-        return {"dataset": f"{self.service.owner}/{slug}", "kind": "file", "sha256": spec["sha256"], "name": name}
-
     def carry(self, key: str, spec: dict) -> dict:
-        return {"videos": self.videos, "file": self.file}.get(spec.get("kind"), self.shards)(key, spec)
+        """An input (shard set, video collection, file) as a dataset named by its content: never uploaded twice."""
+        staged = staged_form(spec)
+        slug = f"streamapprox-{staged.name}"
+        if self.service.dataset_status(slug) is None:
+            folder = stage_dir(self.service.owner, slug)
+            staged.link(folder)
+            self._upload(folder, slug, f"StreamApprox {staged.name}", new=True, notes=key)
+        else:
+            print(f"launch kaggle: {key} ({spec['location']}) already on Kaggle as {self.service.owner}/{slug}", flush=True)
+        return {"dataset": f"{self.service.owner}/{slug}", **staged.locator}
 
     def wheels(self, requirements: list[str]) -> dict:
         digest = hashlib.sha256(json.dumps(["cp311-manylinux_x86_64", *requirements]).encode()).hexdigest()

@@ -142,14 +142,15 @@ def send_inputs(hosts: list[Host], root: str, inputs: dict) -> list[str]:
     for key, spec in inputs.items():
         if spec["regenerable"]:
             continue
-        name, link, value = staged_form(spec)
+        staged = staged_form(spec)
+        name, value = staged.name, staged.target
         folder = cache_root() / "ssh" / name
         if not folder.is_dir():
             staging = folder.with_suffix(".partial")
             if staging.exists():
                 subprocess.run(["rm", "-rf", str(staging)], check=True)
             staging.mkdir(parents=True)
-            link(staging)
+            staged.link(staging)
             staging.rename(folder)
         for host in hosts:
             host.rsync(f"{folder}/", f"{root}/data/{name}/", "-L")

@@ -95,13 +95,13 @@ def test_interrupted_index_resumes_and_an_unchanged_one_is_a_noop(student, index
     assert "0 shards indexed, 8 unchanged" in again.stdout, again.stdout + again.stderr
 
 
-def brute_force_inputs(student_run: Path):
+def brute_force_inputs(student_run: Path, shards: str = SHARDS):
     """Everything the index should hold, computed without it: student vectors, teacher vectors, frame vectors."""
     from data_shards import open_shards
     from jobs.evaluate import load_student
 
     model, _, _ = load_student(student_run / "checkpoints" / "best.pt")
-    shard_set = open_shards(SHARDS)
+    shard_set = open_shards(shards)
     ids, student, teacher, frames = [], [], [], {}
     for entry in shard_set.manifest.shards:
         samples = shard_set.read_shard(entry)
@@ -219,6 +219,8 @@ def test_extracted_videos_searched_in_a_real_browser(tmp_path):
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (./setup.sh --dev installs it)")
     from data_shards.synthetic_videos import write_synthetic_video
+    from model.text import QueryEncoders
+    from search.query import encoders_config
 
     videos = tmp_path / "videos"
     for seed, split in enumerate(["train"] * 4 + ["val"] * 2 + ["test"] * 2):
@@ -242,6 +244,12 @@ def test_extracted_videos_searched_in_a_real_browser(tmp_path):
         wait_ready(url, service)
         health = json.loads(urllib.request.urlopen(url + "health", timeout=10).read())
         assert health["random_init"] and health["shards_random_init"]  # taken from the extraction's record, and said so
+        body = json.loads(urllib.request.urlopen(url + "search?q=a+red+circle+moving&k=5", timeout=30).read())
+        ids, student_vectors, _, _ = brute_force_inputs(run, str(shards))
+        towers = QueryEncoders(encoders_config({"shards": {"encoders_config": json.loads((shards / "manifest.json").read_text())
+                                                           ["source"]["encoders_config"]}}, {"random_init": True}))
+        scores = student_vectors @ towers.videos.encode(["a red circle moving"])[0]
+        assert [r["video_id"] for r in body["results"]] == [ids[i] for i in np.argsort(-scores, kind="stable")[:5]]
         with urllib.request.urlopen(url + "videos/test6/frame?t=1.2", timeout=30) as response:
             assert response.headers["content-type"] == "image/jpeg" and response.read()[:2] == b"\xff\xd8"
         page = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=15000",
