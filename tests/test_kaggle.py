@@ -90,8 +90,8 @@ def run_state(run: Path):
 
 
 def test_continuation_chain_equals_an_uninterrupted_run(tmp_path, kaggle, small_shards):
-    settings = [f"data.shards={SMALL}", "train.epochs=80", "data.batch_size=16", "model.hidden=[256,256]", "train.log_every=5"]
-    chained = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, "--time-budget", "25", "--max-continuations", "8",
+    settings = [f"data.shards={SMALL}", "train.epochs=30", "data.batch_size=16", "model.hidden=[256,256]", "train.log_every=5"]
+    chained = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, "--time-budget", "20", "--max-continuations", "8",
                             "--set", *settings, timeout=600)
     assert chained.returncode == 0, chained.stdout[-3000:] + chained.stderr[-3000:]
     run = only_run_dir(tmp_path)
