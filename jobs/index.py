@@ -96,6 +96,7 @@ def opened_index(cfg: IndexConfig, student: dict, dims) -> tuple[VectorIndex, di
             index.drop()
             state = None
     if state is None:
+        index.drop()  # collections without a state record hold nothing committed (a first run stopped early)
         index.create(dims.teacher, dims.clip)
         state = {"format": STATE_FORMAT, "student": student, "dims": {"video": dims.teacher, "frame": dims.clip},
                  "done": {}, "created_at": now()}

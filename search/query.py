@@ -7,6 +7,8 @@ frame embedding ranks each result's frames.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from model.text import QueryEncoders, QueryEncodersConfig
@@ -82,7 +84,7 @@ class SearchEngine:
         payload = dict(hit.payload)
         best = [] if frame_query is None or frames == 0 else self.index.best_frames(frame_query, payload["video_id"], frames)
         payload.pop("shard", None)
-        payload["source"] = bool(payload.get("source"))
+        payload["source"] = bool(payload.get("source")) and Path(payload["source"]).is_file()  # a thumbnail can be made here
         return {**payload, "score": float(hit.score),
                 "frames": [{"frame": f.payload["frame"], "t": f.payload["t"], "score": float(f.score)} for f in best]}
 

@@ -174,23 +174,27 @@ def test_api_rankings_equal_brute_force_and_bad_requests_get_4xx(student, index)
         engine.index.close()
 
 
-def test_index_refuses_another_student_and_other_dims(student, index, tmp_path):
-    other = train(tmp_path / "other", SHARDS, "train.seed=1")
+def test_index_refuses_another_student_and_the_service_refuses_what_does_not_fit(student, index, tmp_path):
+    from model.encoders import EncoderError
+    from search.serve import build_engine, parse_args
+    from search.store import SearchIndexError
+
     target = tmp_path / "index"
     shutil.copytree(index, target)
-    refused = subprocess.run([sys.executable, "-m", "jobs.index", "--run", str(other), "--shards", SHARDS, "--index", str(target)],
-                             env=cli_env(), capture_output=True, text=True, timeout=300)
+    other = ["--run", str(student), "--checkpoint", "last", "--shards", SHARDS, "--index", str(target)]  # another student
+    refused = subprocess.run([sys.executable, "-m", "jobs.index", *other], env=cli_env(), capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "built with another student" in refused.stderr and "--rebuild" in refused.stderr
     narrow = tmp_path / "narrow.json"
     narrow.write_text(json.dumps({**json.loads((FIXTURES / "tiny_imagebind.json").read_text()), "out_embed_dim": 16}))
-    serve = subprocess.run(launch_command("serve", "--index", str(target), "--random-init", "--set", *TINY_TOWERS[:2],
-                                          f"imagebind.architecture={narrow}"), env=cli_env(), capture_output=True, text=True, timeout=120)
-    assert serve.returncode == 2 and "outputs 16 dims but the index's video vectors have 32" in serve.stderr, serve.stderr
+    with pytest.raises(EncoderError, match="outputs 16 dims but the index's video vectors have 32"):
+        build_engine(parse_args(["--index", str(target), "--random-init", "--set", *TINY_TOWERS[:2], f"imagebind.architecture={narrow}"]))
+    with pytest.raises(SearchIndexError, match="no index there"):
+        build_engine(parse_args(["--index", str(tmp_path / "nowhere")]))
     absent = subprocess.run(launch_command("serve", "--index", str(tmp_path / "nowhere")), env=cli_env(), capture_output=True, text=True,
                             timeout=60)
     assert absent.returncode == 2 and "no index there" in absent.stderr
-    rebuilt = subprocess.run([sys.executable, "-m", "jobs.index", "--run", str(other), "--shards", SHARDS, "--index", str(target),
-                              "--rebuild"], env=cli_env(), capture_output=True, text=True, timeout=300)
+    rebuilt = subprocess.run([sys.executable, "-m", "jobs.index", *other, "--rebuild"], env=cli_env(), capture_output=True, text=True,
+                             timeout=300)
     assert rebuilt.returncode == 0 and "8 shards indexed, 0 unchanged" in rebuilt.stdout, rebuilt.stderr
 
 
