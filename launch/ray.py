@@ -24,6 +24,7 @@ from launch.inputs import job_inputs
 from launch.local import REPO_ROOT, LaunchError, option_value, summarize
 from launch.runs import write_record
 
+AGENT_WAIT_S = 120  # Ray answers "No available agent to submit job, please try again later" while a head starts
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -88,14 +89,21 @@ def run(name: str, spec: JobSpec, job_args: list[str], options: argparse.Namespa
     run_rel = f"runs/{run_id}"
     job_args = [*job_args, *(["--run-dir", run_rel] if spec.makes_run else [])]
     cpus = options.entrypoint_num_cpus if options.entrypoint_num_cpus is not None else (0 if name == "sweep" else 1)
-    try:
-        submission = jobs_api.submit_job(
-            entrypoint=entrypoint(spec, job_args, run_rel, storage_run, options.entrypoint_num_gpus),
-            submission_id=run_id.replace("-", "_"), entrypoint_num_cpus=cpus, entrypoint_num_gpus=options.entrypoint_num_gpus,
-            runtime_env={"working_dir": str(staged), "env_vars": {"PYTHONUNBUFFERED": "1"}},
-            metadata={"streamapprox_job": name, "bundle": bundle.digest[:16]})
-    except Exception as exc:
-        raise LaunchError(f"submitting to {options.address}: {type(exc).__name__}: {str(exc)[:500]}") from None
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            submission = jobs_api.submit_job(
+                entrypoint=entrypoint(spec, job_args, run_rel, storage_run, options.entrypoint_num_gpus),
+                submission_id=run_id.replace("-", "_"), entrypoint_num_cpus=cpus, entrypoint_num_gpus=options.entrypoint_num_gpus,
+                runtime_env={"working_dir": str(staged), "env_vars": {"PYTHONUNBUFFERED": "1"}},
+                metadata={"streamapprox_job": name, "bundle": bundle.digest[:16]})
+            break
+        except Exception as exc:
+            if "No available agent" in str(exc) and time.monotonic() < deadline:  # a head still starting its job agent
+                print("launch ray: the cluster's job agent is not up yet; retrying", file=sys.stderr, flush=True)
+                time.sleep(2)
+                continue
+            raise LaunchError(f"submitting to {options.address}: {type(exc).__name__}: {str(exc)[:500]}") from None
     run_dir = Path(options.runs_dir) / run_id
     run_dir.mkdir(parents=True)
     record = {"backend": "ray", "run_id": run_id, "job": name, "address": options.address, "submission_id": submission,

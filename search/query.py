@@ -54,8 +54,9 @@ def _merge(base: dict, extra: dict) -> None:
 
 
 class SearchEngine:
-    def __init__(self, index: VectorIndex, encoders: QueryEncoders):
-        self.index, self.encoders = index, encoders
+    def __init__(self, index: VectorIndex, encoders: QueryEncoders, sources: dict[str, str] | None = None):
+        """``sources``: video id -> file here, overriding where the indexing machine found them (thumbnails)."""
+        self.index, self.encoders, self.sources = index, encoders, sources or {}
         self.state = index.state() or {}
         dims = self.state.get("dims", {})
         encoders.check_dims(dims.get("video"), dims.get("frame"))
@@ -84,7 +85,8 @@ class SearchEngine:
         payload = dict(hit.payload)
         best = [] if frame_query is None or frames == 0 else self.index.best_frames(frame_query, payload["video_id"], frames)
         payload.pop("shard", None)
-        payload["source"] = bool(payload.get("source")) and Path(payload["source"]).is_file()  # a thumbnail can be made here
+        source = self.sources.get(payload["video_id"], payload.get("source"))
+        payload["source"] = bool(source) and Path(source).is_file()  # whether a thumbnail can be made here
         return {**payload, "score": float(hit.score),
                 "frames": [{"frame": f.payload["frame"], "t": f.payload["t"], "score": float(f.score)} for f in best]}
 
@@ -100,7 +102,7 @@ class SearchEngine:
         point = self.index.video(video_id)
         if point is None:
             raise QueryError(f"video {video_id!r} is not in the index", status=404)
-        return point.payload.get("source")
+        return self.sources.get(video_id, point.payload.get("source"))
 
 
 def _check_range(k: int, frames: int, space: str) -> None:

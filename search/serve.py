@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -18,6 +19,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", default="streamapprox", help="collection name prefix the index was built with")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--videos", help="where the source videos are on this machine (a directory or CSV/JSON list), for "
+                        "thumbnails of an index built elsewhere")
     parser.add_argument("--random-init", action="store_true", help="random-init text towers (tests only: results are meaningless)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="text tower settings (QueryEncodersConfig): video_text, imagebind.*, clip.*, seed")
@@ -40,7 +43,12 @@ def build_engine(args: argparse.Namespace):
         index.close()
         raise ValueError(format_validation_error(exc, QueryEncodersConfig)) from None
     try:
-        return SearchEngine(index, QueryEncoders(config))
+        sources = {}
+        if args.videos:
+            from data_shards.sources import list_videos
+
+            sources = {entry.video_id: str(Path(entry.path).resolve()) for entry in list_videos(args.videos)}
+        return SearchEngine(index, QueryEncoders(config), sources)
     except BaseException:
         index.close()
         raise
@@ -49,6 +57,7 @@ def build_engine(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
+    from data_shards import ShardError
     from jobs.config import ConfigError
     from model.encoders import EncoderError
     from search.app import create_app
@@ -59,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("streamapprox").setLevel(logging.INFO)  # ours; open_clip logs chatter at INFO on the root logger
     try:
         engine = build_engine(args)
-    except (SearchIndexError, EncoderError, ConfigError, ValueError) as exc:
+    except (SearchIndexError, EncoderError, ConfigError, ShardError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     counts = engine.index.count()

@@ -120,7 +120,7 @@ def brute_force_inputs(student_run: Path, shards: str = SHARDS):
     return ids, unit(np.concatenate(student)), unit(np.concatenate(teacher)), frames
 
 
-def test_api_rankings_equal_brute_force_and_bad_requests_get_4xx(student, index):
+def test_api_rankings_equal_brute_force_and_bad_requests_get_4xx(student, index, tmp_path):
     from fastapi.testclient import TestClient
 
     from model.text import QueryEncoders, QueryEncodersConfig
@@ -170,6 +170,17 @@ def test_api_rankings_equal_brute_force_and_bad_requests_get_4xx(student, index)
         metrics = client.get("/metrics").text
         assert 'streamapprox_requests_total{method="GET",route="/search",status="422"} 6.0' in metrics
         assert 'streamapprox_request_seconds_count{route="/search"}' in metrics
+    finally:
+        engine.index.close()
+
+    from data_shards.synthetic_videos import write_synthetic_video
+
+    (tmp_path / "videos").mkdir()
+    write_synthetic_video(tmp_path / "videos" / f"{query}.mp4", seconds=2.0, seed=0)  # the video found on this machine
+    engine = build_engine(parse_args(["--index", str(index), "--random-init", "--videos", str(tmp_path / "videos"), "--set", *TINY_TOWERS]))
+    try:
+        thumbnail = TestClient(create_app(engine)).get(f"/videos/{query}/frame", params={"t": 1.0})
+        assert thumbnail.status_code == 200 and thumbnail.content[:2] == b"\xff\xd8"
     finally:
         engine.index.close()
 
