@@ -160,7 +160,7 @@ def preset_data(preset: str, _chain: tuple[str, ...] = ()) -> dict:
     if base is None:
         return data
     merged = preset_data(base, (*_chain, preset))
-    _deep_merge(merged, data)
+    deep_merge(merged, data)
     return merged
 
 
@@ -172,7 +172,7 @@ def layered(data: dict, config_file: str | None = None, overrides: list[str] | N
         extra = yaml.safe_load(Path(config_file).read_text()) or {}
         if not isinstance(extra, dict):
             raise ConfigError(f"{config_file}: expected a mapping of config sections")
-        _deep_merge(data, extra)
+        deep_merge(data, extra)
     for assignment in overrides or []:
         apply_override(data, assignment)
     return data
@@ -189,9 +189,10 @@ def validate_config(data: dict) -> JobConfig:
         raise ConfigError(format_validation_error(exc)) from None
 
 
-def _deep_merge(base: dict, extra: dict) -> None:
+def deep_merge(base: dict, extra: dict) -> None:
+    """``extra`` into ``base``, in place: sections merge key by key, anything else replaces."""
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
+            deep_merge(base[key], value)
         else:
             base[key] = value

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jobs.config import deep_merge
 from model.text import QueryEncoders, QueryEncodersConfig
 from search.store import VectorIndex
 
@@ -41,16 +42,8 @@ def encoders_config(state: dict, overrides: dict) -> QueryEncodersConfig:
         data["clip"] = clip
     if (state.get("shards") or {}).get("encoders", {}).get("random_init"):
         data["random_init"] = True  # random-init features: only random-init towers have anything to do with them
-    _merge(data, overrides)
+    deep_merge(data, overrides)
     return QueryEncodersConfig.model_validate(data)
-
-
-def _merge(base: dict, extra: dict) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
 
 
 class SearchEngine:
