@@ -82,8 +82,8 @@ def create_app(engine: SearchEngine) -> FastAPI:
     def health() -> dict:
         with lock:
             counts = engine.index.count()
-        encoders = engine.encoders.describe()
-        return {"status": "ok", **counts, "student": engine.state.get("student"), "encoders": encoders,
+        encoders = engine.encoders.describe() if engine.encoders else {}
+        return {"status": "ok", **counts, "student": engine.state.get("student"), "text": bool(encoders), "encoders": encoders,
                 "random_init": any(e["random_init"] for e in encoders.values()),
                 "shards_random_init": bool(((engine.state.get("shards") or {}).get("encoders") or {}).get("random_init"))}
 

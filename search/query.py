@@ -47,18 +47,22 @@ def encoders_config(state: dict, overrides: dict) -> QueryEncodersConfig:
 
 
 class SearchEngine:
-    def __init__(self, index: VectorIndex, encoders: QueryEncoders, sources: dict[str, str] | None = None):
-        """``sources``: video id -> file here, overriding where the indexing machine found them (thumbnails)."""
+    def __init__(self, index: VectorIndex, encoders: QueryEncoders | None, sources: dict[str, str] | None = None):
+        """``encoders`` None: video queries only (no text towers, e.g. synthetic shards or no weights here).
+        ``sources``: video id -> file here, overriding where the indexing machine found them (thumbnails)."""
         self.index, self.encoders, self.sources = index, encoders, sources or {}
         self.state = index.state() or {}
         dims = self.state.get("dims", {})
-        encoders.check_dims(dims.get("video"), dims.get("frame"))
+        if encoders is not None:
+            encoders.check_dims(dims.get("video"), dims.get("frame"))
 
     def search_text(self, text: str, k: int = 10, frames: int = 3, space: str = "student") -> dict:
         text = (text or "").strip()
         if not text:
             raise QueryError("empty query: give q=some text, or video=ID to search by an indexed video")
         _check_range(k, frames, space)
+        if self.encoders is None:
+            raise QueryError("text search is off: this service runs without text towers (--no-text); query by video=ID", status=400)
         video_query = self.encoders.videos.encode([text])[0]
         frame_query = self.encoders.frames.encode([text])[0]
         hits = self.index.search_videos(video_query, k, using=space)

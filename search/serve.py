@@ -21,6 +21,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--videos", help="where the source videos are on this machine (a directory or CSV/JSON list), for "
                         "thumbnails of an index built elsewhere")
+    parser.add_argument("--no-text", action="store_true", help="no text towers: video queries only (synthetic shards, or "
+                        "no weights on this machine)")
     parser.add_argument("--random-init", action="store_true", help="random-init text towers (tests only: results are meaningless)")
     parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="text tower settings (QueryEncodersConfig): video_text, imagebind.*, clip.*, seed")
@@ -48,7 +50,7 @@ def build_engine(args: argparse.Namespace):
             from data_shards.sources import list_videos
 
             sources = {entry.video_id: str(Path(entry.path).resolve()) for entry in list_videos(args.videos)}
-        return SearchEngine(index, QueryEncoders(config), sources)
+        return SearchEngine(index, None if args.no_text else QueryEncoders(config), sources)
     except BaseException:
         index.close()
         raise

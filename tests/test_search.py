@@ -177,10 +177,15 @@ def test_api_rankings_equal_brute_force_and_bad_requests_get_4xx(student, index,
 
     (tmp_path / "videos").mkdir()
     write_synthetic_video(tmp_path / "videos" / f"{query}.mp4", seconds=2.0, seed=0)  # the video found on this machine
-    engine = build_engine(parse_args(["--index", str(index), "--random-init", "--videos", str(tmp_path / "videos"), "--set", *TINY_TOWERS]))
-    try:
-        thumbnail = TestClient(create_app(engine)).get(f"/videos/{query}/frame", params={"t": 1.0})
+    engine = build_engine(parse_args(["--index", str(index), "--no-text", "--videos", str(tmp_path / "videos")]))
+    try:  # no text towers: video queries and thumbnails still work, text queries are refused with the reason
+        client = TestClient(create_app(engine))
+        thumbnail = client.get(f"/videos/{query}/frame", params={"t": 1.0})
         assert thumbnail.status_code == 200 and thumbnail.content[:2] == b"\xff\xd8"
+        assert [r["video_id"] for r in client.get("/search", params={"video": query, "k": 5}).json()["results"]] == \
+            [ids[i] for i in np.argsort(-scores, kind="stable")[:5]]
+        refused = client.get("/search", params={"q": "a dog"})
+        assert refused.status_code == 400 and "--no-text" in refused.json()["detail"] and client.get("/health").json()["text"] is False
     finally:
         engine.index.close()
 
