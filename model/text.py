@@ -7,7 +7,7 @@ embeddings, so frame-level text queries go through that CLIP's text tower.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -24,7 +24,8 @@ class QueryEncodersConfig(Strict):
 
     video_text: Literal["imagebind", "clip"] = "imagebind"  # the teacher's family: its text tower embeds video queries
     imagebind: ImageBindTeacherConfig = Field(default_factory=ImageBindTeacherConfig)
-    clip: ClipConfig = Field(default_factory=ClipConfig)  # the student's frame CLIP (and a dense-CLIP teacher's)
+    clip: ClipConfig = Field(default_factory=ClipConfig)  # the student's frame CLIP
+    video_clip: Optional[ClipConfig] = None  # a dense-CLIP teacher's own CLIP, when it is not the student's
     random_init: bool = False  # seeded random weights: for tests only, results are meaningless
     seed: int = 0
 
@@ -82,7 +83,8 @@ class QueryEncoders:
         self.config = config
         self.frames = ClipTextEncoder(config.clip, config.random_init, config.seed)
         if config.video_text == "clip":
-            self.videos = self.frames
+            own = config.video_clip not in (None, config.clip)
+            self.videos = ClipTextEncoder(config.video_clip, config.random_init, config.seed) if own else self.frames
         else:
             self.videos = ImageBindTextEncoder(config.imagebind, config.random_init, config.seed)
 

@@ -35,6 +35,8 @@ def encoders_config(state: dict, overrides: dict) -> QueryEncodersConfig:
     teacher = extracted.get("teacher") or {}
     if teacher.get("kind") == "dense_clip":
         data["video_text"] = "clip"
+        if teacher.get("clip"):
+            data["video_clip"] = teacher["clip"]
     if teacher.get("imagebind"):
         data["imagebind"] = teacher["imagebind"]
     clip = (extracted.get("student") or {}).get("clip")

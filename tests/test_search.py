@@ -290,3 +290,21 @@ def test_extracted_videos_searched_in_a_real_browser(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     result = json.loads((tmp_path / "index" / "search_eval.json").read_text())
     assert result["videos"] == 8 and result["video_to_video"]["queries"] == 8 and result["text_to_video"]["queries"] == 20
+
+
+def test_text_towers_follow_the_extraction_record():
+    """An ImageBind teacher's index is queried through ImageBind's text tower, a dense-CLIP teacher's through its CLIP."""
+    from model.text import QueryEncoders
+    from search.query import encoders_config
+
+    tiny_clip = {"model": "tiny_clip", "architecture": str(FIXTURES / "tiny_clip.json")}
+    imagebind = {"teacher": {"kind": "imagebind", "imagebind": {"architecture": str(FIXTURES / "tiny_imagebind.json")}},
+                 "student": {"clip": tiny_clip}}
+    towers = QueryEncoders(encoders_config({"shards": {"encoders_config": imagebind, "encoders": {"random_init": True}}}, {}))
+    assert towers.config.random_init and towers.describe()["videos"]["tower"] == "imagebind.text"
+    same = {"teacher": {"kind": "dense_clip"}, "student": {"clip": tiny_clip}}
+    towers = QueryEncoders(encoders_config({"shards": {"encoders_config": same}}, {"random_init": True}))
+    assert towers.videos is towers.frames and towers.describe()["videos"]["tower"] == "open_clip.text"
+    own = {"teacher": {"kind": "dense_clip", "clip": {**tiny_clip, "pretrained": "laion2b_s34b_b79k"}}, "student": {"clip": tiny_clip}}
+    towers = QueryEncoders(encoders_config({"shards": {"encoders_config": own}}, {"random_init": True, "seed": 1}))
+    assert towers.videos is not towers.frames and towers.videos.config.pretrained == "laion2b_s34b_b79k"
