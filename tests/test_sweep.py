@@ -199,17 +199,23 @@ def test_the_test_split_is_not_read_until_the_winner_is_chosen(tmp_path, small_s
     assert "Trial status" not in second.stdout  # Tune did not even start
 
 
+def ctrl_c_enabled() -> None:
+    """A shell's background jobs (``cmd &``, nohup) start with SIGINT ignored, and children inherit that: the
+    launcher under test must take Ctrl-C as a terminal's foreground job does, however pytest was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_interrupted_sweep_resumes_from_storage_without_rerunning_finished_trials(tmp_path, small_shards, bucket):
     """Ctrl-C (SIGINT to `launch local`) mid-sweep; the local sweep directory is then lost, and
     `--resume --storage s3://...` brings it back from a loopback S3 server and finishes it."""
     client, name = bucket
-    # four trials: the interrupt (once 7 epochs are on disk) lands with 13 epochs to go, even when reports lag on a busy machine
-    space = write_space(tmp_path / "lr.yaml", {"optim.lr": "grid([3.0e-3, 2.0e-3, 1.0e-3, 5.0e-4])"}, {"train.epochs": 5})
+    space = write_space(tmp_path / "lr.yaml", {"optim.lr": "grid([3.0e-3, 2.0e-3, 1.0e-3])"}, {"train.epochs": 5})
     storage = f"s3://{name}/sweeps/interrupted"
     env = {**cli_env(), "AWS_ENDPOINT_URL": client.meta.endpoint_url}
     process = subprocess.Popen(launch_command("local", "sweep", "--space", str(space), "--num-samples", "1", "--max-concurrent", "1",
                                               "--scheduler", "none", "--set", f"data.shards={SMALL}", "--storage", storage),
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               preexec_fn=ctrl_c_enabled)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:  # the first trial done (5 epochs) and the second one under way
@@ -236,7 +242,7 @@ def test_interrupted_sweep_resumes_from_storage_without_rerunning_finished_trial
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400, start_new_session=True)
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-2000:]
     after = progress_rows(sweep)
-    assert len(after) == 4 and all(after[trial][:5] == before[trial] for trial in finished)  # nothing reported is lost
+    assert len(after) == 3 and all(after[trial][:5] == before[trial] for trial in finished)  # nothing reported is lost
     for trial, rows in after.items():  # an interrupted trial continued from its checkpoint, not from scratch
         epochs = [row["epoch"] for row in rows]
         # at most the epoch in flight at the interrupt is redone: Tune's last experiment snapshot can precede
