@@ -136,10 +136,10 @@ def evaluate_index(args: argparse.Namespace) -> dict:
     for assignment in args.overrides:
         apply_override(overrides, assignment)
     try:
-        encoders = QueryEncoders(encoders_config(state, overrides))
+        encoders = QueryEncoders(encoders_config(state, overrides), frames=False)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, QueryEncodersConfig)) from None
-    encoders.check_dims(student.shape[1], state.get("dims", {}).get("frame"))
+    encoders.check_dims(student.shape[1])
     return {**result, "encoders": encoders.describe(),
             "text_to_video": text_to_video(ids, student, teacher, texts, labels, encoders.videos.encode)}
 

@@ -105,7 +105,7 @@ def opened_index(cfg: IndexConfig, student: dict, dims) -> tuple[VectorIndex, di
 
 
 def index_shard(index: VectorIndex, shard_set, entry, student, sources: dict[str, str], batch_size: int) -> list[str]:
-    """Embed and store one shard's videos and frames; returns its video ids."""
+    """Embed and store one shard's videos and frames; returns how many videos."""
     samples = shard_set.read_shard(entry)
     tensors = SplitTensors([s.key for s in samples], torch.from_numpy(np.stack([s.clip for s in samples])),
                            torch.from_numpy(np.stack([s.audio for s in samples])), torch.tensor([s.has_audio for s in samples]),
@@ -120,11 +120,11 @@ def index_shard(index: VectorIndex, shard_set, entry, student, sources: dict[str
                      "source": sources.get(video_id), "shard": entry.name})
         times = s.meta.get("frame_times_s") or [None] * len(s.clip)
         for frame, (t, vector) in enumerate(zip(times, s.clip)):
-            frame_rows.append({"video_id": video_id, "frame": frame, "t": t})
+            frame_rows.append({"video_id": video_id, "frame": frame, "t": t, "shard": entry.name})
             frame_vectors.append(vector.astype(np.float32))
     index.upsert_videos(rows, embeddings, np.stack([s.teacher for s in samples]))
     index.upsert_frames(frame_rows, np.stack(frame_vectors))
-    return [row["video_id"] for row in rows]
+    return len(rows)
 
 
 def build_index(cfg: IndexConfig) -> dict:
@@ -140,7 +140,8 @@ def build_index(cfg: IndexConfig) -> dict:
         state["shards"] = shards_record(cfg.shards, shard_set)
         wanted = {entry.name: entry for entry in shard_set.manifest.shards}
         for name in [n for n in state["done"] if n not in wanted]:  # left the shard set
-            index.delete_shard(name, state["done"].pop(name)["videos"])
+            index.delete_shard(name)
+            del state["done"][name]
             log.info("removed shard %s (no longer in the shard set)", name)
         for number, entry in enumerate(shard_set.manifest.shards, 1):
             done = state["done"].get(entry.name)
@@ -148,12 +149,12 @@ def build_index(cfg: IndexConfig) -> dict:
                 unchanged += 1
                 continue
             if done:
-                index.delete_shard(entry.name, done["videos"])
+                index.delete_shard(entry.name)
             videos = index_shard(index, shard_set, entry, student, sources, cfg.batch_size)
-            state["done"][entry.name] = {"sha256": entry.sha256, "videos": videos}
+            state["done"][entry.name] = {"sha256": entry.sha256}
             index.save_state(state)  # the commit point: this shard is in
             indexed += 1
-            log.info("indexed shard %s (%d/%d, %d videos)", entry.name, number, len(wanted), len(videos))
+            log.info("indexed shard %s (%d/%d, %d videos)", entry.name, number, len(wanted), videos)
         counts = index.count()
         state.update(counts=counts, sources=bool(sources), updated_at=now())
         index.save_state(state)

@@ -77,23 +77,29 @@ class ClipTextEncoder:
 
 
 class QueryEncoders:
-    """The two text towers a search service needs, built once."""
+    """The text towers a search service needs, built once: one for video queries and, with ``frames``, CLIP's
+    for frame queries (evaluation ranks videos only and builds no frame tower)."""
 
-    def __init__(self, config: QueryEncodersConfig):
+    def __init__(self, config: QueryEncodersConfig, frames: bool = True):
         self.config = config
-        self.frames = ClipTextEncoder(config.clip, config.random_init, config.seed)
-        if config.video_text == "clip":
-            own = config.video_clip not in (None, config.clip)
-            self.videos = ClipTextEncoder(config.video_clip, config.random_init, config.seed) if own else self.frames
-        else:
+        self.frames = ClipTextEncoder(config.clip, config.random_init, config.seed) if frames else None
+        if config.video_text == "imagebind":
             self.videos = ImageBindTextEncoder(config.imagebind, config.random_init, config.seed)
+        elif self.frames is not None and config.video_clip in (None, config.clip):
+            self.videos = self.frames
+        else:
+            self.videos = ClipTextEncoder(config.video_clip or config.clip, config.random_init, config.seed)
 
-    def check_dims(self, video_dim: int, frame_dim: int) -> None:
+    def towers(self) -> dict:
+        return {what: encoder for what, encoder in (("videos", self.videos), ("frames", self.frames)) if encoder is not None}
+
+    def check_dims(self, video_dim: int, frame_dim: int | None = None) -> None:
         """An index and text towers of different sizes cannot be compared: say which and how to fix it."""
-        for what, encoder, dim in (("video", self.videos, video_dim), ("frame", self.frames, frame_dim)):
-            if encoder.dim != dim:
-                raise EncoderError(f"the {what} text tower ({encoder.describe()['tower']}) outputs {encoder.dim} dims but the "
-                                   f"index's {what} vectors have {dim}; choose the encoders the shard set was extracted with")
+        dims = {"videos": video_dim, "frames": frame_dim}
+        for what, encoder in self.towers().items():
+            if encoder.dim != dims[what]:
+                raise EncoderError(f"the {what[:-1]} text tower ({encoder.describe()['tower']}) outputs {encoder.dim} dims but the "
+                                   f"index's {what[:-1]} vectors have {dims[what]}; choose the encoders the shard set was extracted with")
 
     def describe(self) -> dict:
-        return {"videos": self.videos.describe(), "frames": self.frames.describe()}
+        return {what: encoder.describe() for what, encoder in self.towers().items()}

@@ -4,7 +4,7 @@ Three collections share a name prefix:
 - ``<name>_videos``: one point per video, named vectors ``student`` (what the cheap pipeline indexes)
   and ``teacher`` (the dense embedding, kept so users can measure what the cheap index costs them);
   payload video_id, split, has_audio, duration_s, source, shard.
-- ``<name>_frames``: one point per sampled frame, its CLIP image embedding; payload video_id, t (s).
+- ``<name>_frames``: one point per sampled frame, its CLIP image embedding; payload video_id, frame, t (s), shard.
 - ``<name>_state``: one point whose payload says which student built the index and which shards are
   in it: the record that makes re-indexing a no-op and an interrupted index resumable, wherever the
   index lives.
@@ -101,8 +101,8 @@ class VectorIndex:
         self.client.create_collection(self._state, vectors_config=models.VectorParams(size=1, distance=dot))
         if is_server(self.location):  # filtered frame lookups by video; the embedded mode scans anyway
             for collection in (self.videos, self.frames):
-                self.client.create_payload_index(collection, "video_id", models.PayloadSchemaType.KEYWORD)
-            self.client.create_payload_index(self.videos, "shard", models.PayloadSchemaType.KEYWORD)
+                for key in ("video_id", "shard"):
+                    self.client.create_payload_index(collection, key, models.PayloadSchemaType.KEYWORD)
 
     def drop(self) -> None:
         for collection in (self.videos, self.frames, self._state):
@@ -127,14 +127,12 @@ class VectorIndex:
         for start in range(0, len(points), UPSERT_BATCH):
             self.client.upsert(self.frames, points=points[start : start + UPSERT_BATCH], wait=True)
 
-    def delete_shard(self, shard: str, video_ids: list[str]) -> None:
+    def delete_shard(self, shard: str) -> None:
         """Remove a shard's videos and their frames (the shard left or changed in the shard set)."""
         from qdrant_client import models
 
-        self.client.delete(self.videos, points_selector=models.FilterSelector(filter=_match("shard", shard)), wait=True)
-        if video_ids:
-            self.client.delete(self.frames, points_selector=models.FilterSelector(
-                filter=models.Filter(must=[models.FieldCondition(key="video_id", match=models.MatchAny(any=video_ids))])), wait=True)
+        for collection in (self.videos, self.frames):
+            self.client.delete(collection, points_selector=models.FilterSelector(filter=_match("shard", shard)), wait=True)
 
     # reads ----------------------------------------------------------------------------------------
     def count(self) -> dict:

@@ -93,6 +93,10 @@ def test_interrupted_index_resumes_and_an_unchanged_one_is_a_noop(student, index
     again = subprocess.run([sys.executable, "-m", "jobs.index", "--run", str(student), "--shards", SHARDS, "--index", str(target)],
                            env=cli_env(), capture_output=True, text=True, timeout=300)
     assert "0 shards indexed, 8 unchanged" in again.stdout, again.stdout + again.stderr
+    smaller = SHARDS.replace("train=300", "train=200")  # another shard set: one train shard fewer, the others changed
+    changed = subprocess.run([sys.executable, "-m", "jobs.index", "--run", str(student), "--shards", smaller, "--index", str(target)],
+                             env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert "removed shard train-000004.tar" in changed.stdout and "360 videos, 1080 frames" in changed.stdout, changed.stdout
 
 
 def brute_force_inputs(student_run: Path, shards: str = SHARDS):
