@@ -18,6 +18,7 @@ _EXPORTS = {
     "ShardSetWriter": "data_shards.writer",
     "SplitTensors": "data_shards.reader",
     "open_shards": "data_shards.reader",
+    "check_shards": "data_shards.reader",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -18,32 +18,41 @@ from data_shards.manifest import Manifest
 from data_shards.reader import open_shards
 
 
+def merge_manifests(manifests: list[Manifest], parts: list) -> tuple[Manifest, dict[str, object]]:
+    """The one manifest of slices that belong together (``parts`` name them in messages): they must agree on
+    dims and encoders, name their shards apart, and (extractions) share a plan that they cover exactly once.
+    Returns it with each shard's part."""
+    if not manifests:
+        raise ShardError("no shard sets to merge")
+    first = manifests[0]
+    joined = _joined_plan(manifests, parts) if "plan" in first.source else {**first.source, "merged_parts": len(parts)}
+    shards, seen = [], {}
+    for manifest, part in zip(manifests, parts):
+        if manifest.dims != first.dims or manifest.encoders != first.encoders:
+            raise ShardError(f"{part}: dims/encoders differ from {parts[0]}; only slices of one extraction can be merged")
+        for shard in manifest.shards:
+            if shard.name in seen:
+                raise ShardError(f"{part}/{shard.name}: shard name also in {seen[shard.name]}; slices must name their shards apart")
+            seen[shard.name] = part
+            shards.append(shard)
+    merged = Manifest(dims=first.dims, shards=sorted(shards, key=lambda s: s.name), encoders=first.encoders, source=joined)
+    return merged, seen
+
+
 def merge_shard_sets(parts: list[Path], out: Path) -> Manifest:
     if not parts:
         raise ShardError(f"{out}: no shard sets to merge")
     opened = [open_shards(part, partial=True) for part in parts]
-    first = opened[0].manifest
-    joined = _joined_plan([p.manifest for p in opened], parts) if "plan" in first.source else {**first.source, "merged_parts": len(parts)}
-    shards, seen = [], {}
-    for part in opened:
-        m = part.manifest
-        if m.dims != first.dims or m.encoders != first.encoders:
-            raise ShardError(f"{part.root}: dims/encoders differ from {opened[0].root}; only slices of one extraction can be merged")
-        for shard in m.shards:
-            if shard.name in seen:
-                raise ShardError(f"{part.root / shard.name}: shard name also in {seen[shard.name]}; slices must name their shards apart")
-            seen[shard.name] = part.root
-            shards.append(shard)
+    merged, owner = merge_manifests([p.manifest for p in opened], [p.root for p in opened])
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        for shard in shards:
-            source, target = seen[shard.name] / shard.name, staging / shard.name
+        for shard in merged.shards:
+            source, target = Path(owner[shard.name]) / shard.name, staging / shard.name
             try:
                 os.link(source, target)  # same file system: no copy
             except OSError:
                 shutil.copy2(source, target)
-        merged = Manifest(dims=first.dims, shards=sorted(shards, key=lambda s: s.name), encoders=first.encoders, source=joined)
         merged.write(staging)
         if out.exists():
             shutil.rmtree(out)

@@ -19,6 +19,7 @@ import torch
 import webdataset as wds
 
 from data_shards.errors import ShardError
+from data_shards.kaggle_outputs import is_kaggle, mirror, remote_manifests
 from data_shards.manifest import MANIFEST_NAME, Manifest, ShardEntry, sha256_file
 from data_shards.schema import Dims
 
@@ -85,12 +86,14 @@ def _decoded(paths: list[str], **kwargs) -> wds.WebDataset:
 
 
 class ShardSet:
-    """A verified shard set on local disk; ``splits`` limits what this process may read (None: all)."""
+    """A verified shard set on local disk; ``splits`` limits what this process may read (None: all).
+    ``sources`` is set on a set checked by its manifests alone, whose shards stay in Kaggle kernels' outputs."""
 
-    def __init__(self, root: Path, manifest: Manifest, splits: tuple[str, ...] | None = None):
+    def __init__(self, root: Path, manifest: Manifest, splits: tuple[str, ...] | None = None, sources: list[dict] | None = None):
         self.root = root
         self.manifest = manifest
         self.splits = splits
+        self.sources = sources
 
     @property
     def dims(self) -> Dims:
@@ -169,9 +172,11 @@ def _resolve_root(location: str | Path) -> Path:
         text = text[len("file://"):]
     if text.startswith("s3://"):
         return _fetched(text)
+    if is_kaggle(text):
+        return mirror(text)
     if "://" in text:
-        raise ShardError(f"{location}: shard sets are read from a path, file://, s3:// or synthetic://; bring others here with "
-                         "`launch sync` first.")
+        raise ShardError(f"{location}: shard sets are read from a path, file://, s3://, kaggle:// or synthetic://; bring others "
+                         "here with `launch sync` first.")
     return Path(text).expanduser()
 
 
@@ -195,8 +200,8 @@ def _fetched(url: str) -> Path:
 
 def open_shards(location: str | Path, verify: bool = True, splits: tuple[str, ...] | None = None,
                 partial: bool = False) -> ShardSet:
-    """Open a shard set from a path, ``file://``, ``s3://`` (mirrored into the cache) or ``synthetic://``
-    URL and verify its digests.
+    """Open a shard set from a path, ``file://``, ``s3://`` or ``kaggle://`` (mirrored into the cache) or
+    ``synthetic://`` URL and verify its digests.
 
     With ``splits``, only those splits are verified and readable: a sweep's trials open the set this
     way, so the test split cannot influence model selection. An unfinished extraction (one worker's
@@ -213,6 +218,15 @@ def open_shards(location: str | Path, verify: bool = True, splits: tuple[str, ..
     if verify:
         shards.verify()
     return shards
+
+
+def check_shards(location: str | Path, splits: tuple[str, ...] | None = None) -> ShardSet:
+    """What a job's ``--check`` opens: the shard set, verified -- except one that stays in Kaggle kernels' outputs
+    (``kaggle://``), which is checked by its manifests alone and verified where it is read, on the kernel."""
+    if is_kaggle(str(location)):
+        root, manifest, sources = remote_manifests(str(location))
+        return ShardSet(root, manifest, splits, sources=sources)
+    return open_shards(location, splits=splits)
 
 
 class TrainBatches:

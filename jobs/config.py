@@ -57,6 +57,9 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(0, ge=0)  # steps between mid-epoch last.pt saves; 0 = epoch ends only
     evaluate_test: bool = True
     audit: bool = False  # per-rank sample ids + parameter digests per step in logs/audit-rank*.jsonl
+    # steps per session (the first run and each resume): stop resumably after this many, like a time budget
+    # that does not depend on how fast the machine is; None = no limit
+    session_steps: Optional[int] = Field(None, ge=1)
 
     @field_validator("select_metric")
     @classmethod

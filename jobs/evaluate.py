@@ -77,10 +77,11 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best", shards: str | No
 
 
 def save_embeddings(path: Path, keys: list[str], student: torch.Tensor, teacher: torch.Tensor, has_audio: torch.Tensor) -> None:
-    """The first ``EMBEDDING_SAMPLE`` test videos' embeddings (float16), so a report needs no shards."""
+    """The first ``EMBEDDING_SAMPLE`` test videos' embeddings (float16), so a report needs no shards. Stored
+    uncompressed: a zip of stored members can be rebuilt byte for byte if Kaggle unpacks it (``launch.unpacked``)."""
     n = min(len(keys), EMBEDDING_SAMPLE)
     with atomic_destination(path) as handle:
-        np.savez_compressed(handle, keys=np.array(keys[:n]), student=student[:n].half().numpy(),
+        np.savez(handle, keys=np.array(keys[:n]), student=student[:n].half().numpy(),
                             teacher=teacher[:n].half().numpy(), has_audio=has_audio[:n].bool().numpy())
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from pydantic import Field, ValidationError
 
-from data_shards import ShardError, SplitTensors, open_shards
+from data_shards import ShardError, SplitTensors, check_shards, open_shards
 from data_shards.files import atomic_write_text
 from data_shards.manifest import sha256_file
 from data_shards.sources import list_videos
@@ -29,7 +29,7 @@ from jobs import now
 from jobs.config import ConfigError, apply_override, format_validation_error
 from jobs.evaluate import load_student
 from jobs.rundir import RunDir, launched_by, shards_record
-from jobs.train import check_dims, embed_indices, warn_random_init
+from jobs.train import check_dims, embed_indices, shards_input, warn_random_init
 from model.config import Strict
 from search.store import STATE_FORMAT, SearchIndexError, VectorIndex, is_server
 
@@ -203,7 +203,7 @@ def resolve_config(args: argparse.Namespace) -> IndexConfig:
 def check(cfg: IndexConfig, report: str | None) -> None:
     path = checkpoint_path(cfg)
     _, job_cfg, _ = load_student(path)
-    shard_set = open_shards(cfg.shards)
+    shard_set = check_shards(cfg.shards)
     check_dims(job_cfg, shard_set.dims, str(shard_set.root))
     if cfg.index and not is_server(cfg.index) and Path(cfg.index).exists() and not Path(cfg.index).is_dir():
         raise ConfigError(f"--index {cfg.index}: a file is there, not an index directory")
@@ -211,9 +211,7 @@ def check(cfg: IndexConfig, report: str | None) -> None:
         if cfg.index and not is_server(cfg.index):
             raise ConfigError(f"--index {cfg.index}: on a remote backend the index is written into the run directory and comes "
                               "back with it; drop --index (or give a Qdrant server URL the remote machines can reach)")
-        manifest = shard_set.root / "manifest.json"
-        inputs = {"shards": {"location": cfg.shards, "root": str(shard_set.root), "manifest_sha256": sha256_file(manifest),
-                             "regenerable": cfg.shards.startswith("synthetic://")},
+        inputs = {"shards": shards_input(cfg.shards, shard_set),
                   "run": {"kind": "file", "location": cfg.run, "path": str(path), "sha256": sha256_file(path), "regenerable": False}}
         atomic_write_text(Path(report), json.dumps({"job": "index", "inputs": inputs}, indent=2) + "\n")
     print(f"check ok: student {path} on {shard_set.root} ({sum(shard_set.manifest.splits.values())} videos) -> "

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import secrets
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from data_shards import ShardError, open_shards
+from data_shards import ShardError, check_shards, open_shards
 from jobs import new_run_id, now
 from jobs.config import ConfigError, parse_assignment
 from jobs.hardware import HardwareError, check_gpus
@@ -45,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--run-dir", help="the sweep directory (default: runs/sweep-<time>-<id>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep; finished trials are not rerun")
     parser.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop resumably before this much wall-clock time")
+    parser.add_argument("--epoch-budget", type=int, metavar="N",
+                        help="every session (the first and each --resume) stops resumably after N trial-epochs were reported")
     parser.add_argument("--check", action="store_true", help="validate space, config, shards and dims, then exit")
     parser.add_argument("--check-report", metavar="FILE", help="with --check: the job's inputs as JSON, for remote launchers")
     return parser.parse_args(argv)
@@ -57,9 +60,11 @@ def settings_from(args: argparse.Namespace):
         raise ConfigError(f"--num-samples {args.num_samples}: must be at least 1")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ConfigError(f"--max-concurrent {args.max_concurrent}: must be at least 1")
+    if args.epoch_budget is not None and args.epoch_budget < 1:
+        raise ConfigError(f"--epoch-budget {args.epoch_budget}: must be at least 1 trial-epoch")
     return SweepSettings(num_samples=args.num_samples, scheduler=args.scheduler, max_concurrent=args.max_concurrent,
                          cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, grace_period=args.grace_period,
-                         reduction_factor=args.reduction_factor, seed=args.seed)
+                         reduction_factor=args.reduction_factor, seed=args.seed, epoch_budget=args.epoch_budget)
 
 
 def overrides_dict(overrides: list[str]) -> dict:
@@ -111,6 +116,7 @@ def start(sweep: RunDir, space, settings, overrides: dict, storage: str | None, 
     sweep.update(run_id=sweep.path.name, job="sweep", status="running", started_at=now(), git=git_state(Path(__file__).parent),
                  backend=launched_by(), storage=storage,
                  sweep={"space": space.source, "preset": space.preset, "metric": space.metric, "overrides": overrides,
+                        "alias": secrets.token_hex(8),
                         "params": {key: str(dist) for key, dist in space.params.items()}, "settings": asdict(settings)},
                  shards=shards_record(space.trial_config({}).data.shards, shards))
 
@@ -169,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         d = base.data
         # --check verifies every split (the winner's evaluation will read test); the sweep itself
         # opens train and validation only.
-        shards = open_shards(d.shards, splits=None if args.check else (d.train_split, d.val_split))
+        shards = check_shards(d.shards) if args.check else open_shards(d.shards, splits=(d.train_split, d.val_split))
         from jobs.train import check_dims
 
         check_dims(base, shards.dims, str(shards.root))

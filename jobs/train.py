@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from data_shards import ShardError, ShardSet, open_shards
+from data_shards import ShardError, ShardSet, check_shards, open_shards
 from data_shards.files import atomic_write_text
 from data_shards.manifest import MANIFEST_NAME, sha256_file
 from data_shards.reader import SplitTensors, TrainBatches
@@ -194,6 +194,7 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(distiller, optimizer)
         set_seed(cfg.train.seed + 1 + acc.process_index)  # per-rank dropout streams
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.session_steps = 0  # steps taken by this process (train.session_steps caps them)
         self.epoch_losses: list[float] = []  # this epoch's step losses so far (checkpointed: a resumed epoch logs the same mean)
         self.best_value: float | None = None
         self.step_seconds = 0.0
@@ -260,7 +261,10 @@ class Trainer:
 
     # -- loop ----------------------------------------------------------------------------------
     def _out_of_time(self) -> bool:
-        """Agreed by all ranks: would the next step plus a save and an evaluation overrun the budget?"""
+        """Agreed by all ranks: would the next step plus a save and an evaluation overrun the budget, or has this
+        session taken its ``train.session_steps``?"""
+        if self.cfg.train.session_steps is not None and self.session_steps >= self.cfg.train.session_steps:
+            return True
         if self.deadline is None:
             return False
         need = 2 * self.step_seconds + self.reserve_seconds
@@ -292,6 +296,7 @@ class Trainer:
             self.step_seconds = 0.9 * self.step_seconds + 0.1 * (time.monotonic() - began) if self.step_seconds else time.monotonic() - began
             self.step_in_epoch += 1
             self.global_step += 1
+            self.session_steps += 1
             self.epoch_losses.append(terms["loss"])
             if cfg.train.audit:
                 self._audit(batch)
@@ -384,11 +389,18 @@ def warn_random_init(shards: ShardSet) -> None:
               "and benchmarks only; a student trained on them learns nothing about real videos", file=sys.stderr)
 
 
+def shards_input(location: str, shards: ShardSet) -> dict:
+    """A shard set as a remote launcher must carry it: where it is and how to recognise it there; a set that
+    stays in Kaggle kernels' outputs names those kernels instead."""
+    if shards.sources:
+        return {"kind": "kaggle_outputs", "location": location, "sources": shards.sources, "regenerable": False}
+    return {"kind": "shards", "location": location, "root": str(shards.root),
+            "manifest_sha256": sha256_file(shards.root / MANIFEST_NAME), "regenerable": location.startswith("synthetic://")}
+
+
 def write_check_report(path: Path, job: str, location: str, shards: ShardSet) -> None:
     """What a remote launcher must carry: each input's config key, where it is, and how to recognise it there."""
-    shard_input = {"location": location, "root": str(shards.root), "manifest_sha256": sha256_file(shards.root / MANIFEST_NAME),
-                   "regenerable": location.startswith("synthetic://")}
-    atomic_write_text(path, json.dumps({"job": job, "inputs": {"data.shards": shard_input}}, indent=2) + "\n")
+    atomic_write_text(path, json.dumps({"job": job, "inputs": {"data.shards": shards_input(location, shards)}}, indent=2) + "\n")
 
 
 def run_training(trainer: Trainer, run: RunDir, cfg: JobConfig, resume: dict | None, **record) -> str:
@@ -424,7 +436,7 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp") -> int:
     args = parse_args(argv, preset)
     try:
         cfg, run, resume = resolve(args)
-        shards = open_shards(cfg.data.shards)
+        shards = (check_shards if args.check else open_shards)(cfg.data.shards)
         if resume and resume.get("shards_digest") != shards.digest():
             raise ConfigError(f"{shards.root}: not the shard set this run was trained on (manifest digest differs); "
                               "resume on the original shards, or start a new run")
@@ -442,7 +454,7 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp") -> int:
         return 2
     status = run_training(trainer, run, cfg, resume, **({} if resume else {"preset": args.preset}))
     if status == "incomplete":
-        log.info("time budget reached: resumable checkpoint saved; continue with --resume %s", run.path)
+        log.info("time budget (or train.session_steps) reached: resumable checkpoint saved; continue with --resume %s", run.path)
     elif trainer.is_main and cfg.train.evaluate_test:
         from jobs.evaluate import evaluate_run
 

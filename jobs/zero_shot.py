@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from data_shards import ShardError, open_shards
+from data_shards import ShardError, check_shards, open_shards
 from jobs import new_run_id, now
 from jobs.config import ConfigError, load_config
 from jobs.evaluate import evaluate_run
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(PRESET, args.config, args.overrides)
         if cfg.model.kind != "zero_shot":
             raise ConfigError(f"model.kind={cfg.model.kind}: the zero_shot job builds only the zero_shot floor (train it with train_mlp)")
-        shards = open_shards(cfg.data.shards)
+        shards = (check_shards if args.check else open_shards)(cfg.data.shards)
         check_dims(cfg, shards.dims, str(shards.root))
         warn_random_init(shards)
         if args.check:

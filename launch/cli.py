@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from jobs import JOBS
-from launch import bundle, kaggle, local, ray, runs, ssh, transfer
+from launch import bundle, kaggle, kaggle_quota, local, ray, runs, ssh, transfer
 from launch.bundle import BundleError
 from launch.local import LaunchError
 from sync import SyncError
@@ -23,6 +23,7 @@ COMMANDS = {
     "logs": (runs.add_arguments, runs.run_logs, "a run's logs (from its backend)"),
     "stop": (runs.add_arguments, runs.run_stop, "stop a running ssh or ray run"),
     "bundle": (bundle.add_arguments, bundle.run, "show (or write) the code bundle remote backends carry; uploads nothing"),
+    "quota": (kaggle_quota.add_arguments, kaggle_quota.run, "this week's Kaggle GPU hours used by launch kaggle (Kaggle's API does not say)"),
 }
 # Commands that are whole programs of their own (every option theirs, --help included), run in their own process.
 PROGRAMS = {

@@ -1,6 +1,6 @@
 """What a remote launcher carries besides code: the job's inputs, as its own ``--check`` reports them
-(a shard set named by its manifest digest, or a video collection named by its listing and bytes),
-staged as a flat folder of links that an uploader or ``rsync -L`` copies as it is."""
+(a shard set named by its manifest digest, a video collection named by its listing and bytes, a file by
+its sha256), as the flat list of files that travel: packed for Kaggle, linked for ``rsync -L``."""
 from __future__ import annotations
 
 import hashlib
@@ -9,11 +9,10 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_shards.files import hash_file
+from data_shards.files import atomic_write_text, cache_root, hash_file
 from jobs import JobSpec
 from launch.local import LaunchError
 
@@ -33,59 +32,66 @@ def job_inputs(spec: JobSpec, job_args: list[str]) -> dict:
         return json.loads(report.read_text())["inputs"]
 
 
-def link_shards(spec: dict, folder: Path) -> None:
-    """``folder`` gets links to the manifest and every shard it lists."""
+def _shard_files(spec: dict) -> tuple[list[tuple[str, Path]], dict[str, str]]:
+    """The manifest and every shard it lists, with the shards' digests from the manifest (checked by --check)."""
     root = Path(spec["root"])
     manifest = json.loads((root / "manifest.json").read_text())
-    for name in ["manifest.json", *(s["name"] for s in manifest["shards"])]:
-        (folder / name).symlink_to((root / name).resolve())
+    files = [("manifest.json", root / "manifest.json"), *((s["name"], root / s["name"]) for s in manifest["shards"])]
+    return files, {"manifest.json": spec["manifest_sha256"], **{s["name"]: s["sha256"] for s in manifest["shards"]}}
 
 
-def videos_digest(spec: dict) -> str:
-    """The listing (ids, flat file names, splits) and every file's bytes."""
+def _video_files(spec: dict) -> tuple[str, list[tuple[str, Path]], dict[str, str]]:
+    """The listing digest (ids, flat names, splits and every file's bytes), each video under its flat name, and
+    ``videos.json`` (holding that digest, to be found by) written beside the cache."""
+    digests = {entry["path"]: hash_file(entry["source"], "sha256")[1][0] for entry in spec["listing"]}
     content = hashlib.sha256(json.dumps(listing(spec), sort_keys=True).encode())
     for entry in spec["listing"]:
-        content.update(hash_file(entry["source"], "sha256")[1][0].encode())
-    return content.hexdigest()
+        content.update(digests[entry["path"]].encode())
+    digest = content.hexdigest()
+    marker = cache_root() / "inputs" / f"videos-{digest[:16]}" / VIDEO_LISTING
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker, json.dumps({"digest": digest, "videos": listing(spec)}, indent=1) + "\n")
+    files = [*((entry["path"], Path(entry["source"])) for entry in spec["listing"]), (VIDEO_LISTING, marker)]
+    return digest, files, digests
 
 
 def listing(spec: dict) -> list[dict]:
     return [{k: v for k, v in entry.items() if k != "source"} for entry in spec["listing"]]
 
 
-def link_file(spec: dict, folder: Path) -> None:
-    """``folder`` gets a link to one input file (a student checkpoint) under its own name."""
-    (folder / Path(spec["path"]).name).symlink_to(Path(spec["path"]).resolve())
-
-
 @dataclass(frozen=True)
 class Staged:
-    """How a carried input travels: a folder ``name`` derived from its content, ``link`` fills such a folder,
-    ``target`` is the path inside it the job is pointed at ('' for the folder itself), ``locator`` is how a
-    kernel recognises it among its mounted datasets."""
+    """How a carried input travels: the flat ``files`` (name -> local path) of a folder named ``name`` after
+    their content (``pack_id`` is that content's full digest; ``digests`` the files' sha256 where known),
+    ``target`` the path inside the folder the job is pointed at ('' for the folder itself), ``locator`` how
+    the remote side recognises it."""
 
     name: str
-    link: Callable[[Path], None]
+    pack_id: str
+    files: list[tuple[str, Path]]
+    digests: dict[str, str]
     target: str
     locator: dict
+
+    def link(self, folder: Path) -> None:
+        """``folder`` gets a link per file, for tools that copy through links (``rsync -L``)."""
+        for name, path in self.files:
+            (folder / name).symlink_to(path.resolve())
 
 
 def staged_form(spec: dict) -> Staged:
     kind = spec.get("kind", "shards")
+    if kind == "kaggle_outputs":
+        raise LaunchError(f"{spec['location']}: shards in Kaggle kernels' outputs are read where they are by launch kaggle only; "
+                          f"for another backend bring them over first: launch sync {spec['sources'][0]['url']} DIR")
     if kind == "videos":
-        digest = videos_digest(spec)
-        return Staged(f"videos-{digest[:16]}", lambda folder: link_videos(spec, folder, digest), VIDEO_LISTING,
+        digest, files, digests = _video_files(spec)
+        return Staged(f"videos-{digest[:16]}", digest, files, digests, VIDEO_LISTING,
                       {"kind": "videos", "digest": digest, "also_set": spec.get("also_set", {})})
     if kind == "file":
         name = Path(spec["path"]).name
-        return Staged(f"file-{spec['sha256'][:16]}", lambda folder: link_file(spec, folder), name,
+        return Staged(f"file-{spec['sha256'][:16]}", spec["sha256"], [(name, Path(spec["path"]))], {name: spec["sha256"]}, name,
                       {"kind": "file", "sha256": spec["sha256"], "name": name})
-    return Staged(f"shards-{spec['manifest_sha256'][:16]}", lambda folder: link_shards(spec, folder), "",
-                  {"manifest_sha256": spec["manifest_sha256"]})
-
-
-def link_videos(spec: dict, folder: Path, digest: str) -> None:
-    """``folder`` gets a link per video under its flat name, and ``videos.json`` (with ``digest``) to find it by."""
-    for entry in spec["listing"]:
-        (folder / entry["path"]).symlink_to(Path(entry["source"]).resolve())
-    (folder / VIDEO_LISTING).write_text(json.dumps({"digest": digest, "videos": listing(spec)}, indent=1) + "\n")
+    files, digests = _shard_files(spec)
+    return Staged(f"shards-{spec['manifest_sha256'][:16]}", spec["manifest_sha256"], files, digests, "",
+                  {"kind": "shards", "manifest_sha256": spec["manifest_sha256"]})

@@ -1,12 +1,12 @@
 """The Kaggle calls ``launch kaggle`` makes, through the ``kaggle`` package (uploads, kernel push)
-and its ``kagglesdk`` client (status, outputs), with one retry policy: 429 (honouring Retry-After),
-5xx and dropped connections are retried with exponential backoff; 401/403 and 404 are explained.
+and its ``kagglesdk`` client (status, outputs), under the one retry policy of ``sync.kaggle`` (429
+honouring Retry-After, 5xx and dropped connections retried with exponential backoff); 401/403 and 404
+are explained.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from operator import attrgetter
@@ -16,12 +16,18 @@ from launch.local import LaunchError
 from sync import SyncError
 
 log = logging.getLogger("streamapprox.kaggle")
-RETRIED = {429, 500, 502, 503, 504}
 TERMINAL = {"COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED"}
 
 
 class NotFound(LaunchError):
     """Kaggle answered 404."""
+
+
+class GpuSessionsBusy(LaunchError):
+    """Kaggle refused a push: the account already runs as many GPU sessions as it may (2)."""
+
+
+GPU_SESSION_LIMIT = "Maximum batch GPU session count"  # how Kaggle words that refusal (kaggle-api #185)
 
 
 @dataclass
@@ -60,38 +66,15 @@ class KaggleService:
         self.owner = owner or self.api.get_config_value(self.api.CONFIG_NAME_USER)
         if not self.owner:
             raise LaunchError("kaggle: cannot tell your Kaggle username from the credentials; pass --owner USERNAME")
-        self.attempts = int(os.environ.get("STREAMAPPROX_KAGGLE_ATTEMPTS", "6"))
-        self.backoff_s = float(os.environ.get("STREAMAPPROX_KAGGLE_BACKOFF_S", "2"))
 
-    # -- the retry policy ------------------------------------------------------------------------
+    # -- the retry policy: sync's, shared by every Kaggle call -------------------------------------
     def call(self, what: str, fn, *args, **kwargs):
-        import requests
+        from sync.kaggle import KaggleRequestError, with_retries
 
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return fn(*args, **kwargs)
-            except requests.exceptions.HTTPError as exc:
-                status = exc.response.status_code if exc.response is not None else None
-                if status not in RETRIED or attempt == self.attempts:
-                    raise self._explain(what, status, exc) from None
-                delay = self._delay(attempt, exc.response)
-                reason = f"HTTP {status}"
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                if attempt == self.attempts:
-                    raise LaunchError(f"kaggle: {what}: cannot reach Kaggle ({type(exc).__name__}) after {attempt} attempts") from None
-                delay, reason = self._delay(attempt, None), type(exc).__name__
-            log.warning("kaggle: %s: %s; retrying in %.1f s (attempt %d of %d)", what, reason, delay, attempt, self.attempts)
-            time.sleep(delay)
-        raise AssertionError("unreachable")
-
-    def _delay(self, attempt: int, response) -> float:
-        retry_after = response.headers.get("Retry-After") if response is not None else None
-        if retry_after:
-            try:
-                return min(float(retry_after), 300.0)
-            except ValueError:
-                pass
-        return min(self.backoff_s * 2 ** (attempt - 1), 60.0)
+        try:
+            return with_retries(what, fn, *args, **kwargs)
+        except KaggleRequestError as exc:
+            raise self._explain(what, exc.status, exc) from None
 
     def _explain(self, what: str, status: int | None, exc) -> LaunchError:
         if status in (401, 403):
@@ -99,7 +82,7 @@ class KaggleService:
                                "Check KAGGLE_USERNAME/KAGGLE_KEY, KAGGLE_API_TOKEN or ~/.kaggle/kaggle.json, and that the account may do this")
         if status == 404:
             return NotFound(f"kaggle: {what}: not found (HTTP 404)")
-        return LaunchError(f"kaggle: {what}: Kaggle answered HTTP {status} ({exc})")
+        return LaunchError(str(exc))
 
     def rpc(self, what: str, path: str, request):
         """One kagglesdk call, e.g. ``rpc(..., "kernels.kernels_api_client.get_kernel_session_status", req)``."""
@@ -135,16 +118,45 @@ class KaggleService:
         with response:
             return response.content if response.status_code == 200 else None
 
-    def upload_dataset(self, folder: Path, slug: str, title: str, new: bool, notes: str) -> None:
-        """Create the private dataset (``new``) or a new version of it from the files in ``folder``."""
+    def dataset_files(self, slug: str) -> dict[str, int] | None:
+        """Name -> size of every file in the dataset's current version (every page), or None when Kaggle does not know it."""
+        from kagglesdk.datasets.types.dataset_api_service import ApiListDatasetFilesRequest
+
+        files, token = {}, ""
+        while True:
+            request = ApiListDatasetFilesRequest()
+            request.owner_slug, request.dataset_slug, request.page_size, request.page_token = self.owner, slug, 100, token
+            try:
+                page = self.rpc(f"files of dataset {self.owner}/{slug}", "datasets.dataset_api_client.list_dataset_files", request)
+            except NotFound:
+                return None
+            if page.error_message:
+                raise LaunchError(f"kaggle: files of dataset {self.owner}/{slug}: {page.error_message}")
+            files.update({item.name: int(item.total_bytes) for item in page.dataset_files})
+            token = page.next_page_token
+            if not token:
+                return files
+
+    def upload_dataset(self, folder: Path, slug: str, title: str, new: bool, notes: str, wait: tuple[float, float] = (1800, 10)) -> None:
+        """Create the private dataset (``new``) or a new version of it from the files in ``folder``. The kaggle
+        package resumes interrupted file uploads itself; a file it gave up on is caught by the caller's listing check."""
         metadata = {"id": f"{self.owner}/{slug}", "title": title, "licenses": [{"name": "other"}]}
         (folder / "dataset-metadata.json").write_text(json.dumps(metadata))
         if new:
             what = f"create dataset {self.owner}/{slug}"
             result = self.call(what, self.api.dataset_create_new, str(folder), public=False, quiet=True, dir_mode="skip")
+            if result is not None and result.error and "already in use" in result.error:
+                return  # an earlier attempt of this call created it (its answer was lost); the listing check decides
         else:
             what = f"new version of dataset {self.owner}/{slug}"
-            result = self.call(what, self.api.dataset_create_version, str(folder), notes, quiet=True, dir_mode="skip")
+            try:
+                result = self.call(what, self.api.dataset_create_version, str(folder), notes, quiet=True, dir_mode="skip")
+            except LaunchError:
+                if self.dataset_status(slug) in (None, "ready", "failed"):
+                    raise
+                # Kaggle answers a misleading 403 while the previous version is still processed: wait, then once more
+                self.wait_dataset_ready(slug, *wait)
+                result = self.call(what, self.api.dataset_create_version, str(folder), notes, quiet=True, dir_mode="skip")
         if result is None or result.error:
             raise LaunchError(f"kaggle: {what}: {getattr(result, 'error', None) or 'refused'}")
 
@@ -167,6 +179,8 @@ class KaggleService:
     # -- kernels ---------------------------------------------------------------------------------
     def push_kernel(self, folder: Path) -> str:
         response = self.call("push kernel", self.api.kernels_push, str(folder))
+        if response.error and GPU_SESSION_LIMIT in response.error:
+            raise GpuSessionsBusy(f"kaggle: push kernel: {response.error}")
         if response.error:
             raise LaunchError(f"kaggle: push kernel: {response.error}")
         invalid = list(response.invalid_dataset_sources) + list(response.invalid_kernel_sources)

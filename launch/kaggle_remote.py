@@ -1,11 +1,14 @@
 """The kernel half of ``launch kaggle``: runs on the Kaggle kernel, started by the generated entry
-script once it has found and unpacked the code bundle.
+script once it has found and unpacked the code.
 
 It probes the hardware before installing anything, installs what the job needs (pip, or the wheels
-dataset when the kernel has no internet), finds its inputs by content wherever Kaggle mounted them
-(``/kaggle/input/<slug>`` on older images, ``/kaggle/input/datasets/<owner>/<slug>`` on current
-ones), runs the job under ``accelerate launch`` with one process per GPU, and leaves the run
-directory in ``/kaggle/working/<run-id>`` with a content manifest so the pull is verified.
+dataset when the kernel has no internet), brings its inputs out of their packs (``launch.carry``; found by
+content wherever Kaggle mounted them: ``/kaggle/input/<slug>`` on older images,
+``/kaggle/input/datasets/<owner>/<slug>`` on current ones) or, for earlier kernels' outputs (a
+continuation's run directory, shards written by extraction kernels), restores them verified whether
+Kaggle left their archives as files or unpacked them (``launch.unpacked``). It runs the job under
+``accelerate launch`` with one process per GPU and leaves the run directory in ``/kaggle/working/<run-id>``
+with a content manifest and the layouts of its archives, so the pull, and any later kernel, is verified.
 ``STREAMAPPROX_KAGGLE_ROOT`` relocates ``/kaggle`` (the tests' sandbox does).
 
 Standard library only, plus the project's light modules: the job's own dependencies may not be
@@ -13,18 +16,21 @@ installed yet when this starts.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
-import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from data_shards.manifest import sha256_file
 from jobs import JOBS
-from launch.inputs import VIDEO_LISTING
+from launch import carry
 from launch.local import mixed_precision as auto_precision
+from launch.unpacked import LAYOUTS, RestoreError, read_layouts, record_layouts, restore, restore_tree
+from sync.base import SYNC_MANIFEST
 from sync.local import write_content_manifest
 
 KERNEL_RECORD = "streamapprox-kernel.json"  # beside the run directory in /kaggle/working
@@ -41,15 +47,31 @@ def say(message: str) -> None:
     print(f"[streamapprox] {message}", flush=True)
 
 
+def scratch() -> Path:
+    """Local disk for inputs brought out of packs (``/kaggle/input`` is read-only; ``/kaggle/working`` is the output)."""
+    return Path(tempfile.gettempdir()) / "streamapprox-inputs"
+
+
 def find_input(input_root: Path, marker: str, accept) -> Path | None:
     """The directory under the kernel's inputs holding a ``marker`` file that ``accept`` recognises."""
     for path in sorted(input_root.rglob(marker)):
         try:
-            if accept(path):
+            if path.is_file() and accept(path):
                 return path.parent
         except (OSError, ValueError):
             continue
     return None
+
+
+def unpacked(input_root: Path, pack_id: str, what: str) -> Path:
+    """The files of the packs with ``pack_id`` (from any mounted dataset), verified, in a scratch folder."""
+    try:
+        packs = carry.find(input_root, pack_id)
+        folder = scratch() / pack_id[:16]
+        carry.unpack(packs, folder)
+    except carry.PackError as exc:
+        raise KernelFailure(f"{what}: {exc}; is its dataset attached and ready?") from None
+    return folder
 
 
 def probe(env: dict) -> dict:
@@ -68,12 +90,8 @@ def install(plan: dict, input_root: Path, env: dict) -> None:
         return
     command, origin = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"], "the package index"
     if not plan["internet"]:
-        digest = plan["wheels"]["digest"]
-        wheels = find_input(input_root, "WHEELS.json", lambda p: json.loads(p.read_text()).get("digest") == digest)
-        if wheels is None:
-            raise KernelFailure(f"the kernel has no internet and the wheels dataset {plan['wheels']['dataset']} "
-                                f"(digest {digest[:12]}) is not mounted under {input_root}")
-        command, origin = command + ["--no-index", "--find-links", str(wheels)], f"the wheels dataset at {wheels}"
+        wheels = unpacked(input_root, plan["wheels"]["digest"], f"the wheels dataset {plan['wheels']['dataset']}")
+        command, origin = command + ["--no-index", "--find-links", str(wheels)], f"the wheels dataset ({plan['wheels']['dataset']})"
     say(f"installing {' '.join(requirements)} from {origin}")
     result = subprocess.run([*command, *requirements], env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -90,32 +108,80 @@ def accelerate_arguments(gpus: list[dict], mixed_precision: str, code_dir: Path)
     return arguments + (["--multi_gpu"] if len(gpus) > 1 else [])
 
 
-def job_arguments(plan: dict, input_root: Path, run_dir: Path) -> list[str]:
-    """The job's arguments with inputs pointed at wherever Kaggle mounted them."""
+def output_root(path: Path, input_root: Path) -> Path:
+    """The mount of the kernel output that holds ``path``: the folder with that kernel's record."""
+    for parent in [path, *path.parents]:
+        if (parent / KERNEL_RECORD).is_file() or parent == input_root:
+            return parent
+    return input_root
+
+
+def kernel_shards(key: str, wanted: dict, input_root: Path, env: dict, code_dir: Path) -> Path:
+    """Shard sets that extraction kernels left in their outputs (mounted as kernel sources): every shard restored
+    and verified against its slice's manifest, the slices merged when there are several."""
+    parts = []
+    for i, source in enumerate(wanted["sources"]):
+        found = find_input(input_root, "manifest.json", lambda p, s=source: sha256_file(p) == s["manifest_sha256"])
+        if found is None:
+            raise KernelFailure(f"input {key}: the output of kernel {source['kernel']} (manifest sha256 {source['manifest_sha256'][:12]}) "
+                                f"is not mounted under {input_root}")
+        root = output_root(found, input_root)
+        layouts, rel_root = read_layouts(root), found.relative_to(root).as_posix()
+        manifest = json.loads((found / "manifest.json").read_text())
+        part = scratch() / key / str(i)
+        part.mkdir(parents=True, exist_ok=True)
+        (part / "manifest.json").write_bytes((found / "manifest.json").read_bytes())
+        try:
+            for shard in manifest["shards"]:
+                restore(found / shard["name"], part / shard["name"], shard["bytes"], shard["sha256"],
+                        layouts.get(f"{rel_root}/{shard['name']}"), f"{source['kernel']}: {rel_root}/{shard['name']}", link=True)
+        except RestoreError as exc:
+            raise KernelFailure(f"input {key}: {exc}") from None
+        parts.append(part)
+    say(f"input {key}: {sum(len(json.loads((p / 'manifest.json').read_text())['shards']) for p in parts)} shards from "
+        f"{len(parts)} kernel output(s), verified")
+    if len(parts) == 1:
+        return parts[0]
+    merged = scratch() / key / "merged"
+    result = subprocess.run([sys.executable, "-m", "data_shards.cli", "merge", *map(str, parts), "--out", str(merged)], env=env,
+                            cwd=code_dir, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise KernelFailure(f"input {key}: merging the {len(parts)} slices failed: {(result.stderr or result.stdout).strip()[-1500:]}")
+    return merged
+
+
+def previous_run(plan: dict, input_root: Path, run_dir: Path) -> None:
+    """A continuation's starting point: the previous kernel's run directory, restored file by file (verified
+    against its content manifest, archives rebuilt if Kaggle unpacked them) into ``run_dir``."""
+    previous = find_input(input_root, "run.json", lambda p: p.parent.name == plan["run_id"]
+                          and json.loads(p.read_text()).get("run_id") == plan["run_id"])
+    if previous is None:
+        raise KernelFailure(f"continuation: the previous kernel's run directory {plan['run_id']} is not mounted under {input_root}")
+    manifest = previous / SYNC_MANIFEST
+    if not manifest.is_file():
+        raise KernelFailure(f"continuation: {previous} has no content manifest ({SYNC_MANIFEST}); the previous kernel did not finish cleanly")
+    root = output_root(previous, input_root)
+    try:
+        restore_tree(previous, previous.relative_to(root).as_posix(), run_dir, json.loads(manifest.read_text())["files"],
+                     read_layouts(root))
+    except RestoreError as exc:
+        raise KernelFailure(f"continuation: {exc}") from None
+    say(f"continuing {plan['run_id']} from {previous}")
+
+
+def job_arguments(plan: dict, input_root: Path, run_dir: Path, env: dict, code_dir: Path) -> list[str]:
+    """The job's arguments with inputs pointed at where they were brought on this kernel."""
     spec = JOBS[plan["job"]]
     relocated = []
     for key, wanted in plan["inputs"].items():
-        if wanted.get("kind") == "videos":
-            found = find_input(input_root, VIDEO_LISTING, lambda p: json.loads(p.read_text()).get("digest") == wanted["digest"])
-            what, value = f"the videos with listing digest {wanted['digest'][:12]}", found and found / VIDEO_LISTING
-        elif wanted.get("kind") == "file":
-            found = find_input(input_root, wanted["name"], lambda p: sha256_file(p) == wanted["sha256"])
-            what, value = f"{wanted['name']} with sha256 {wanted['sha256'][:12]}", found and found / wanted["name"]
+        if wanted["kind"] == "kaggle_outputs":
+            value = kernel_shards(key, wanted, input_root, env, code_dir)
         else:
-            found = find_input(input_root, "manifest.json", lambda p: sha256_file(p) == wanted["manifest_sha256"])
-            what, value = f"the shard set with manifest sha256 {wanted['manifest_sha256'][:12]}", found
-        if found is None:
-            raise KernelFailure(f"input {key}: no mounted dataset holds {what} (dataset {wanted['dataset']}); is it attached and ready?")
+            folder = unpacked(input_root, wanted["pack"], f"input {key} (dataset {wanted['dataset']})")
+            value = folder / wanted["target"] if wanted["target"] else folder
         relocated += ["--set", f"{key}={value}", *(f"{k}={json.dumps(v)}" for k, v in wanted.get("also_set", {}).items())]
     if plan["resume"]:  # the run's saved config rules; only the inputs' new places are passed
-        previous = find_input(input_root, "run.json", lambda p: p.parent.name == plan["run_id"]
-                              and json.loads(p.read_text()).get("run_id") == plan["run_id"])
-        if previous is None:
-            raise KernelFailure(f"continuation: the previous kernel's run directory {plan['run_id']} is not mounted under {input_root}")
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        shutil.copytree(previous, run_dir)
-        say(f"continuing {plan['run_id']} from {previous}")
+        previous_run(plan, input_root, run_dir)
         return ["--resume", str(run_dir), *relocated]
     arguments = [*plan["job_args"], *relocated]
     if plan.get("slice"):
@@ -132,7 +198,7 @@ def run_job(plan: dict, root: Path, code_dir: Path, started: float) -> tuple[int
     gpus = hardware["gpus"]
     say(f"torch {hardware['torch']}, " + (", ".join(f"{g['name']} (sm {g['capability']})" for g in gpus) if gpus else "no GPU"))
     install(plan, input_root, env)
-    arguments = job_arguments(plan, input_root, run_dir)
+    arguments = job_arguments(plan, input_root, run_dir, env, code_dir)
     if spec.checkable:
         check = subprocess.run([sys.executable, "-m", spec.module, *arguments, "--check"], env=env, cwd=code_dir)
         if check.returncode != 0:
@@ -148,20 +214,26 @@ def run_job(plan: dict, root: Path, code_dir: Path, started: float) -> tuple[int
     return subprocess.run(command, env=env, cwd=code_dir).returncode, hardware
 
 
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def main(plan: dict, root: Path, code_dir: Path) -> int:
     started = time.monotonic()
     working = root / "working"
     working.mkdir(parents=True, exist_ok=True)
-    record: dict = {"run_id": plan["run_id"], "kernel": plan["kernel"], "bundle": plan["bundle"]["digest"]}
+    record: dict = {"run_id": plan["run_id"], "kernel": plan["kernel"], "bundle": plan["bundle"]["digest"], "started_at": now()}
     try:
         exit_code, record["hardware"] = run_job(plan, root, code_dir, started)
     except KernelFailure as failure:
         say(f"error: {failure}")
         exit_code, record["error"] = failure.code, str(failure)
-    record.update(exit_code=exit_code, seconds=round(time.monotonic() - started, 1))
+    record.update(exit_code=exit_code, seconds=round(time.monotonic() - started, 1), ended_at=now())
     run_dir = working / plan["run_id"]
     if run_dir.is_dir():
-        write_content_manifest(run_dir)
+        files = json.loads(write_content_manifest(run_dir).read_text())["files"]
+        layouts = record_layouts(working, [f"{plan['run_id']}/{rel}" for rel in files])
+        (working / LAYOUTS).write_text(json.dumps(layouts) + "\n")
     (working / KERNEL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     say(f"job exited with {exit_code}")
     return exit_code

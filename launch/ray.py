@@ -56,6 +56,9 @@ def check_inputs(inputs: dict) -> None:
     """Inputs are read in place on the cluster: they must be absolute paths (or URLs) it can see."""
     for key, spec in inputs.items():
         location = str(spec["location"])
+        if spec.get("kind") == "kaggle_outputs":
+            raise LaunchError(f"{key}={location}: shards in Kaggle kernels' outputs are read where they are by launch kaggle only; "
+                              "copy them to storage the cluster shares first (launch sync URL s3://...)")
         if not spec["regenerable"] and "://" not in location and not Path(location).is_absolute():
             raise LaunchError(f"{key}={location}: a Ray job reads inputs where the cluster sees them; give an absolute path "
                               "on storage the cluster shares (nothing is uploaded besides the code)")

@@ -3,13 +3,19 @@ outputs, every page of them) and ``kaggle-dataset://OWNER/SLUG`` (a dataset's fi
 
 Credentials come from the kaggle package's own chain (KAGGLE_USERNAME/KAGGLE_KEY, KAGGLE_API_TOKEN,
 ~/.kaggle/kaggle.json). Unlike ``kaggle kernels output``, a download that answers with an error
-status, or ends short of its Content-Length, is rejected and leaves nothing behind.
+status is rejected and leaves nothing behind, and one that breaks off is resumed where it stopped.
+Every call goes through one retry policy (``with_retries``), which ``launch kaggle`` uses too.
 ``STREAMAPPROX_KAGGLE_ENDPOINT`` points the client at a Kaggle-compatible server (the tests' loopback one).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
+import tempfile
+import time
 from operator import attrgetter
 from pathlib import Path
 
@@ -18,21 +24,26 @@ from sync.base import SYNC_MANIFEST, Entry, Progress, Store, SyncError, Verifier
 
 PAGE_SIZE = 100
 DOWNLOAD_TIMEOUT_S = 60
+RETRIED = {429, 500, 502, 503, 504}
+log = logging.getLogger("streamapprox.kaggle")
 
 
 def kaggle_api():
-    """The kaggle package's API object, authenticated from the user's credentials."""
+    """The kaggle package's API object, authenticated from the user's credentials. The package prints a
+    long banner (twice) when it finds none; that is swallowed: the one line below says what to do."""
     endpoint = os.environ.get("STREAMAPPROX_KAGGLE_ENDPOINT")
     if endpoint:
         os.environ["KAGGLE_API_ENVIRONMENT"] = "LOCALHOST"
         from kagglesdk import kaggle_env
 
         kaggle_env._env_to_endpoint[kaggle_env.KaggleEnv.LOCAL] = endpoint.rstrip("/")
+    chatter = io.StringIO()
     try:
-        from kaggle.api.kaggle_api_extended import KaggleApi  # importing kaggle authenticates
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            from kaggle.api.kaggle_api_extended import KaggleApi  # importing kaggle authenticates
 
-        api = KaggleApi()
-        api.authenticate()
+            api = KaggleApi()
+            api.authenticate()
     except (OSError, ValueError, KeyError, SystemExit) as exc:  # kaggle exit()s when it finds no credentials
         raise SyncError(
             "kaggle: no usable credentials (set KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN, "
@@ -46,45 +57,112 @@ def kaggle_client():
     return kaggle_api().build_kaggle_client()
 
 
-def _session():
-    """Plain HTTP for the signed file URLs Kaggle hands out, with retries on transient failures."""
+class KaggleRequestError(SyncError):
+    """Kaggle refused a request, or could not be reached after the retries; ``status`` is the HTTP status (None: no answer)."""
+
+    def __init__(self, message: str, status: int | None):
+        super().__init__(message)
+        self.status = status
+
+
+def _attempts() -> tuple[int, float]:
+    return int(os.environ.get("STREAMAPPROX_KAGGLE_ATTEMPTS", "6")), float(os.environ.get("STREAMAPPROX_KAGGLE_BACKOFF_S", "2"))
+
+
+def _delay(attempt: int, backoff: float, response=None) -> float:
+    retry_after = response.headers.get("Retry-After") if response is not None else None
+    if retry_after:
+        try:
+            return min(float(retry_after), 300.0)
+        except ValueError:
+            pass
+    return min(backoff * 2 ** (attempt - 1), 60.0)
+
+
+def with_retries(what: str, fn, *args, **kwargs):
+    """The one retry policy for every Kaggle call: 429 (honouring Retry-After), 5xx and dropped or timed-out
+    connections are retried with exponential backoff (``STREAMAPPROX_KAGGLE_ATTEMPTS``, default 6;
+    ``STREAMAPPROX_KAGGLE_BACKOFF_S``, default 2); anything else, or the last failure, raises ``KaggleRequestError``."""
     import requests
-    from requests.adapters import HTTPAdapter
-    from urllib3.util.retry import Retry
 
-    session = requests.Session()
-    retry = Retry(total=5, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504), allowed_methods=("GET",))
-    session.mount("http://", HTTPAdapter(max_retries=retry))
-    session.mount("https://", HTTPAdapter(max_retries=retry))
-    return session
+    attempts, backoff = _attempts()
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn(*args, **kwargs)
+        except requests.exceptions.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status not in RETRIED or attempt == attempts:
+                raise KaggleRequestError(f"kaggle: {what}: Kaggle answered HTTP {status} ({exc})", status) from None
+            delay, reason = _delay(attempt, backoff, exc.response), f"HTTP {status}"
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            if attempt == attempts:
+                raise KaggleRequestError(f"kaggle: {what}: cannot reach Kaggle ({type(exc).__name__}) after {attempt} attempts", None) from None
+            delay, reason = _delay(attempt, backoff), type(exc).__name__
+        log.warning("kaggle: %s: %s; retrying in %.1f s (attempt %d of %d)", what, reason, delay, attempt, attempts)
+        time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
-def stream_to(url: str, response, dest: Path, expected: Entry, progress: Progress) -> Entry:
-    """Write an HTTP response body to ``dest`` only if it is a complete, successful body."""
-    if response.status_code != 200:
-        kind = response.headers.get("Content-Type", "unknown type")
-        raise SyncError(f"{url}: the file server answered HTTP {response.status_code} ({kind}) instead of the file; nothing was kept")
-    length = response.headers.get("Content-Length")
-    promised = Entry(int(length) if length is not None else expected.size, expected.sha256, expected.md5)
-    verifier = Verifier(url, promised)
+class _BrokenOff(Exception):
+    """A body ended before its promised length."""
+
+
+def fetch(url: str, open_at, dest: Path, expected: Entry, progress: Progress) -> Entry:
+    """Download to ``dest`` only if the whole, successful body arrives. ``open_at(start)`` opens a streamed
+    response for the bytes from ``start``: a body that breaks off is resumed with a Range request (or started
+    again where the server ignores it), under the same retry policy as every Kaggle call."""
+    import requests
+
+    attempts, backoff = _attempts()
     with atomic_destination(dest) as sink:
-        for block in response.iter_content(CHUNK):
-            sink.write(block)
-            verifier.update(block)
-            progress(len(block))
-        return verifier.check()
+        verifier, total = Verifier(url, expected), expected.size
+        for attempt in range(1, attempts + 1):
+            try:
+                with open_at(verifier.size) as response:
+                    if response.status_code == 206 and verifier.size:
+                        total = int(response.headers["Content-Range"].rsplit("/", 1)[1])
+                    elif response.status_code == 200:
+                        if verifier.size:  # the server sent the whole file again
+                            sink.seek(0)
+                            sink.truncate()
+                        length = response.headers.get("Content-Length")
+                        total = int(length) if length is not None else expected.size
+                        verifier = Verifier(url, Entry(total, expected.sha256, expected.md5))
+                    elif response.status_code in RETRIED:
+                        raise _BrokenOff(f"HTTP {response.status_code}")
+                    else:
+                        kind = response.headers.get("Content-Type", "unknown type")
+                        raise SyncError(f"{url}: the file server answered HTTP {response.status_code} ({kind}) instead of the file; "
+                                        "nothing was kept")
+                    for block in response.iter_content(CHUNK):
+                        sink.write(block)
+                        verifier.update(block)
+                        progress(len(block))
+                if total is not None and verifier.size < total:
+                    raise _BrokenOff("cut short")
+                return verifier.check()
+            except (_BrokenOff, requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError,
+                    requests.exceptions.Timeout) as exc:
+                if attempt == attempts:
+                    reason = str(exc) if isinstance(exc, _BrokenOff) else type(exc).__name__
+                    raise SyncError(f"{url}: the download broke off at {verifier.size} of {total} bytes, {attempts} times "
+                                    f"({reason}); nothing was kept") from None
+                delay = _delay(attempt, backoff)
+                log.warning("kaggle: %s broke off at %d of %s bytes; resuming in %.1f s (attempt %d of %d)", url, verifier.size, total,
+                            delay, attempt, attempts)
+                time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
-def _call(url: str, fn, request):
+def _session():
+    """Plain HTTP for the signed file URLs Kaggle hands out (status retries are ``fetch``'s)."""
     import requests
 
-    try:
-        return fn(request)
-    except requests.exceptions.HTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else "?"
-        raise SyncError(f"{url}: Kaggle refused the request (HTTP {status}: {exc}); check the name and that your account can read it") from None
-    except requests.exceptions.RequestException as exc:
-        raise SyncError(f"{url}: cannot reach Kaggle ({type(exc).__name__})") from None
+    return requests.Session()
+
+
+def _ranged(session, url: str):
+    return lambda start: session.get(url, stream=True, timeout=DOWNLOAD_TIMEOUT_S, headers={"Range": f"bytes={start}-"} if start else {})
 
 
 def pages(url: str, method, request_type, **fields):
@@ -101,6 +179,15 @@ def pages(url: str, method, request_type, **fields):
             token = page.next_page_token
             if not token:
                 return
+
+
+def _call(url: str, fn, request):
+    try:
+        return with_retries(f"listing {url}", fn, request)
+    except KaggleRequestError as exc:
+        if exc.status is None:
+            raise SyncError(f"{url}: cannot reach Kaggle ({exc})") from None
+        raise SyncError(f"{url}: Kaggle refused the request (HTTP {exc.status}); check the name and that your account can read it") from None
 
 
 class KaggleKernelOutputStore(Store):
@@ -135,19 +222,22 @@ class KaggleKernelOutputStore(Store):
         return entries
 
     def _recorded(self) -> dict[str, dict]:
-        with _session() as session, session.get(self._urls[SYNC_MANIFEST], timeout=DOWNLOAD_TIMEOUT_S) as response:
-            if response.status_code != 200:
-                raise SyncError(f"{self.url}/{SYNC_MANIFEST}: the file server answered HTTP {response.status_code}")
+        with tempfile.TemporaryDirectory(prefix="streamapprox-manifest-") as tmp:
+            local = Path(tmp) / SYNC_MANIFEST
+            self._fetch(SYNC_MANIFEST, local, Entry(None), lambda n: None)
             try:
-                return json.loads(response.content)["files"]
+                return json.loads(local.read_text())["files"]
             except (ValueError, KeyError) as exc:
                 raise SyncError(f"{self.url}/{SYNC_MANIFEST}: unreadable content manifest ({exc})") from None
+
+    def _fetch(self, rel: str, dest: Path, expected: Entry, progress: Progress) -> Entry:
+        with _session() as session:
+            return fetch(f"{self.url}/{rel}", _ranged(session, self._urls[rel]), dest, expected, progress)
 
     def download(self, rel: str, dest: Path, expected: Entry, progress: Progress) -> Entry:
         if rel not in self._urls:
             self.list()
-        with _session() as session, session.get(self._urls[rel], stream=True, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            return stream_to(f"{self.url}/{rel}", response, dest, expected, progress)
+        return self._fetch(rel, dest, expected, progress)
 
 
 class KaggleDatasetStore(Store):
@@ -172,7 +262,8 @@ class KaggleDatasetStore(Store):
 
         request = ApiDownloadDatasetRequest()
         request.owner_slug, request.dataset_slug, request.file_name, request.raw = self.owner, self.slug, rel, True
-        with kaggle_client() as client:
+        with kaggle_client() as client:  # the API answers with a redirect to a signed URL, where the bytes are
             response = _call(self.url, client.datasets.dataset_api_client.download_dataset, request)
-            with response:
-                return stream_to(f"{self.url}/{rel}", response, dest, expected, progress)
+            response.close()
+        with _session() as session:
+            return fetch(f"{self.url}/{rel}", _ranged(session, response.url), dest, expected, progress)

@@ -57,6 +57,16 @@ def only_run(root: Path) -> Path:
     return runs[0]
 
 
+@pytest.fixture
+def kaggle(tmp_path):
+    """A loopback Kaggle (tests/kaggle_server.py) that behaves as the real one: archives unpacked, two GPU sessions, ..."""
+    from kaggle_server import KEY, USER, FakeKaggle
+
+    server = FakeKaggle(USER, KEY, workdir=tmp_path / "kaggle-sandbox", page_cap=5)
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 server (moto) on 127.0.0.1 for the session, with throwaway test credentials."""

@@ -1,31 +1,59 @@
-"""A Kaggle API server on loopback for the tests. It speaks what the real ``kaggle`` package sends
-(``POST /api/v1/<Service>/<Method>``, camelCase JSON, basic auth, resumable blob uploads, paged
-listings capped like the real service) and **executes** pushed script kernels in a sandbox laid out
-like Kaggle: ``<root>/input/datasets/<owner>/<slug>`` (or ``<root>/input/<slug>`` with
-``layout="legacy"``), read-only, and ``<root>/working``, the output, with the entry told the root
-through ``STREAMAPPROX_KAGGLE_ROOT``. The kernel process gets none of the caller's credentials.
+"""A Kaggle API server on loopback for the tests, modelled on what ``../shared/REMOTE_FACTS.md`` (and the
+project's docs/kaggle.md) record of the real service -- never kinder than it.
 
-Knobs for failure tests: ``faults[method]`` (HTTP statuses to answer, in order), ``hidden_polls`` /
-``processing_polls`` (a new dataset version answers 404, then a processing state, for that many
-status polls; pushing a kernel that mounts it meanwhile is refused), ``broken`` (blob names that
-answer 403), ``fake_gpu`` per machine shape (a sitecustomize that makes torch see that GPU).
+It speaks what the real ``kaggle`` package sends (``POST /api/v1/<Service>/<Method>``, camelCase JSON,
+basic auth), takes blob uploads by the resumable protocol the package uses (a status query
+``Content-Range: bytes */N`` answers 308 with the ``Range`` received so far; a ``Content-Range`` PUT
+continues), serves files with ``Range`` requests, pages listings, and **executes** pushed script kernels in
+a sandbox laid out like Kaggle, with the entry told the root through ``STREAMAPPROX_KAGGLE_ROOT`` and none
+of the caller's credentials. What it models:
+
+- **archives are unpacked** (``unpack=True``, the default): a mounted file that is a ``.zip``/``.tar`` (by
+  name) or a zip/tar archive by content appears as a folder named after it without its extension, holding
+  the members -- in datasets and in kernel sources alike, at any depth. ``unpack=False`` keeps them as files;
+  the real service's rule is not documented, so jobs must survive both;
+- **mount layouts**: ``layout="current"`` mounts ``input/datasets/<owner>/<slug>`` and
+  ``input/notebooks/<owner>/<slug>``; ``layout="legacy"`` mounts ``input/<slug>``. ``input`` is read-only;
+- **at most ``max_gpu_sessions`` (2) GPU sessions at a time**: a third GPU push is refused as Kaggle refuses it;
+- **at most ``max_files`` (50) top-level files per dataset version**; a version is invisible (404), then
+  processing, for ``hidden_polls`` / ``processing_polls`` status polls; a new version meanwhile is refused with
+  Kaggle's misleading 403; each version holds exactly the files uploaded with it;
+- **kernel output listings** are paged (``page_cap``) and show the latest *finished* version only;
+- **faults on request**: ``faults[method]`` (HTTP statuses, or ``"drop"``: the connection closes without an
+  answer) for API calls; ``blob_faults[name]`` (``"truncate"``: the body stops halfway under a full
+  ``Content-Length``; ``"reset"``; a status) for file downloads; ``upload_faults[name]`` (``"drop"``: the
+  connection closes after half the body arrived) for uploads; ``broken`` blob names answer 403 (an expired URL).
+- ``fake_gpu``: a machine shape whose kernels see a P100 (a sitecustomize that makes torch report one);
+  ``kernel_env``: extra environment for every kernel (test knobs of the job itself).
 """
 from __future__ import annotations
 
 import base64
+import io
 import itertools
 import json
 import os
+import re
+import secrets
+import shutil
 import stat
 import subprocess
 import sys
+import tarfile
+import tempfile
 import threading
 import time
+import zipfile
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from servers import _Server
 
+# A Kaggle image has none of our code: the kernel must not import the project through this checkout's editable
+# install, only from what it was sent.
+NO_PROJECT_SITECUSTOMIZE = """import sys
+sys.meta_path[:] = [finder for finder in sys.meta_path if not getattr(finder, "__module__", "").startswith("__editable__")]
+"""
 P100_SITECUSTOMIZE = """import torch
 torch.cuda.is_available = lambda: True
 torch.cuda.device_count = lambda: 1
@@ -33,33 +61,79 @@ torch.cuda.get_device_name = lambda index=0: "Tesla P100-PCIE-16GB"
 torch.cuda.get_device_capability = lambda index=0: (6, 0)
 torch.cuda.get_arch_list = lambda: ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
 """
+USER, KEY = "kaggle-user", "kgl-" + secrets.token_hex(12)  # made at run time: no key is written in any tracked file
+FAST = ["--accelerator", "none", "--poll-interval", "0.2", "--dataset-timeout", "60"]
+GPU_SESSIONS_REFUSED = "Maximum batch GPU session count of {limit} reached."
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+
+
+def archive_stem(name: str, data: bytes) -> str | None:
+    """The folder an archive unpacks into (its name without the extension), or None for a file left as it is."""
+    lower = name.lower()
+    for suffix in ARCHIVE_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    if zipfile.is_zipfile(io.BytesIO(data)) or _is_tar(data):
+        return name.rsplit(".", 1)[0] if "." in name.rsplit("/", 1)[-1] else name + "_unpacked"
+    return None
+
+
+def _is_tar(data: bytes) -> bool:
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*"):
+            return True
+    except (tarfile.TarError, EOFError, OSError):
+        return False
+
+
+def unpack_into(folder: Path, data: bytes) -> None:
+    if zipfile.is_zipfile(io.BytesIO(data)):
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            archive.extractall(folder)
+        return
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as archive:
+        archive.extractall(folder, filter="data")
 
 
 class Kernel:
-    def __init__(self, owner: str, slug: str, body: dict, version: int):
+    def __init__(self, owner: str, slug: str, body: dict, version: int, previous: "Kernel | None"):
         self.owner, self.slug, self.body, self.version = owner, slug, body, version
         self.status, self.failure = "QUEUED", ""
         self.log: list[dict] = []
-        self.outputs: dict[str, bytes] = {}
+        self.outputs: dict[str, bytes] = previous.outputs if previous else {}  # the latest finished version's
         self.process: subprocess.Popen | None = None
         self.started = time.monotonic()
+        self.ended: float | None = None
+        self.gpu = bool(body.get("enableGpu"))
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("QUEUED", "RUNNING")
 
 
 class FakeKaggle(_Server):
-    def __init__(self, username: str, key: str, workdir: Path | None = None, page_cap: int = 3, layout: str = "current"):
+    def __init__(self, username: str, key: str, workdir: Path | None = None, page_cap: int = 3, layout: str = "current",
+                 unpack: bool = True, max_gpu_sessions: int = 2, max_files: int = 50):
         self.auth = "Basic " + base64.b64encode(f"{username}:{key}".encode()).decode()
-        self.workdir, self.page_cap, self.layout = workdir, page_cap, layout
+        self.workdir, self.page_cap, self.layout, self.unpack = workdir, page_cap, layout, unpack
+        self.max_gpu_sessions, self.max_files = max_gpu_sessions, max_files
         self.kernel_outputs: dict[tuple[str, str], dict[str, bytes]] = {}
         self.datasets: dict[tuple[str, str], dict[str, bytes]] = {}
         self.dataset_polls: dict[tuple[str, str], list[str]] = {}  # status answers still to give before READY
         self.kernels: dict[tuple[str, str], Kernel] = {}
+        self.sessions: list[Kernel] = []  # every kernel version ever run, in push order
         self.blobs: dict[str, dict] = {}
         self.bytes_received = 0
-        self.uploaded: list[tuple[str, bytes]] = []  # every blob and kernel script that arrived
+        self.uploaded: list[tuple[str, bytes]] = []  # every completed blob and kernel script
         self.hidden_polls, self.processing_polls = 0, 0
-        self.faults: dict[str, list[int]] = {}
+        self.faults: dict[str, list] = {}
+        self.blob_faults: dict[str, list] = {}
+        self.upload_faults: dict[str, list] = {}
         self.broken: set[str] = set()
+        self.kernel_env: dict[str, str] = {}
+        self.outside_gpu_sessions = 0  # the account's GPU sessions started elsewhere (the web editor): they count too
         self.requests: list[tuple[str, dict]] = []
+        self.refused_pushes = 0
         self._tokens = itertools.count(1)
         self._lock = threading.Lock()
         fake = self
@@ -80,6 +154,10 @@ class FakeKaggle(_Server):
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _drop(self):
+                self.close_connection = True
+                self.connection.shutdown(2)
+
             def do_GET(self):
                 _, _, kind, owner, slug, name = self.path.split("/", 5)
                 if name in fake.broken:
@@ -91,16 +169,54 @@ class FakeKaggle(_Server):
                     files = fake.datasets.get((owner, slug), {})
                 if name not in files:
                     return self._send(404, {"code": 404, "message": "no such blob"})
-                self._send(200, files[name], "application/octet-stream")
+                data, start = files[name], 0
+                fault = fake._take(fake.blob_faults, name)
+                if fault == "reset":
+                    return self._drop()
+                if isinstance(fault, int):
+                    return self._send(fault, {"code": fault, "message": f"injected {fault}"})
+                ranged = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
+                if ranged and int(ranged.group(1)) < len(data):
+                    start = int(ranged.group(1))
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.send_header("Accept-Ranges", "bytes")
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.end_headers()
+                if fault == "truncate":  # the body stops halfway, under a Content-Length promising all of it
+                    self.wfile.write(data[start:start + (len(data) - start) // 2])
+                    self.wfile.flush()
+                    return self._drop()
+                self.wfile.write(data[start:])
 
-            def do_PUT(self):  # resumable blob upload (Google-style): the whole body in one PUT
+            def do_PUT(self):  # the resumable blob upload the kaggle package speaks (Google's protocol)
                 token = self.path.rsplit("/", 1)[-1]
-                data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if token not in fake.blobs:
+                length = int(self.headers.get("Content-Length") or 0)
+                blob = fake.blobs.get(token)
+                if blob is None:
+                    self.rfile.read(length)
                     return self._send(404, {"code": 404, "message": "upload expired"})
-                fake.blobs[token]["data"] = data
-                fake.bytes_received += len(data)
-                fake.uploaded.append((fake.blobs[token]["name"], data))
+                content_range = self.headers.get("Content-Range", "")
+                if content_range.startswith("bytes */"):  # where does the upload stand?
+                    if blob["complete"]:
+                        return self._send(200, {})
+                    held = len(blob["data"])
+                    return self._send(308, b"", headers={"Range": f"bytes=0-{held - 1}"} if held else None)
+                start = int(re.match(r"bytes (\d+)-", content_range).group(1)) if content_range else 0
+                if start != len(blob["data"]) and start != 0:
+                    self.rfile.read(length)
+                    return self._send(400, {"code": 400, "message": f"upload continues at {len(blob['data'])}, not {start}"})
+                if fake._take(fake.upload_faults, blob["name"]) == "drop":  # half of it arrives, then the line drops
+                    blob["data"] = blob["data"][:start] + self.rfile.read(length // 2)
+                    return self._drop()
+                blob["data"] = blob["data"][:start] + self.rfile.read(length)
+                if len(blob["data"]) != blob["size"]:
+                    return self._send(308, b"", headers={"Range": f"bytes=0-{len(blob['data']) - 1}"})
+                blob["complete"] = True
+                fake.bytes_received += blob["size"]
+                fake.uploaded.append((blob["name"], blob["data"]))
                 self._send(200, {})
 
             def do_POST(self):
@@ -109,10 +225,12 @@ class FakeKaggle(_Server):
                 fake.requests.append((method, body))
                 if self.headers.get("Authorization") != fake.auth:
                     return self._send(401, {"code": 401, "message": "Unauthenticated"})
-                planned = fake.faults.get(method)
-                if planned:
-                    status = planned.pop(0)
-                    return self._send(status, {"code": status, "message": f"injected {status}"}, headers={"Retry-After": "0"} if status == 429 else None)
+                planned = fake._take(fake.faults, method)
+                if planned == "drop":
+                    return self._drop()
+                if planned is not None:
+                    return self._send(planned, {"code": planned, "message": f"injected {planned}"},
+                                      headers={"Retry-After": "0"} if planned == 429 else None)
                 handler = getattr(fake, f"_{method}", None)
                 if handler is None:
                     return self._send(404, {"code": 404, "message": f"unknown method {method}"})
@@ -122,11 +240,29 @@ class FakeKaggle(_Server):
 
         self.start(Handler)
 
+    @staticmethod
+    def _take(table: dict[str, list], name: str):
+        """The next fault planned for ``name`` (an exact name, or a key contained in it), if any."""
+        for key, planned in table.items():
+            if planned and (key == name or key in name):
+                return planned.pop(0)
+        return None
+
     def stop(self) -> None:
-        for kernel in self.kernels.values():
+        for kernel in self.sessions:
             if kernel.process and kernel.process.poll() is None:
                 kernel.process.kill()
         super().stop()
+
+    def gpu_sessions_at_once(self) -> int:
+        """The most GPU sessions that ever ran at the same time."""
+        events = sorted([(k.started, 1) for k in self.sessions if k.gpu] + [(k.ended or 1e18, -1) for k in self.sessions if k.gpu],
+                        key=lambda e: (e[0], e[1]))
+        running = peak = 0
+        for _, step in events:
+            running += step
+            peak = max(peak, running)
+        return peak
 
     # -- listings ------------------------------------------------------------------------------
     def _page(self, names: list[str], body: dict) -> tuple[list[str], str]:
@@ -163,20 +299,17 @@ class FakeKaggle(_Server):
     # -- datasets ------------------------------------------------------------------------------
     def _StartBlobUpload(self, body):
         token = f"blob-{next(self._tokens)}"
-        self.blobs[token] = {"name": body["name"], "size": int(body.get("contentLength") or 0), "data": None}
+        self.blobs[token] = {"name": body["name"], "size": int(body.get("contentLength") or 0), "data": b"", "complete": False}
         return 200, {"token": token, "createUrl": f"{self.endpoint}/upload/{token}"}, None
 
-    def _files_of(self, entries: list[dict]) -> dict[str, bytes] | None:
-        blobs = [self.blobs.get(e.get("token")) for e in entries]
-        if any(b is None or b["data"] is None for b in blobs):
-            return None
-        return {b["name"]: b["data"] for b in blobs}
-
     def _new_version(self, key, entries) -> tuple[int, dict, None]:
-        files = self._files_of(entries)
-        if files is None:
+        blobs = [self.blobs.get(e.get("token")) for e in entries]
+        if any(b is None or not b["complete"] for b in blobs):
             return 200, {"status": "error", "error": "an uploaded file is missing (blob not received)"}, None
-        self.datasets[key] = files
+        if len(blobs) > self.max_files:
+            return 200, {"status": "error", "error": f"A dataset version may hold at most {self.max_files} top-level files; "
+                                                      f"this one has {len(blobs)}. Use archives or folders"}, None
+        self.datasets[key] = {b["name"]: b["data"] for b in blobs}
         self.dataset_polls[key] = ["hidden"] * self.hidden_polls + ["BLOBS_RECEIVED"] * self.processing_polls
         return 200, {"ref": f"{key[0]}/{key[1]}", "url": f"{self.endpoint}/{key[0]}/{key[1]}", "status": "ok", "error": ""}, None
 
@@ -190,8 +323,8 @@ class FakeKaggle(_Server):
         key = (body["ownerSlug"], body["datasetSlug"])
         if key not in self.datasets:
             return 404, {"code": 404, "message": "Dataset not found"}, None
-        if self.dataset_polls.get(key):
-            return 200, {"status": "error", "error": "A previous version of this dataset is still being processed"}, None
+        if self.dataset_polls.get(key):  # Kaggle's answer while the previous version is processed: a misleading 403
+            return 403, {"code": 403, "message": "Permission 'datasets.versions.create' was denied"}, None
         return self._new_version(key, (body.get("body") or {}).get("files") or [])
 
     def _GetDatasetStatus(self, body):
@@ -216,9 +349,13 @@ class FakeKaggle(_Server):
         for source in body.get("kernelDataSources") or []:
             if tuple(source.split("/")) not in self.kernels:
                 return 200, {"invalidKernelSources": [source]}, None
+        if body.get("enableGpu") and sum(k.gpu and k.active for k in self.sessions) + self.outside_gpu_sessions >= self.max_gpu_sessions:
+            self.refused_pushes += 1
+            return 200, {"error": GPU_SESSIONS_REFUSED.format(limit=self.max_gpu_sessions)}, None
         previous = self.kernels.get((owner, slug))
-        kernel = Kernel(owner, slug, body, previous.version + 1 if previous else 1)
+        kernel = Kernel(owner, slug, body, previous.version + 1 if previous else 1, previous)
         self.kernels[(owner, slug)] = kernel
+        self.sessions.append(kernel)
         self.uploaded.append((f"{slug}/entry.py", body["text"].encode()))
         threading.Thread(target=self._execute, args=(kernel,), daemon=True).start()
         return 200, {"ref": f"/code/{owner}/{slug}", "url": f"{self.endpoint}/code/{owner}/{slug}", "versionNumber": kernel.version,
@@ -230,6 +367,16 @@ class FakeKaggle(_Server):
             return 404, {"code": 404, "message": "Kernel not found"}, None
         return 200, {"status": kernel.status, "failureMessage": kernel.failure}, None
 
+    def _mount(self, target: Path, files: dict[str, bytes]) -> None:
+        for name, data in files.items():
+            stem = archive_stem(name, data) if self.unpack else None
+            if stem is None:
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                (target / name).write_bytes(data)
+            else:
+                (target / stem).mkdir(parents=True, exist_ok=True)
+                unpack_into(target / stem, data)
+
     def _execute(self, kernel: Kernel) -> None:
         root = self.workdir / f"{kernel.slug}-v{kernel.version}" / "kaggle"
         inputs, working, home = root / "input", root / "working", root.parent / "home"
@@ -239,34 +386,44 @@ class FakeKaggle(_Server):
         sources += [("notebooks", s, self.kernels[tuple(s.split("/"))].outputs) for s in kernel.body.get("kernelDataSources") or []]
         for kind, source, files in sources:
             owner, slug = source.split("/")
-            target = inputs / kind / owner / slug if self.layout == "current" else inputs / slug
-            for name, data in files.items():
-                (target / name).parent.mkdir(parents=True, exist_ok=True)
-                (target / name).write_bytes(data)
+            self._mount(inputs / kind / owner / slug if self.layout == "current" else inputs / slug, files)
         for path in [inputs, *inputs.rglob("*")]:  # /kaggle/input is read-only
             path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
         script = root.parent / "entry.py"
         script.write_text(kernel.body["text"])
+        scratch = tempfile.mkdtemp(prefix="kgl", dir="/tmp")  # each kernel's own /tmp, short enough for Ray's socket paths
         env = {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-               "STREAMAPPROX_KAGGLE_ROOT": str(root)}
+               "STREAMAPPROX_KAGGLE_ROOT": str(root), "TMPDIR": scratch, **self.kernel_env}
         if os.environ.get("STREAMAPPROX_CACHE"):  # the image's cache of synthetic shards: only saves time
             env["STREAMAPPROX_CACHE"] = os.environ["STREAMAPPROX_CACHE"]
-        if kernel.body.get("machineShape") == "NvidiaTeslaP100":
-            site = root.parent / "site"
-            site.mkdir()
-            (site / "sitecustomize.py").write_text(P100_SITECUSTOMIZE)
-            env["PYTHONPATH"] = str(site)
+        site = root.parent / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(NO_PROJECT_SITECUSTOMIZE + (P100_SITECUSTOMIZE if kernel.body.get("machineShape") == "NvidiaTeslaP100" else ""))
+        env["PYTHONPATH"] = str(site)
         kernel.status = "RUNNING"
         kernel.process = subprocess.Popen([sys.executable, str(script)], cwd=working, env=env, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, text=True)
         for line in kernel.process.stdout:
             kernel.log.append({"stream_name": "stdout", "time": round(time.monotonic() - kernel.started, 3), "data": line})
         code = kernel.process.wait()
+        shutil.rmtree(scratch, ignore_errors=True)
         kernel.outputs = {p.relative_to(working).as_posix(): p.read_bytes() for p in sorted(working.rglob("*")) if p.is_file()}
         for path in [inputs, *inputs.rglob("*")]:
             path.chmod(path.stat().st_mode | stat.S_IWUSR)
         kernel.failure = "" if code == 0 else f"Your notebook tried to run but exited with code {code}"
+        kernel.ended = time.monotonic()
         kernel.status = "COMPLETE" if code == 0 else "ERROR"
+
+
+def packed(files: dict[str, bytes]) -> dict[str, int]:
+    """Name -> size of every file inside the packs of a dataset (``launch.carry``'s format, read here independently)."""
+    members = {}
+    for name, data in files.items():
+        if name.endswith(".pack"):
+            head, _, rest = data.partition(b"\n")
+            index = json.loads(rest[: int(head.rsplit(b" ", 1)[1])])
+            members.update({entry["name"]: entry["size"] for entry in index["files"]})
+    return members
 
 
 def kaggle_env(fake: FakeKaggle, username: str, key: str, config_dir: Path) -> dict:
@@ -274,3 +431,18 @@ def kaggle_env(fake: FakeKaggle, username: str, key: str, config_dir: Path) -> d
     return {**os.environ, "STREAMAPPROX_KAGGLE_ENDPOINT": fake.endpoint, "KAGGLE_USERNAME": username, "KAGGLE_KEY": key,
             "KAGGLE_CONFIG_DIR": str(config_dir), "STREAMAPPROX_KAGGLE_BACKOFF_S": "0.05", "OMP_NUM_THREADS": "1",
             "PYTHONUNBUFFERED": "1"}
+
+
+def launch_kaggle(kaggle: FakeKaggle, cwd: Path, *args: str, env_extra: dict | None = None, timeout: float = 300):
+    """The real ``launch`` CLI as a user runs it, talking to ``kaggle`` (``env_extra`` values of None unset a variable)."""
+    from conftest import launch_command
+
+    env = {**kaggle_env(kaggle, USER, KEY, cwd / "kaggle-config"), **(env_extra or {})}
+    env = {name: value for name, value in env.items() if value is not None}
+    return subprocess.run(launch_command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def only_run_dir(cwd: Path) -> Path:
+    runs = [p for p in (cwd / "runs").iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]

@@ -10,18 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import FAST_MLP, SMALL, TINY_EXTRACT, cli_env, launch_command, read_jsonl
-from kaggle_server import FakeKaggle, kaggle_env
-
-USER, KEY = "kaggle-user", "kgl-" + secrets.token_hex(12)  # made at run time: no key is written in any tracked file
-FAST = ["--accelerator", "none", "--poll-interval", "0.2", "--dataset-timeout", "60"]
-
-
-@pytest.fixture
-def kaggle(tmp_path):
-    server = FakeKaggle(USER, KEY, workdir=tmp_path / "kaggle-sandbox", page_cap=5)
-    yield server
-    server.stop()
-
+from kaggle_server import FAST, KEY, USER, kaggle_env, launch_kaggle, only_run_dir, packed
 
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory, shard_cache) -> Path:
@@ -31,18 +20,6 @@ def shard_dir(tmp_path_factory, shard_cache) -> Path:
     out = tmp_path_factory.mktemp("shards") / "msrvtt-small"
     generate(SyntheticSpec.from_url(SMALL), out, progress=False)
     return out
-
-
-def launch_kaggle(kaggle, cwd: Path, *args: str, env_extra: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**kaggle_env(kaggle, USER, KEY, cwd / "kaggle-config"), **(env_extra or {})}
-    env = {name: value for name, value in env.items() if value is not None}  # None: unset
-    return subprocess.run(launch_command(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def only_run_dir(cwd: Path) -> Path:
-    runs = [p for p in (cwd / "runs").iterdir() if p.is_dir()]
-    assert len(runs) == 1, runs
-    return runs[0]
 
 
 def test_train_mlp_end_to_end_then_unchanged_launch_uploads_nothing(tmp_path, kaggle, shard_dir):
@@ -55,7 +32,8 @@ def test_train_mlp_end_to_end_then_unchanged_launch_uploads_nothing(tmp_path, ka
     assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "epoch"] == [0, 1, 2]
     results = json.loads((run / "eval" / "results.json").read_text())["metrics"]
     assert results["n"] == 200 and results["s2t_r1"] > 5  # real training on the sandbox "kernel", far above chance
-    assert torch.load(run / "checkpoints" / "best.pt", weights_only=False)["config"]["data"]["shards"].startswith(str(tmp_path / "kaggle-sandbox"))
+    # the kernel read the shards it unpacked from their packs (in its own /tmp), not anything of this machine's
+    assert "/streamapprox-inputs/" in torch.load(run / "checkpoints" / "best.pt", weights_only=False)["config"]["data"]["shards"]
     assert "epoch 2 done" in first.stdout  # the kernel's log, shown as it grew
     assert "test (200 videos)" in first.stdout
     record = json.loads((run / "launch.json").read_text())
@@ -90,14 +68,15 @@ def run_state(run: Path):
 
 
 def test_continuation_chain_equals_an_uninterrupted_run(tmp_path, kaggle, small_shards):
+    """Each kernel may take 400 of the run's 1,110 steps (train.session_steps: a budget that does not depend on
+    the machine's speed), so the run takes exactly three kernels; it must read as one continuous run."""
     settings = [f"data.shards={SMALL}", "train.epochs=30", "data.batch_size=16", "model.hidden=[256,256]", "train.log_every=5"]
-    chained = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, "--time-budget", "20", "--max-continuations", "8",
-                            "--set", *settings, timeout=600)
+    chained = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, "--max-continuations", "8",
+                            "--set", *settings, "train.session_steps=400", timeout=600)
     assert chained.returncode == 0, chained.stdout[-3000:] + chained.stderr[-3000:]
     run = only_run_dir(tmp_path)
     record = json.loads((run / "launch.json").read_text())
-    assert len(record["kernels"]) >= 2, "the budget should have forced at least one continuation"
-    assert all(k["continuation"] for k in record["kernels"][1:])
+    assert len(record["kernels"]) == 3 and [k["continuation"] for k in record["kernels"]] == [False, True, True]
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "complete" and len(info["resumed_at"]) == len(record["kernels"]) - 1
 
@@ -155,8 +134,9 @@ def test_p100_under_a_torch_without_sm60_fails_fast_in_the_probe(tmp_path, kaggl
 
 def test_missing_or_rejected_credentials_stop_before_any_upload(tmp_path, kaggle):
     env = {"KAGGLE_USERNAME": None, "KAGGLE_KEY": None, "KAGGLE_API_TOKEN": None}
-    missing = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, *QUICK, env_extra=env)
+    missing = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, *QUICK, env_extra={**env, "HOME": str(tmp_path)})
     assert missing.returncode == 2 and "no usable credentials" in missing.stderr, missing.stderr[-2000:]
+    assert missing.stdout == "" and len(missing.stderr.strip().splitlines()) == 1  # our line only, not the package's banner
     assert kaggle.requests == []
 
     wrong = "kgl-" + secrets.token_hex(12)
@@ -208,10 +188,10 @@ def test_no_internet_kernel_installs_from_the_wheels_dataset(tmp_path, kaggle, s
     body = next(b for m, b in kaggle.requests if m == "SaveKernel")
     assert body["enableInternet"] is False
     wheels = next(files for (owner, slug), files in kaggle.datasets.items() if slug.startswith("streamapprox-wheels-"))
-    assert "WHEELS.json" in wheels and any(name.startswith("webdataset-") and name.endswith(".whl") for name in wheels)
+    assert "WHEELS.json" in wheels and any(name.startswith("webdataset-") and name.endswith(".whl") for name in packed(wheels))
     assert any("streamapprox-wheels-" in source for source in body["datasetDataSources"])
     install = next(line for line in result.stdout.splitlines() if "[streamapprox] installing" in line)
-    assert "from the wheels dataset at" in install and "streamapprox-wheels-" in install
+    assert "from the wheels dataset (kaggle-user/streamapprox-wheels-" in install
 
 
 def test_one_process_per_gpu_and_fp16_where_there_is_no_bf16():
@@ -249,29 +229,29 @@ def test_sweep_runs_inside_one_kernel_and_the_best_run_comes_back(tmp_path, kagg
     assert refused.returncode == 2 and "is not in the code bundle" in refused.stderr
 
 
-def test_sweep_past_the_time_budget_continues_in_a_second_kernel(tmp_path, kaggle, small_shards):
-    """The first kernel's budget stops the sweep mid-way (Tune's graceful stop); the continuation
-    kernel resumes it from the mounted output and finishes without rerunning finished trials."""
+def test_sweep_continues_over_three_kernels_and_exports_the_best_trial(tmp_path, kaggle, small_shards):
+    """--epoch-budget 5: each kernel reports five trial-epochs (a budget of work, not wall time), so three trials of
+    four epochs take exactly three kernels on any machine. Every kernel's Tune state restores (each trial's epochs
+    are reported once, in order), and the winner exported is the best trial on validation, its checkpoints there."""
     space = Path(__file__).parent.parent / "tune" / "spaces" / "temperature_depth.yaml"
     result = launch_kaggle(kaggle, tmp_path, "kaggle", "sweep", *FAST, "--space", str(space), "--preset", "train_transformer",
-                           "--num-samples", "4", "--max-concurrent", "1", "--scheduler", "none", "--time-budget", "60",
-                           "--max-continuations", "3", "--set", "train.epochs=10", "model.width=32", "model.heads=2",
+                           "--num-samples", "3", "--max-concurrent", "1", "--scheduler", "none", "--epoch-budget", "5",
+                           "--max-continuations", "3", "--set", "train.epochs=4", "model.width=32", "model.heads=2",
                            "data.batch_size=128", f"data.shards={SMALL}", timeout=500)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
     sweep = only_run_dir(tmp_path)
     record = json.loads((sweep / "launch.json").read_text())
     info = json.loads((sweep / "run.json").read_text())
-    if len(record["kernels"]) == 1:  # a machine fast enough finishes inside the budget: nothing to continue
-        assert info["status"] == "complete" and (sweep / "best" / "eval" / "results.json").is_file()
-        pytest.skip("the sweep fit in the first kernel's budget on this machine; continuation not exercised")
-    assert info["status"] == "complete" and len(info["resumed_at"]) == len(record["kernels"]) - 1
-    for rows in (read_jsonl(p) for p in (sweep / "tune").glob("*/result.json")):
-        epochs = [row["epoch"] for row in rows]
-        # nothing lost; at most the epoch in flight when a kernel's budget ran out is redone (Tune's final
-        # experiment snapshot can precede that epoch's report: the trial then resumes from the epoch before)
-        assert sorted(set(epochs)) == list(range(1, 11)) and epochs == sorted(epochs)
-        assert len(epochs) - len(set(epochs)) <= len(record["kernels"]) - 1
-    assert (sweep / "best" / "eval" / "results.json").is_file()
+    assert len(record["kernels"]) == 3 and info["status"] == "complete" and len(info["resumed_at"]) == 2
+    rows = json.loads((sweep / "trials.json").read_text())
+    assert [row["status"] for row in rows] == ["TERMINATED"] * 3 and all(row["epochs_run"] == 4 for row in rows)
+    for rows_of_trial in (read_jsonl(p) for p in (sweep / "tune").glob("*/result.json")):
+        assert [row["epoch"] for row in rows_of_trial] == [1, 2, 3, 4]  # nothing lost, nothing redone
+    best_row = max(rows, key=lambda row: row["val_s2t_r1"])
+    assert info["winner"]["trial_id"] == best_row["trial_id"] and info["winner"]["value"] == best_row["val_s2t_r1"]
+    best = sweep / "best"
+    assert (best / "checkpoints" / "best.pt").is_file() and (best / "eval" / "results.json").is_file()
+    assert json.loads((best / "run.json").read_text())["sweep"]["trial_id"] == best_row["trial_id"]
 
 
 def test_extract_fans_out_over_kernels_with_the_videos_as_a_dataset(tmp_path, kaggle):

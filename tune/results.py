@@ -18,7 +18,7 @@ from data_shards.files import atomic_write_text
 from jobs import now
 from jobs.rundir import RunDir
 from model.metrics import is_better
-from tune.runner import EXPERIMENT
+from tune.runner import experiment_dir
 from tune.space import SearchSpace, native
 from tune.trial import REPORTED
 
@@ -32,7 +32,7 @@ def load_experiment(sweep_dir: Path):
 
     # Trials not started yet (an interrupted sweep) have no results; that is expected, not a warning.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    return ExperimentAnalysis(str((sweep_dir / EXPERIMENT).resolve()))
+    return ExperimentAnalysis(str(experiment_dir(sweep_dir)))
 
 
 def trial_rows(analysis, space: SearchSpace) -> list[dict]:

@@ -4,6 +4,7 @@ the trials. Tune's own experiment directory is ``<sweep>/tune``; each trial's li
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -21,6 +22,26 @@ log = logging.getLogger("streamapprox.sweep")
 EXPERIMENT = "tune"  # Tune's experiment directory inside the sweep directory
 
 
+def experiment_dir(sweep_dir: Path) -> Path:
+    """Tune's experiment directory (``<sweep>/tune``) as Tune must see it: through an alias path that is the
+    same in every session of the sweep. Tune records absolute paths in its state, and a restored search
+    algorithm creates new trials under the path of the session that started the sweep (Ray 2.60; restored
+    trials are re-rooted, new ones are not), so a sweep resumed from another directory -- the next Kaggle
+    kernel, another machine -- would write their checkpoints outside it and lose them. The alias is named by a
+    token kept in the sweep's run.json and re-pointed at the sweep directory in each session."""
+    info = json.loads((sweep_dir / "run.json").read_text()) if (sweep_dir / "run.json").is_file() else {}
+    token = (info.get("sweep") or {}).get("alias") or sweep_dir.name
+    alias = Path("/tmp") / f"streamapprox-{os.getuid()}" / "sweeps" / token
+    alias.parent.mkdir(parents=True, exist_ok=True)
+    target = str(sweep_dir.resolve())
+    if not (alias.is_symlink() and os.readlink(alias) == target):
+        fresh = alias.with_name(f".{token}.{os.getpid()}")
+        fresh.unlink(missing_ok=True)
+        fresh.symlink_to(target)
+        fresh.replace(alias)
+    return alias / EXPERIMENT
+
+
 @dataclass
 class SweepSettings:
     num_samples: int = 8
@@ -31,6 +52,7 @@ class SweepSettings:
     grace_period: int = 1
     reduction_factor: float = 2.0
     seed: int = 0
+    epoch_budget: int | None = None  # per session: stop resumably after this many trial-epochs were reported
 
 
 def objective(metric: str) -> tuple[str, str]:
@@ -85,23 +107,45 @@ def build_scheduler(space: SearchSpace, settings: SweepSettings):
                          reduction_factor=settings.reduction_factor)
 
 
-class Deadline:
-    """Ends the sweep the way Ctrl-C does (Tune's graceful stop: state saved, trials resumable) when a
-    time budget runs out."""
+_STOPPING = threading.Event()  # module state, so that the (pickled) callback holds no lock
 
-    def __init__(self, seconds: float | None):
-        self.expired = False
-        self._timer = threading.Timer(seconds, self._fire) if seconds else None
 
-    def _fire(self) -> None:
-        self.expired = True
-        log.warning("time budget reached: stopping the sweep (resumable with --resume)")
+def stop_session(why: str) -> None:
+    """Tune's graceful stop, once: the signal Tune listens to (Ctrl-C does the same)."""
+    if not _STOPPING.is_set():
+        _STOPPING.set()
+        log.warning("%s: stopping the sweep (resumable with --resume)", why)
         os.kill(os.getpid(), signal.SIGUSR1)
 
+
+def epoch_counter(epochs: int | None):
+    """A Tune callback that stops the session once it has reported ``epochs`` trial-epochs: a budget that does
+    not depend on how fast the machine is."""
+    from ray.tune import Callback
+
+    class CountEpochs(Callback):
+        reports = 0
+
+        def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+            # counted once the epoch's checkpoint is registered, so that the state saved at the stop holds it
+            self.reports += 1
+            if epochs and self.reports >= epochs:
+                stop_session(f"epoch budget reached ({self.reports} trial-epochs this session)")
+
+    return CountEpochs()
+
+
+class Deadline:
+    """Ends this session of the sweep the way Ctrl-C does (state saved, trials resumable) when its time budget runs out."""
+
+    def __init__(self, seconds: float | None):
+        self._timer = threading.Timer(seconds, stop_session, args=("time budget reached",)) if seconds else None
+
     def __enter__(self) -> "Deadline":
+        _STOPPING.clear()
+        # Tune installs its own SIGUSR1 handler when fit() starts; until then the signal must not kill the sweep.
+        signal.signal(signal.SIGUSR1, lambda *_: None)
         if self._timer:
-            # Tune installs its own handler when fit() starts; until then the signal must not kill the sweep.
-            signal.signal(signal.SIGUSR1, lambda *_: None)
             self._timer.daemon = True
             self._timer.start()
         return self
@@ -119,12 +163,16 @@ def run_trials(sweep_dir: Path, space: SearchSpace, settings: SweepSettings, res
 
     trials = expected_trials(space, settings)
     resources = trial_resources(settings, start_ray(), trials)
+    callbacks = [*(callbacks or []), epoch_counter(settings.epoch_budget)]
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, space=space, trials_dir=str((sweep_dir / "trials").resolve()), sweep_id=sweep_dir.name),
         resources)
-    experiment = (sweep_dir / EXPERIMENT).resolve()
+    experiment = experiment_dir(sweep_dir)
     if resume and tune.Tuner.can_restore(str(experiment)):
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=False)
+        # A restored Tuner carries the callbacks pickled with the first session (its storage mirror, its epoch
+        # count); this session's replace them.
+        tuner._local_tuner.get_run_config().callbacks = callbacks
     else:
         metric, mode = objective(space.metric)
         tuner = tune.Tuner(
@@ -136,7 +184,7 @@ def run_trials(sweep_dir: Path, space: SearchSpace, settings: SweepSettings, res
                 trial_name_creator=lambda trial: trial.trial_id, trial_dirname_creator=lambda trial: trial.trial_id,
             ),
             run_config=tune.RunConfig(
-                name=EXPERIMENT, storage_path=str(experiment.parent), verbose=1, callbacks=callbacks or [],
+                name=EXPERIMENT, storage_path=str(experiment.parent), verbose=1, callbacks=callbacks,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1), failure_config=tune.FailureConfig(max_failures=0),
             ),
         )

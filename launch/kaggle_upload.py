@@ -1,0 +1,157 @@
+"""What ``launch kaggle`` uploads, as private datasets that Kaggle takes as they are.
+
+Kaggle unpacks every archive it is given (a shard is a tar, a wheel and a checkpoint are zips) and holds
+at most 50 top-level files per dataset version, so every dataset is a few *packs* (``launch.carry``):
+files Kaggle leaves alone, each verified by sha256 when the kernel unpacks it. A dataset is named by its
+content (the code's is versioned, with a ``BUNDLE.json`` marker), so it is uploaded once; one is taken as
+already there only when Kaggle lists exactly the packs a complete upload has. After an upload, the listing
+is checked the same way: the kaggle package skips a file whose upload it gave up on without saying so.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from data_shards.files import cache_root
+from jobs import JobSpec
+from launch import bundle as code_bundle
+from launch import carry
+from launch.inputs import staged_form
+from launch.kaggle_api import KaggleService
+from launch.local import REPO_ROOT, LaunchError
+
+MAX_DATASET_FILES = 50  # Kaggle's cap on top-level files in a dataset version
+PACK_BYTES = 1 << 30  # about this much per pack (a few packs for a big shard set, never over the cap)
+MAX_PACKS = MAX_DATASET_FILES - 2  # room for a marker file
+WHEELS_MARKER = "WHEELS.json"
+UPLOAD_ATTEMPTS = 3
+NOT_ON_KERNEL = {"torch", "torchvision", "torchaudio", "kaggle", "boto3", "six", "requests"}  # in the image, or launcher-only
+
+
+def kernel_requirements(spec: JobSpec) -> list[str]:
+    """The project's dependencies (plus the job's extras) that a Kaggle image may lack (torch comes with the image)."""
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + [r for extra in spec.extras for r in project["optional-dependencies"][extra]]
+    return [r for r in declared if re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0].lower() not in NOT_ON_KERNEL]
+
+
+def wheels_digest(requirements: list[str]) -> str:
+    return hashlib.sha256(json.dumps(["cp311-manylinux_x86_64", *requirements]).encode()).hexdigest()
+
+
+def build_wheels(requirements: list[str], folder: Path) -> list[tuple[str, Path]]:
+    """Wheels for a Kaggle image (CPython 3.11, manylinux x86_64), no dependencies: the image has those."""
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest", str(folder),
+               "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64", "--python-version", "3.11",
+               "--implementation", "cp", *requirements]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise LaunchError(f"building the wheels dataset failed (pip download exit {result.returncode}): {result.stderr[-1500:]}")
+    return [(path.name, path) for path in sorted(folder.glob("*.whl"))]
+
+
+class Uploader:
+    """Datasets on Kaggle, each uploaded only when Kaggle does not already hold it complete; counts the bytes it sent."""
+
+    def __init__(self, service: KaggleService, options: argparse.Namespace, dry_run: bool = False):
+        self.service, self.options, self.dry_run = service, options, dry_run
+        self.bytes_uploaded = 0
+        self.planned: list[tuple[str, int]] = []  # (dataset, bytes) a dry run would upload
+
+    def _present(self, slug: str) -> dict[str, int] | None:
+        """What Kaggle lists for the dataset, once a version still being processed is ready (None: no such dataset)."""
+        status = self.service.dataset_status(slug)
+        if status is None:
+            return None
+        if status not in ("ready", "failed"):
+            self.service.wait_dataset_ready(slug, self.options.dataset_timeout, self.options.poll_interval)
+        return self.service.dataset_files(slug)
+
+    def _stage(self, slug: str) -> Path:
+        folder = cache_root() / "kaggle" / self.service.owner / slug
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _send(self, folder: Path, slug: str, title: str, expected: dict[str, int], present: dict[str, int] | None, notes: str) -> None:
+        """Upload ``folder`` (packs already written) and check Kaggle lists it whole; a lost file means another version."""
+        for stale in [p for p in folder.iterdir() if p.is_file() and p.name not in expected and p.name != "dataset-metadata.json"]:
+            stale.unlink()
+        size = sum(expected.values())
+        for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+            print(f"launch kaggle: uploading {title} ({size / 1e6:.1f} MB in {len(expected)} file{'s' if len(expected) > 1 else ''}) "
+                  f"to {self.service.owner}/{slug}",
+                  flush=True)
+            self.service.upload_dataset(folder, slug, title, new=present is None, notes=notes,
+                                        wait=(self.options.dataset_timeout, self.options.poll_interval))
+            self.bytes_uploaded += size
+            # a new version answers 404, then a processing state, for a while: wait, then see what Kaggle holds
+            self.service.wait_dataset_ready(slug, self.options.dataset_timeout, self.options.poll_interval)
+            present = self.service.dataset_files(slug)
+            if present == expected:
+                return
+            missing = sorted(name for name, size in expected.items() if (present or {}).get(name) != size)
+            if attempt < UPLOAD_ATTEMPTS:
+                print(f"launch kaggle: {self.service.owner}/{slug} came out incomplete ({', '.join(missing[:5])} missing or cut short); "
+                      f"uploading it again (attempt {attempt + 1} of {UPLOAD_ATTEMPTS})", file=sys.stderr, flush=True)
+        raise LaunchError(f"kaggle: dataset {self.service.owner}/{slug} is still incomplete after {UPLOAD_ATTEMPTS} uploads "
+                          f"(Kaggle lists {sorted(present or {})}); run the launch again")
+
+    def _carry_files(self, slug: str, title: str, pack_id: str, files: list[tuple[str, Path]], digests: dict[str, str],
+                     markers: dict[str, bytes], notes: str) -> bool:
+        """Make the dataset hold ``files`` as packs (plus small ``markers`` files); returns whether anything was uploaded.
+        Equal names and sizes mean equal content only where the slug names the content, or a marker says which."""
+        packs = carry.plan(files, MAX_PACKS, PACK_BYTES)
+        expected = {**carry.sizes(pack_id, packs), **{name: len(data) for name, data in markers.items()}}
+        present = self._present(slug)
+        if present == expected and all(self.service.dataset_file(slug, name) == data for name, data in markers.items()):
+            return False
+        if self.dry_run:
+            self.planned.append((f"{self.service.owner}/{slug}", sum(expected.values())))
+            return True
+        folder = self._stage(slug)
+        carry.write_all(folder, pack_id, packs, digests)
+        for name, data in markers.items():
+            (folder / name).write_bytes(data)
+        self._send(folder, slug, title, expected, present, notes)
+        return True
+
+    def code(self, bundle: code_bundle.Bundle) -> dict:
+        """One dataset, a new version whenever the bundle's content digest changed."""
+        slug = "streamapprox-code"
+        marker = json.dumps({"digest": bundle.digest}).encode()
+        files = [(rel, bundle.root / rel) for rel in bundle.files]
+        if not self._carry_files(slug, "StreamApprox code", bundle.digest, files, bundle.files, {code_bundle.MANIFEST: marker},
+                                 notes=f"bundle {bundle.digest[:16]}"):
+            print(f"launch kaggle: code bundle {bundle.digest[:12]} already on Kaggle ({self.service.owner}/{slug})", flush=True)
+        return {"dataset": f"{self.service.owner}/{slug}", "digest": bundle.digest}
+
+    def carry(self, key: str, spec: dict) -> dict:
+        """An input (shard set, video collection, file) as a dataset named by its content."""
+        staged = staged_form(spec)
+        slug = f"streamapprox-{staged.name}"
+        if not self._carry_files(slug, f"StreamApprox {staged.name}", staged.pack_id, staged.files, staged.digests, {}, notes=key):
+            print(f"launch kaggle: {key} ({spec['location']}) already on Kaggle as {self.service.owner}/{slug}", flush=True)
+        return {"dataset": f"{self.service.owner}/{slug}", "pack": staged.pack_id, "target": staged.target, **staged.locator}
+
+    def wheels(self, requirements: list[str]) -> dict:
+        """The job's dependencies as wheels, for kernels without internet; built and uploaded once per requirement list."""
+        digest = wheels_digest(requirements)
+        slug = f"streamapprox-wheels-{digest[:16]}"
+        present = self._present(slug)
+        if not (present and WHEELS_MARKER in present and len(present) > 1):
+            with tempfile.TemporaryDirectory(prefix="streamapprox-wheels-") as tmp:
+                files = build_wheels(requirements, Path(tmp)) if not self.dry_run else []
+                marker = json.dumps({"digest": digest, "requirements": requirements}).encode()
+                if self.dry_run:
+                    self.planned.append((f"{self.service.owner}/{slug}", 0))
+                else:
+                    self._carry_files(slug, f"StreamApprox wheels {digest[:8]}", digest, files, {}, {WHEELS_MARKER: marker}, notes="")
+        return {"dataset": f"{self.service.owner}/{slug}", "digest": digest}
