@@ -13,6 +13,7 @@ import secrets
 import shutil
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from data_shards import ShardError, check_shards, open_shards
@@ -41,11 +42,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs every trial runs before it can be stopped")
     parser.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA: keep the top 1/F at each rung")
     parser.add_argument("--seed", type=int, default=0, help="seed of the search (which configs are sampled)")
-    parser.add_argument("--storage", metavar="URL", help="mirror the sweep directory here while it runs (s3://..., a path)")
+    parser.add_argument("--storage", metavar="URL",
+                        help="where the sweep persists (s3://... or a path every node mounts): Tune's experiment, written there by "
+                        "every trial on every node, and a mirror of the sweep directory")
     parser.add_argument("--endpoint-url", help="S3-compatible endpoint for --storage")
     parser.add_argument("--run-dir", help="the sweep directory (default: runs/sweep-<time>-<id>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted sweep; finished trials are not rerun")
     parser.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop resumably before this much wall-clock time")
+    parser.add_argument("--max-failures", type=int, default=2,
+                        help="times a failed trial (its node died) restarts from its last checkpoint (default 2)")
+    parser.add_argument("--allow-errored-trials", action="store_true",
+                        help="pick the winner among the other trials when some errored (otherwise the sweep ends failed, no winner)")
     parser.add_argument("--epoch-budget", type=int, metavar="N",
                         help="every session (the first and each --resume) stops resumably after N trial-epochs were reported")
     parser.add_argument("--check", action="store_true", help="validate space, config, shards and dims, then exit")
@@ -62,21 +69,38 @@ def settings_from(args: argparse.Namespace):
         raise ConfigError(f"--max-concurrent {args.max_concurrent}: must be at least 1")
     if args.epoch_budget is not None and args.epoch_budget < 1:
         raise ConfigError(f"--epoch-budget {args.epoch_budget}: must be at least 1 trial-epoch")
+    if args.max_failures < 0:
+        raise ConfigError(f"--max-failures {args.max_failures}: must be 0 or more")
     return SweepSettings(num_samples=args.num_samples, scheduler=args.scheduler, max_concurrent=args.max_concurrent,
                          cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, grace_period=args.grace_period,
-                         reduction_factor=args.reduction_factor, seed=args.seed, epoch_budget=args.epoch_budget)
+                         reduction_factor=args.reduction_factor, seed=args.seed, epoch_budget=args.epoch_budget,
+                         max_failures=args.max_failures, allow_errored_trials=args.allow_errored_trials)
 
 
 def overrides_dict(overrides: list[str]) -> dict:
     return dict(parse_assignment(assignment) for assignment in overrides)
 
 
-def resolve(args: argparse.Namespace):
-    """The space (base config included), settings, sweep directory and storage mirror; from the saved
+@dataclass
+class Sweep:
+    """A sweep as this session runs it."""
+
+    space: object
+    settings: object
+    run: RunDir
+    alias: str  # names the sweep's paths that must stay the same in every session (tune.runner.experiment_dir)
+    overrides: dict
+    storage: str | None  # the --storage URL
+    mirror: object | None  # tune.storage.Mirror of the sweep directory to storage
+    experiment: object  # tune.runner.Experiment: where Tune keeps the experiment
+
+
+def resolve(args: argparse.Namespace) -> Sweep:
+    """The space (base config included), settings, sweep directory, storage and experiment; from the saved
     sweep when resuming (only data.shards may move, e.g. to where a new machine mounted the shards)."""
-    from tune.runner import SweepSettings
+    from tune.runner import Experiment, SweepSettings
     from tune.space import load_space
-    from tune.storage import Mirror
+    from tune.storage import Mirror, ray_storage
 
     if args.resume:
         sweep = RunDir(args.resume)
@@ -95,30 +119,34 @@ def resolve(args: argparse.Namespace):
         space = load_space(str(sweep.path / SPACE_COPY), preset=saved["preset"])
         space.apply({**saved["overrides"], **moved})
         settings = SweepSettings(**saved["settings"])
-        storage = storage or info.get("storage")
-        return space, settings, sweep, (Mirror(sweep.path, storage, args.endpoint_url) if storage else None), saved["overrides"]
-    if not args.space:
-        raise ConfigError("--space NAME_OR_FILE is required (bundled: temperature_depth, transformer_full)")
-    space = load_space(args.space, preset=args.preset)
-    overrides = overrides_dict(args.overrides)
-    space.apply(overrides)
-    sweep = RunDir(args.run_dir or Path("runs") / new_run_id("sweep"))
-    mirror = Mirror(sweep.path, args.storage, args.endpoint_url) if args.storage else None
-    return space, settings_from(args), sweep, mirror, overrides
+        settings.allow_errored_trials = settings.allow_errored_trials or args.allow_errored_trials
+        storage, overrides, alias = storage or info.get("storage"), saved["overrides"], saved.get("alias") or sweep.path.name
+    else:
+        if not args.space:
+            raise ConfigError("--space NAME_OR_FILE is required (bundled: temperature_depth, transformer_full)")
+        space = load_space(args.space, preset=args.preset)
+        overrides = overrides_dict(args.overrides)
+        space.apply(overrides)
+        sweep = RunDir(args.run_dir or Path("runs") / new_run_id("sweep"))
+        settings, storage, alias = settings_from(args), args.storage, secrets.token_hex(8)
+    ray_store = ray_storage(storage, args.endpoint_url) if storage else None
+    return Sweep(space, settings, sweep, alias, overrides, storage, Mirror(sweep.path, storage, args.endpoint_url) if storage else None,
+                 Experiment.of(sweep.path, alias, ray_store))
 
 
-def start(sweep: RunDir, space, settings, overrides: dict, storage: str | None, shards) -> None:
+def start(sweep: Sweep, shards) -> None:
     from dataclasses import asdict
 
-    sweep.path.mkdir(parents=True, exist_ok=True)
-    (sweep.path / "logs").mkdir(exist_ok=True)
-    shutil.copyfile(space.source, sweep.path / SPACE_COPY)
-    sweep.update(run_id=sweep.path.name, job="sweep", status="running", started_at=now(), git=git_state(Path(__file__).parent),
-                 backend=launched_by(), storage=storage,
-                 sweep={"space": space.source, "preset": space.preset, "metric": space.metric, "overrides": overrides,
-                        "alias": secrets.token_hex(8),
-                        "params": {key: str(dist) for key, dist in space.params.items()}, "settings": asdict(settings)},
-                 shards=shards_record(space.trial_config({}).data.shards, shards))
+    space, path = sweep.space, sweep.run.path
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "logs").mkdir(exist_ok=True)
+    shutil.copyfile(space.source, path / SPACE_COPY)
+    sweep.run.update(run_id=path.name, job="sweep", status="running", started_at=now(), git=git_state(Path(__file__).parent),
+                     backend=launched_by(), storage=sweep.storage,
+                     sweep={"space": space.source, "preset": space.preset, "metric": space.metric, "overrides": sweep.overrides,
+                            "alias": sweep.alias, "params": {key: str(dist) for key, dist in space.params.items()},
+                            "settings": asdict(sweep.settings)},
+                     shards=shards_record(space.trial_config({}).data.shards, shards))
 
 
 def setup_logging(sweep: RunDir) -> None:
@@ -133,35 +161,57 @@ def write_check_report(path: Path, space, shards) -> None:
     report_inputs(path, "sweep", space.trial_config({}).data.shards, shards)
 
 
-def conclude(sweep: RunDir, space, settings) -> int:
-    """Table, winner (validation only), plot, best/ export, then the one test evaluation."""
+def error_line(text: str | None) -> str:
+    """The line of a trial's traceback that says what went wrong (its last exception line)."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    said = [line for line in lines if ("Error" in line.split(":", 1)[0] or "Exception" in line.split(":", 1)[0]) and ":" in line]
+    return (said or lines or ["(no error text)"])[-1][:300]
+
+
+def conclude(sweep: Sweep) -> int:
+    """Table, winner (validation only), plot, best/ export, then the one test evaluation. A sweep with errored
+    trials ends failed, naming them, unless ``--allow-errored-trials``."""
     from jobs.evaluate import evaluate_run
     from tune.results import choose_winner, export_best, finished, load_experiment, trial_rows, write_plot, write_table
     from tune.runner import expected_trials
 
-    experiment = load_experiment(sweep.path)
+    space, settings, run = sweep.space, sweep.settings, sweep.run
+    experiment = load_experiment(sweep.experiment)
     rows = trial_rows(experiment, space)
-    write_table(sweep.path, rows)
+    write_table(run.path, rows)
     epochs = sum(row["epochs_run"] for row in rows)
-    if not finished(rows, expected_trials(space, settings)):
-        sweep.update(status="incomplete", global_step=epochs, trials=len(rows))
+    expected = expected_trials(space, settings)
+    if not finished(rows, expected):
+        run.update(status="incomplete", global_step=epochs, trials=len(rows))
         log.info("sweep incomplete (%d of %d trials finished); continue with --resume %s",
-                 sum(row["status"] in ("TERMINATED", "ERROR") for row in rows), expected_trials(space, settings), sweep.path)
+                 sum(row["status"] in ("TERMINATED", "ERROR") for row in rows), expected, run.path)
         return 0
+    errors = {trial.trial_id: error_line(trial.get_error()) for trial in experiment.trials if trial.status == "ERROR"}
+    errored = [{"trial_id": row["trial_id"], "params": {k: row[k] for k in space.params}, "error": errors[row["trial_id"]]}
+               for row in rows if row["status"] == "ERROR"]
+    for trial in errored:
+        log.error("trial %s %s errored (after %d retries): %s", trial["trial_id"], trial["params"], settings.max_failures, trial["error"])
+    if errored and not settings.allow_errored_trials:
+        run.update(status="failed", global_step=epochs, trials=len(rows), errored_trials=errored, ended_at=now(),
+                   error=f"{len(errored)} of {len(rows)} trials errored ({', '.join(t['trial_id'] for t in errored)}); no winner picked")
+        print(f"error: {len(errored)} of {len(rows)} trials errored ({', '.join(t['trial_id'] + ': ' + t['error'] for t in errored)}); "
+              f"no winner picked. Fix the cause and --resume {run.path} (errored trials restart from their last checkpoints), "
+              "or pick among the others with --allow-errored-trials", file=sys.stderr)
+        return 1
     metric = space.metric
-    winner = choose_winner(rows, metric)
-    sweep.update(global_step=epochs, trials=len(rows), selected_at=now(),
-                 winner={"trial_id": winner["trial_id"], "params": {k: winner[k] for k in space.params},
-                         "metric": f"val_{metric}", "value": winner[f"val_{metric}"], "best_epoch": winner["best_epoch"]})
-    log.info("winner on validation: trial %s, val %s %.2f, %s", winner["trial_id"], metric, winner[f"val_{metric}"],
-             {k: winner[k] for k in space.params})
-    best = export_best(experiment, sweep.path, winner, metric)
-    write_plot(sweep.path, rows, space, winner["trial_id"])
+    winner = choose_winner([row for row in rows if row["status"] != "ERROR"], metric)
+    run.update(global_step=epochs, trials=len(rows), selected_at=now(), errored_trials=errored,
+               winner={"trial_id": winner["trial_id"], "params": {k: winner[k] for k in space.params},
+                       "metric": f"val_{metric}", "value": winner[f"val_{metric}"], "best_epoch": winner["best_epoch"]})
+    log.info("winner on validation: trial %s, val %s %.2f, %s%s", winner["trial_id"], metric, winner[f"val_{metric}"],
+             {k: winner[k] for k in space.params}, f" (chosen among {len(rows) - len(errored)}: {len(errored)} errored)" if errored else "")
+    best = export_best(experiment, run.path, winner, metric)
+    write_plot(run.path, rows, space, winner["trial_id"])
     test = evaluate_run(best, checkpoint="best")
     winner.update({f"test_{key}": test[key] for key in ("s2t_r1", "s2t_r5", "s2t_r10", "s2t_medr", "t2s_r1")})
-    write_table(sweep.path, rows)
-    sweep.update(status="complete", ended_at=now(), test={key: test[key] for key in ("s2t_r1", "s2t_r5", "s2t_r10", "s2t_medr", "t2s_r1")},
-                 best={"metric": metric, "value": winner[f"val_{metric}"], "run": "best"})
+    write_table(run.path, rows)
+    run.update(status="complete", ended_at=now(), test={key: test[key] for key in ("s2t_r1", "s2t_r5", "s2t_r10", "s2t_medr", "t2s_r1")},
+               best={"metric": metric, "value": winner[f"val_{metric}"], "run": "best"})
     log.info("winner on test (read once): s2t R@1 %.2f R@5 %.2f R@10 %.2f MedR %.1f | t2s R@1 %.2f", test["s2t_r1"], test["s2t_r5"],
              test["s2t_r10"], test["s2t_medr"], test["t2s_r1"])
     return 0
@@ -170,8 +220,8 @@ def conclude(sweep: RunDir, space, settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        space, settings, sweep, mirror, overrides = resolve(args)
-        base = space.trial_config({})
+        sweep = resolve(args)
+        base = sweep.space.trial_config({})
         d = base.data
         # --check verifies every split (the winner's evaluation will read test); the sweep itself
         # opens train and validation only.
@@ -182,47 +232,53 @@ def main(argv: list[str] | None = None) -> int:
         check_gpus()
         if args.check:
             if args.check_report:
-                write_check_report(Path(args.check_report), space, shards)
-            print(f"check ok: sweep of {len(space.params)} keys ({', '.join(space.params)}) over preset {space.preset} on {shards.root}")
+                write_check_report(Path(args.check_report), sweep.space, shards)
+            print(f"check ok: sweep of {len(sweep.space.params)} keys ({', '.join(sweep.space.params)}) over preset {sweep.space.preset} "
+                  f"on {shards.root}")
             return 0
     except (ConfigError, ShardError, HardwareError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return run(args, space, settings, sweep, mirror, overrides, shards)
+    return run(args, sweep, shards)
 
 
-def run(args, space, settings, sweep: RunDir, mirror, overrides: dict, shards) -> int:
+def run(args, sweep: Sweep, shards) -> int:
     import ray
 
     from tune.results import finished, load_experiment, trial_rows
-    from tune.runner import EXPERIMENT, expected_trials, run_trials
+    from tune.runner import expected_trials, run_trials, trials_root
 
     if args.resume:
-        sweep.update(status="running", error=None, resumed_at=[*sweep.read().get("resumed_at", []), now()],
-                     **({"storage": mirror.url} if mirror else {}))
+        sweep.run.update(status="running", error=None, resumed_at=[*sweep.run.read().get("resumed_at", []), now()],
+                         sweep={**sweep.run.read()["sweep"], "settings": asdict(sweep.settings)},
+                         **({"storage": sweep.storage} if sweep.storage else {}))
     else:
-        start(sweep, space, settings, overrides, args.storage, shards)
-    setup_logging(sweep)
+        start(sweep, shards)
+    if sweep.mirror:  # what a resume needs (run.json, the space) is in storage before any trial runs
+        sweep.mirror.push()
+    setup_logging(sweep.run)
     try:
-        searched = args.resume and (sweep.path / EXPERIMENT).is_dir() and finished(trial_rows(load_experiment(sweep.path), space), expected_trials(space, settings))
+        searched = args.resume and sweep.experiment.exists() and finished(
+            [row for row in trial_rows(load_experiment(sweep.experiment), sweep.space) if row["status"] != "ERROR"],
+            expected_trials(sweep.space, sweep.settings))
         if not searched:
             budget = max(1.0, args.time_budget - (time.monotonic() - STARTED) - CONCLUDE_RESERVE_S) if args.time_budget else None
-            run_trials(sweep.path, space, settings, resume=bool(args.resume), time_budget=budget,
-                       callbacks=[mirror.callback()] if mirror else None)
-        code = conclude(sweep, space, settings)
+            run_trials(sweep.run.path, sweep.alias, sweep.space, sweep.settings, resume=bool(args.resume), time_budget=budget,
+                       experiment=sweep.experiment, callbacks=[sweep.mirror.callback()] if sweep.mirror else None)
+        code = conclude(sweep)
     except (ConfigError, ShardError) as exc:
-        sweep.update(status="failed", error=str(exc), ended_at=now())
+        sweep.run.update(status="failed", error=str(exc), ended_at=now())
         print(f"error: {exc}", file=sys.stderr)
         code = 2
     except BaseException as exc:
-        sweep.update(status="failed", error=f"{type(exc).__name__}: {exc}", ended_at=now())
+        sweep.run.update(status="failed", error=f"{type(exc).__name__}: {exc}", ended_at=now())
         raise
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        shutil.rmtree(sweep.path / "trials", ignore_errors=True)
-        if mirror:
-            mirror.push()
+        shutil.rmtree(trials_root(sweep.alias), ignore_errors=True)
+        if sweep.mirror:
+            sweep.mirror.push()
     return code
 
 

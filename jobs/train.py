@@ -353,11 +353,14 @@ def parse_args(argv: list[str] | None, preset: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def setup_logging(run: RunDir | None, is_main: bool) -> None:
+def setup_logging(run: RunDir | None, rank: int) -> None:
+    """Rank 0 logs to ``logs/train.log``, rank k to ``logs/train-rank<k>.log`` (warnings only): on nodes that share
+    no disk each rank's log is its own file, and they come back side by side."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if run is not None:
-        handlers.append(logging.FileHandler(run.path / "logs" / "train.log"))
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, handlers=handlers, force=True,
+        (run.path / "logs").mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(run.path / "logs" / ("train.log" if rank == 0 else f"train-rank{rank}.log")))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
@@ -410,7 +413,7 @@ def run_training(trainer: Trainer, run: RunDir, cfg: JobConfig, resume: dict | N
     if trainer.is_main:
         run.create()
     acc.wait_for_everyone()
-    setup_logging(run, trainer.is_main)
+    setup_logging(run, acc.process_index)
     if trainer.is_main:
         info: dict = {"status": "running", **record}
         if resume:
@@ -432,7 +435,9 @@ def run_training(trainer: Trainer, run: RunDir, cfg: JobConfig, resume: dict | N
     return status
 
 
-def main(argv: list[str] | None = None, preset: str = "train_mlp") -> int:
+def main(argv: list[str] | None = None, preset: str = "train_mlp", on_epoch_end: Callable[[dict], None] | None = None) -> int:
+    """The training job; ``on_epoch_end`` (every rank, after each epoch's last.pt) lets a launcher persist the run
+    directory as it goes (Ray Train does)."""
     args = parse_args(argv, preset)
     try:
         cfg, run, resume = resolve(args)
@@ -448,7 +453,7 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp") -> int:
                 write_check_report(Path(args.check_report), cfg.job, cfg.data.shards, shards)
             print(f"check ok: {cfg.job} ({cfg.model.kind} student) on {shards.root} {shards.manifest.splits}")
             return 0
-        trainer = Trainer(cfg, shards, run, resume, args.time_budget)
+        trainer = Trainer(cfg, shards, run, resume, args.time_budget, on_epoch_end=on_epoch_end)
     except (ConfigError, ShardError, HardwareError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

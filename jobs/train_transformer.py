@@ -1,7 +1,12 @@
 """``python -m jobs.train_transformer``: the training job with the Transformer preset."""
 import sys
 
-from jobs.train import main
+from jobs import train
+
+
+def main(argv: list[str] | None = None, on_epoch_end=None) -> int:
+    return train.main(argv, preset="train_transformer", on_epoch_end=on_epoch_end)
+
 
 if __name__ == "__main__":
-    sys.exit(main(preset="train_transformer"))
+    sys.exit(main())

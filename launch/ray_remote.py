@@ -1,16 +1,23 @@
-"""The cluster half of ``launch ray``: the Ray job's entrypoint. Runs the job command, then copies the
-run directory to the storage URL through sync -- also when the job failed, so its logs come back --
-and exits with the job's code.
+"""The cluster half of ``launch ray``: the Ray job's entrypoint (the job's driver, on the cluster).
 
-    python -m launch.ray_remote --run-dir RUN --storage URL -- COMMAND...
+    python -m launch.ray_remote --run-dir RUN --storage URL -- COMMAND...          run the job as a process
+    python -m launch.ray_remote --run-dir RUN --storage URL --train-workers N ... --module M -- JOB ARGS...
+                                                                                  run it across nodes (Ray Train)
+    python -m launch.ray_remote [--check-storage PATH] [--check-input PATH ...]  can every node see these?
+
+It copies the run directory to the storage URL through sync -- every 5 minutes and at the end, also when the
+job failed, so its logs come back -- and exits with the job's code.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import secrets
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 from sync import SyncError, sync
 
@@ -22,14 +29,75 @@ def mirror(run_dir: str, storage: str) -> None:
         print(f"launch ray: {sync(run_dir, storage).summary()}", flush=True)
 
 
+def check_reach(storage: str | None, inputs: list[str]) -> int:
+    """Can every alive node see these paths? ``storage`` gets a marker written here (on the driver's node) that every
+    node must see; each of ``inputs`` must exist on every node. Work spread over nodes (a sweep's trials, Ray Train's
+    workers) needs a filesystem every node mounts. Prints ``{"nodes": N, "blind": {path: [node ids]}}``."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ray.init(log_to_driver=False)
+    marker = Path(storage) / f".streamapprox-probe-{secrets.token_hex(8)}" if storage else None
+    if marker:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("probe\n")
+
+    @ray.remote(num_cpus=0)
+    def missing(paths: list[str]) -> list[str]:
+        return [path for path in paths if not os.path.exists(path)]
+
+    wanted = [str(marker)] * bool(marker) + inputs
+    try:
+        nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+        answers = ray.get([missing.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(wanted)
+                           for node in nodes])
+    finally:
+        if marker:
+            marker.unlink(missing_ok=True)
+    blind: dict[str, list[str]] = {}
+    for node, lacking in zip(nodes, answers):
+        for path in lacking:
+            blind.setdefault(storage if marker and path == str(marker) else path, []).append(node)
+    print(json.dumps({"nodes": len(nodes), "blind": blind}), flush=True)
+    return 0
+
+
+def run_command(command: list[str]) -> int:
+    return subprocess.Popen(command, env={**os.environ, "STREAMAPPROX_BACKEND": "ray", "PYTHONUNBUFFERED": "1"}).wait()
+
+
+def run_trained(args: argparse.Namespace, job_args: list[str]) -> int:
+    from launch import ray_train
+    from tune.storage import ray_storage
+
+    os.environ["STREAMAPPROX_BACKEND"] = "ray"
+    try:
+        ray_train.fit(args.module, job_args, Path(args.run_dir), ray_storage(args.storage), args.train_workers, args.gpus_per_worker,
+                      args.cpus_per_worker, args.placement_strategy, args.max_failures, args.mixed_precision)
+    except RuntimeError as exc:
+        print(f"launch ray: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launch.ray_remote")
-    parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--storage", required=True)
+    parser.add_argument("--check-storage", metavar="PATH")
+    parser.add_argument("--check-input", action="append", default=[], metavar="PATH")
+    parser.add_argument("--run-dir")
+    parser.add_argument("--storage")
+    parser.add_argument("--train-workers", type=int)
+    parser.add_argument("--gpus-per-worker", type=float, default=0)
+    parser.add_argument("--cpus-per-worker", type=float, default=1)
+    parser.add_argument("--placement-strategy", default="PACK")
+    parser.add_argument("--max-failures", type=int, default=2)
+    parser.add_argument("--mixed-precision")
+    parser.add_argument("--module")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.check_storage or args.check_input:
+        return check_reach(args.check_storage, args.check_input)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    job = subprocess.Popen(command, env={**os.environ, "STREAMAPPROX_BACKEND": "ray", "PYTHONUNBUFFERED": "1"})
     stop = threading.Event()
 
     def periodic() -> None:
@@ -40,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"launch ray: mirroring failed, will retry: {exc}", file=sys.stderr, flush=True)
 
     threading.Thread(target=periodic, daemon=True).start()
-    code = job.wait()
+    code = run_trained(args, command) if args.train_workers else run_command(command)
     stop.set()
     try:
         mirror(args.run_dir, args.storage)

@@ -110,7 +110,7 @@ class S3Store(Store):
         recorded = self._manifest() if SYNC_MANIFEST in objects else {}
         entries = {}
         for rel, obj in objects.items():
-            if rel == SYNC_MANIFEST or rel.endswith("/"):
+            if rel in (SYNC_MANIFEST, "") or rel.endswith("/"):  # "": the prefix's own folder marker (pyarrow, consoles make them)
                 continue
             etag = obj["ETag"].strip('"')
             known = recorded.get(rel, {})

@@ -47,13 +47,8 @@ import zipfile
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from servers import _Server
+from servers import NO_PROJECT_SITECUSTOMIZE, _Server
 
-# A Kaggle image has none of our code: the kernel must not import the project through this checkout's editable
-# install, only from what it was sent.
-NO_PROJECT_SITECUSTOMIZE = """import sys
-sys.meta_path[:] = [finder for finder in sys.meta_path if not getattr(finder, "__module__", "").startswith("__editable__")]
-"""
 P100_SITECUSTOMIZE = """import torch
 torch.cuda.is_available = lambda: True
 torch.cuda.device_count = lambda: 1

@@ -167,3 +167,87 @@ class SshServer:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+# A Kaggle image or a cluster node has none of this checkout's code: processes that stand for them must not import
+# the project through the dev environment's editable install, only from what they were sent.
+NO_PROJECT_SITECUSTOMIZE = """import sys
+sys.meta_path[:] = [finder for finder in sys.meta_path if not getattr(finder, "__module__", "").startswith("__editable__")]
+"""
+
+
+class RayNode:
+    """One real Ray node on 127.0.0.1 (``ray start --block``): the head, or a worker joining ``head_port``. With
+    ``private_tmp`` the node runs in its own mount namespace with a tmpfs on /tmp, so it shares no files with the
+    head or the tests (only the read-only environment under /work): a separate machine, as far as files go. Every
+    port is chosen apart (two clusters may run side by side); ``stop`` kills what it started, by pid."""
+
+    def __init__(self, env: dict, log: Path, *, head_port: int, dashboard_port: int | None = None, private_tmp: bool = False,
+                 num_cpus: int = 2):
+        import shlex
+        import tempfile
+
+        ray = str(Path(sys.executable).with_name("ray"))
+        self.head = dashboard_port is not None
+        temp = "/tmp/rayw" if private_tmp else tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's sockets live under it
+        self.temp = None if private_tmp else temp
+        args = [ray, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", str(num_cpus), "--disable-usage-stats",
+                "--temp-dir", temp, "--dashboard-agent-listen-port", str(free_port())]
+        if self.head:
+            args += ["--head", "--port", str(head_port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+                     "--include-dashboard", "true", "--ray-client-server-port", str(free_port())]
+        else:
+            args += ["--address", f"127.0.0.1:{head_port}"]
+        site = "/tmp/site" if private_tmp else tempfile.mkdtemp(prefix="raysite", dir="/tmp")
+        setup = f"mkdir -p {site} && printf %s {shlex.quote(NO_PROJECT_SITECUSTOMIZE)} > {site}/sitecustomize.py"
+        if private_tmp:
+            setup = f"mount -t tmpfs tmpfs /tmp && mkdir -p {temp} && {setup}"
+        command = ["sh", "-c", f"{setup} && exec {shlex.join(args)}"]
+        if private_tmp:
+            command = ["unshare", "--mount", "--propagation", "private", *command]
+        self.site = None if private_tmp else site
+        self.log = open(log, "wb")
+        self.process = subprocess.Popen(command, env={**env, "PYTHONPATH": site}, stdout=self.log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+
+    def processes(self):
+        import psutil
+
+        try:
+            root = psutil.Process(self.process.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def raylet(self):
+        return next(p for p in self.processes() if p.name() == "raylet")
+
+    def stop(self) -> None:
+        import psutil
+        import shutil
+
+        processes = self.processes()
+        for process in processes:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(processes, timeout=30)
+        self.log.close()
+        for path in (self.temp, self.site):
+            if path:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def alive_ray_nodes(dashboard: str, token: str) -> list[dict]:
+    """The cluster's alive nodes, from its dashboard's state API (token auth as Ray's own clients use it)."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{dashboard}/api/v0/nodes?limit=100", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            nodes = json.loads(response.read())["data"]["result"]["result"]
+    except (OSError, ValueError, KeyError):
+        return []
+    return [node for node in nodes if node["state"] == "ALIVE"]

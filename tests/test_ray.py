@@ -8,33 +8,31 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, launch_command
-from servers import free_port
+from conftest import cli_env, launch_command, read_jsonl
+from servers import RayNode, alive_ray_nodes, free_port
 
 TINY = ["train.epochs=2", "data.batch_size=64", "model.hidden=[64]"]
 
 
 @pytest.fixture(scope="module")
-def ray_head():
-    ray = str(Path(sys.executable).with_name("ray"))
+def ray_head(tmp_path_factory):
     token, dashboard = secrets.token_hex(16), free_port()
-    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's unix sockets live under it
     # the cluster's "python" is this environment's, as on a node set up with ./setup.sh
     env = {**cli_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(free_port()), "--dashboard-host",
-                    "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2", "--disable-usage-stats",
-                    "--include-dashboard", "true", "--temp-dir", temp], env=env, check=True, capture_output=True, timeout=180)
+    head = RayNode(env, tmp_path_factory.mktemp("ray-head") / "head.log", head_port=free_port(), dashboard_port=dashboard)
     try:
-        yield f"http://127.0.0.1:{dashboard}", env, temp
+        deadline = time.monotonic() + 120
+        while not alive_ray_nodes(f"http://127.0.0.1:{dashboard}", token):
+            assert time.monotonic() < deadline, "the Ray head did not come up within 120 s"
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{dashboard}", env, head.temp
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(temp, ignore_errors=True)
+        head.stop()
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +114,34 @@ def test_bad_cluster_inputs_fail_before_submission(ray_head, shards, tmp_path):
     too_big = launch_ray(env, tmp_path, "ray", *job, "--address", address, "--max-bundle-mb", "0.05")
     assert too_big.returncode == 2 and "over the 0.05 MB guard" in too_big.stderr
     assert not (tmp_path / "runs").exists()  # nothing was submitted
+
+
+def test_a_sweep_whose_driver_died_resumes_on_the_cluster(ray_head, shards, tmp_path):
+    """The sweep's Ray job is stopped mid-sweep (its driver killed); `launch ray sweep --resume RUN` submits it again,
+    and it continues from storage: no reported epoch is lost or redone beyond the one in flight."""
+    address, env, _ = ray_head
+    store = tmp_path / "store"
+    started = launch_ray(env, tmp_path, "ray", "sweep", "--address", address, "--storage", str(store), "--detach", "--space",
+                         "temperature_depth", "--num-samples", "2", "--max-concurrent", "1", "--scheduler", "none", "--preset",
+                         "train_transformer", "--set", f"data.shards={shards}", "train.epochs=6", "data.batch_size=64", "model.width=32",
+                         "model.heads=2")
+    assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    deadline = time.monotonic() + 240
+    while sum(len(read_jsonl(p)) for p in store.glob(f"{run.name}/tune/*/result.json")) < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    before = {p.parent.name: read_jsonl(p) for p in store.glob(f"{run.name}/tune/*/result.json")}
+    assert sum(map(len, before.values())) >= 3
+    assert launch_ray(env, tmp_path, "stop", str(run)).returncode == 0
+    while ": stopped" not in launch_ray(env, tmp_path, "status", str(run)).stdout and time.monotonic() < deadline + 60:
+        time.sleep(1)
+    resumed = launch_ray(env, tmp_path, "ray", "sweep", "--address", address, "--resume", str(run), "--poll-interval", "1")
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-3000:]
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"
+    assert len(json.loads((run / "launch.json").read_text())["submissions"]) == 2
+    after = {p.parent.name: read_jsonl(p) for p in store.glob(f"{run.name}/tune/*/result.json")}
+    assert len(after) == 2
+    for trial, rows in after.items():
+        epochs = [row["epoch"] for row in rows]
+        assert sorted(set(epochs)) == list(range(1, 7)) and epochs == sorted(epochs) and len(epochs) <= 7, (trial, epochs)
+        assert rows[: len(before.get(trial, []))] == before.get(trial, [])  # what was reported before the stop is kept

@@ -205,9 +205,18 @@ def ctrl_c_enabled() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def stored_progress(client, bucket: str, prefix: str) -> dict[str, list[dict]]:
+    """Every epoch each trial reported, from Tune's experiment in storage (where Tune writes it with --storage)."""
+    keys = [obj["Key"] for obj in client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/tune/").get("Contents", [])
+            if obj["Key"].endswith("/result.json")]
+    return {key.split("/")[-2]: [json.loads(line) for line in client.get_object(Bucket=bucket, Key=key)["Body"].read().decode().splitlines()
+                                 if line.strip()] for key in sorted(keys)}
+
+
 def test_interrupted_sweep_resumes_from_storage_without_rerunning_finished_trials(tmp_path, small_shards, bucket):
     """Ctrl-C (SIGINT to `launch local`) mid-sweep; the local sweep directory is then lost, and
-    `--resume --storage s3://...` brings it back from a loopback S3 server and finishes it."""
+    `--resume --storage s3://...` brings it back from a loopback S3 server and finishes it. Tune's experiment
+    lives in storage (each trial persists there itself); the mirror carries the rest of the sweep directory."""
     client, name = bucket
     space = write_space(tmp_path / "lr.yaml", {"optim.lr": "grid([3.0e-3, 2.0e-3, 1.0e-3])"}, {"train.epochs": 5})
     storage = f"s3://{name}/sweeps/interrupted"
@@ -219,8 +228,7 @@ def test_interrupted_sweep_resumes_from_storage_without_rerunning_finished_trial
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:  # the first trial done (5 epochs) and the second one under way
-            done = [rows for rows in (progress_rows(p) for p in (tmp_path / "runs").glob("*")) for rows in rows.values()]
-            if sum(len(rows) for rows in done) >= 7:
+            if sum(len(rows) for rows in stored_progress(client, name, "sweeps/interrupted").values()) >= 7:
                 break
             time.sleep(0.2)
         process.send_signal(signal.SIGINT)
@@ -231,7 +239,7 @@ def test_interrupted_sweep_resumes_from_storage_without_rerunning_finished_trial
     (sweep,) = (tmp_path / "runs").iterdir()
     info = json.loads((sweep / "run.json").read_text())
     assert info["status"] == "incomplete" and f"launch local sweep --resume {sweep.relative_to(tmp_path)}" in out
-    before = progress_rows(sweep)
+    before = stored_progress(client, name, "sweeps/interrupted")
     finished = [trial for trial, rows in before.items() if len(rows) == 5]
     assert finished and len(before) >= 2
 
@@ -241,7 +249,7 @@ def test_interrupted_sweep_resumes_from_storage_without_rerunning_finished_trial
     resumed = subprocess.run(launch_command("local", "sweep", "--resume", str(sweep.relative_to(tmp_path)), "--storage", storage),
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400, start_new_session=True)
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-2000:]
-    after = progress_rows(sweep)
+    after = stored_progress(client, name, "sweeps/interrupted")
     assert len(after) == 3 and all(after[trial][:5] == before[trial] for trial in finished)  # nothing reported is lost
     for trial, rows in after.items():  # an interrupted trial continued from its checkpoint, not from scratch
         epochs = [row["epoch"] for row in rows]
@@ -262,3 +270,54 @@ def test_check_report_of_a_space_on_the_default_shards(tmp_path, small_shards):
     write_check_report(tmp_path / "check.json", load_space("temperature_depth"), open_shards(small_shards))
     shard_input = json.loads((tmp_path / "check.json").read_text())["inputs"]["data.shards"]
     assert shard_input["location"] == "synthetic://msrvtt" and shard_input["regenerable"]
+
+
+def test_a_sweep_with_an_errored_trial_ends_failed_unless_the_others_may_win(tmp_path, small_shards):
+    """One sampled config cannot run (a batch larger than the training split): the sweep must not end complete with a
+    winner among the survivors, unless asked to; then it says how many errored."""
+    import yaml
+
+    space = tmp_path / "crash.yaml"
+    space.write_text(yaml.safe_dump({"preset": "train_mlp", "set": {"train.epochs": 2, "model.hidden": [256]},
+                                     "space": {"data.batch_size": "grid([128, 100000])"}}))
+    failed = launch("local", "sweep", "--space", str(space), "--num-samples", "1", "--scheduler", "none", "--max-failures", "1",
+                    "--set", f"data.shards={SMALL}", cwd=tmp_path, timeout=400)
+    assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
+    (sweep,) = (tmp_path / "runs").iterdir()
+    info = json.loads((sweep / "run.json").read_text())
+    (errored,) = info["errored_trials"]
+    assert info["status"] == "failed" and "winner" not in info and not (sweep / "best").exists()
+    assert errored["params"] == {"data.batch_size": 100000} and "fewer than one global batch" in errored["error"]
+    assert f"1 of 2 trials errored ({errored['trial_id']}: " in failed.stderr and "--allow-errored-trials" in failed.stderr
+
+    allowed = launch("local", "sweep", "--resume", str(sweep.relative_to(tmp_path)), "--allow-errored-trials", cwd=tmp_path, timeout=400)
+    assert allowed.returncode == 0, allowed.stdout[-3000:] + allowed.stderr[-3000:]
+    info = json.loads((sweep / "run.json").read_text())
+    assert info["status"] == "complete" and info["winner"]["params"] == {"data.batch_size": 128}
+    assert len(info["errored_trials"]) == 1 and "(chosen among 1: 1 errored)" in allowed.stdout
+    assert (sweep / "best" / "eval" / "results.json").is_file()
+
+
+def test_a_sweep_moved_to_another_directory_between_sessions_keeps_every_checkpoint(tmp_path, small_shards):
+    """What a Kaggle continuation or another machine does to a sweep: each session (--epoch-budget 4 of 3 trials x 3
+    epochs) runs from a new directory, the old one gone. Tune's state holds absolute paths, and trials created by a
+    restored search write where the first session was; nothing may be written outside the current directory."""
+    space = write_space(tmp_path / "lr.yaml", {"optim.lr": "grid([3.0e-3, 2.0e-3, 1.0e-3])"}, {"train.epochs": 3})
+    where = tmp_path / "session0" / "sweep"
+    started = run_to_end(sweep_command("--space", str(space), "--num-samples", "1", "--max-concurrent", "1", "--scheduler", "none",
+                                       "--epoch-budget", "4", "--set", f"data.shards={SMALL}", "--run-dir", str(where)), tmp_path)
+    assert started.returncode == 0, started.stdout[-3000:]
+    sessions = 1
+    while json.loads((where / "run.json").read_text())["status"] == "incomplete":
+        moved = tmp_path / f"session{sessions}" / "sweep"
+        moved.parent.mkdir()
+        where.rename(moved)
+        where.parent.rmdir()
+        resumed = run_to_end(sweep_command("--resume", str(moved)), tmp_path)
+        assert resumed.returncode == 0, resumed.stdout[-3000:]
+        assert not where.parent.exists(), f"the session wrote into {where.parent}, a directory the sweep left"
+        where, sessions = moved, sessions + 1
+    assert sessions == 3 and json.loads((where / "run.json").read_text())["status"] == "complete"
+    assert [row["status"] for row in trials(where)] == ["TERMINATED"] * 3
+    assert {trial: [row["epoch"] for row in rows] for trial, rows in progress_rows(where).items()} == \
+        {row["trial_id"]: [1, 2, 3] for row in trials(where)}

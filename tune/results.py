@@ -18,7 +18,7 @@ from data_shards.files import atomic_write_text
 from jobs import now
 from jobs.rundir import RunDir
 from model.metrics import is_better
-from tune.runner import experiment_dir
+from tune.runner import Experiment
 from tune.space import SearchSpace, native
 from tune.trial import REPORTED
 
@@ -26,13 +26,13 @@ TABLE = "trials"  # trials.csv + trials.json in the sweep directory
 PLOT = "val_r1.png"
 
 
-def load_experiment(sweep_dir: Path):
-    """Tune's record of the sweep (every trial's config, status, results and checkpoints), read from disk."""
+def load_experiment(experiment: Experiment):
+    """Tune's record of the sweep (every trial's config, status, results and checkpoints), read from where it is."""
     from ray.tune import ExperimentAnalysis
 
     # Trials not started yet (an interrupted sweep) have no results; that is expected, not a warning.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    return ExperimentAnalysis(str(experiment_dir(sweep_dir)))
+    return ExperimentAnalysis(experiment.path, storage_filesystem=experiment.filesystem)
 
 
 def trial_rows(analysis, space: SearchSpace) -> list[dict]:

@@ -4,11 +4,11 @@ the trials. Tune's own experiment directory is ``<sweep>/tune``; each trial's li
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import signal
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,30 +16,56 @@ from pathlib import Path
 from jobs.config import ConfigError
 from model.metrics import LOWER_IS_BETTER
 from tune.space import SearchSpace
+from tune.storage import RayStorage
 from tune.trial import train_trial
 
 log = logging.getLogger("streamapprox.sweep")
 EXPERIMENT = "tune"  # Tune's experiment directory inside the sweep directory
 
 
-def experiment_dir(sweep_dir: Path) -> Path:
+def experiment_dir(sweep_dir: Path, alias: str) -> Path:
     """Tune's experiment directory (``<sweep>/tune``) as Tune must see it: through an alias path that is the
     same in every session of the sweep. Tune records absolute paths in its state, and a restored search
     algorithm creates new trials under the path of the session that started the sweep (Ray 2.60; restored
     trials are re-rooted, new ones are not), so a sweep resumed from another directory -- the next Kaggle
     kernel, another machine -- would write their checkpoints outside it and lose them. The alias is named by a
-    token kept in the sweep's run.json and re-pointed at the sweep directory in each session."""
-    info = json.loads((sweep_dir / "run.json").read_text()) if (sweep_dir / "run.json").is_file() else {}
-    token = (info.get("sweep") or {}).get("alias") or sweep_dir.name
-    alias = Path("/tmp") / f"streamapprox-{os.getuid()}" / "sweeps" / token
-    alias.parent.mkdir(parents=True, exist_ok=True)
+    token kept in the sweep's run.json (``alias``) and re-pointed at the sweep directory in each session."""
+    link = Path("/tmp") / f"streamapprox-{os.getuid()}" / "sweeps" / alias
+    link.parent.mkdir(parents=True, exist_ok=True)
     target = str(sweep_dir.resolve())
-    if not (alias.is_symlink() and os.readlink(alias) == target):
-        fresh = alias.with_name(f".{token}.{os.getpid()}")
+    if not (link.is_symlink() and os.readlink(link) == target):
+        fresh = link.with_name(f".{alias}.{os.getpid()}")
         fresh.unlink(missing_ok=True)
         fresh.symlink_to(target)
-        fresh.replace(alias)
-    return alias / EXPERIMENT
+        fresh.replace(link)
+    return link / EXPERIMENT
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Where Tune keeps a sweep's experiment: in the sweep directory (through its alias), or -- with ``--storage`` --
+    in storage, where every trial on every node persists its results and checkpoints itself."""
+
+    path: str
+    filesystem: object | None = None
+
+    @classmethod
+    def of(cls, sweep_dir: Path, alias: str, storage: RayStorage | None) -> "Experiment":
+        return cls(storage.child(EXPERIMENT), storage.filesystem) if storage else cls(str(experiment_dir(sweep_dir, alias)))
+
+    @property
+    def parent(self) -> str:
+        return self.path.rsplit("/", 1)[0]
+
+    def exists(self) -> bool:
+        from ray import tune
+
+        return tune.Tuner.can_restore(self.path, storage_filesystem=self.filesystem)
+
+
+def trials_root(alias: str) -> Path:
+    """Where the trials' live run directories go on whichever node runs them: that node's own disk."""
+    return Path(tempfile.gettempdir()) / f"streamapprox-{os.getuid()}" / "trials" / alias
 
 
 @dataclass
@@ -53,6 +79,8 @@ class SweepSettings:
     reduction_factor: float = 2.0
     seed: int = 0
     epoch_budget: int | None = None  # per session: stop resumably after this many trial-epochs were reported
+    max_failures: int = 2  # a trial that fails (its node died) restarts from its last checkpoint this many times
+    allow_errored_trials: bool = False  # pick the winner among the others when some trials errored
 
 
 def objective(metric: str) -> tuple[str, str]:
@@ -155,9 +183,10 @@ class Deadline:
             self._timer.cancel()
 
 
-def run_trials(sweep_dir: Path, space: SearchSpace, settings: SweepSettings, resume: bool, time_budget: float | None,
-               callbacks: list | None = None) -> dict:
-    """Run (or continue) the sweep's trials; returns the per-trial resources used."""
+def run_trials(sweep_dir: Path, alias: str, space: SearchSpace, settings: SweepSettings, resume: bool, time_budget: float | None,
+               experiment: Experiment, callbacks: list | None = None) -> dict:
+    """Run (or continue) the sweep's trials; returns the per-trial resources used. A continued sweep retries its
+    errored trials from their last checkpoints."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -165,11 +194,10 @@ def run_trials(sweep_dir: Path, space: SearchSpace, settings: SweepSettings, res
     resources = trial_resources(settings, start_ray(), trials)
     callbacks = [*(callbacks or []), epoch_counter(settings.epoch_budget)]
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, space=space, trials_dir=str((sweep_dir / "trials").resolve()), sweep_id=sweep_dir.name),
-        resources)
-    experiment = experiment_dir(sweep_dir)
-    if resume and tune.Tuner.can_restore(str(experiment)):
-        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=False)
+        tune.with_parameters(train_trial, space=space, trials_dir=str(trials_root(alias)), sweep_id=sweep_dir.name), resources)
+    if resume and experiment.exists():
+        tuner = tune.Tuner.restore(experiment.path, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=experiment.filesystem)
         # A restored Tuner carries the callbacks pickled with the first session (its storage mirror, its epoch
         # count); this session's replace them.
         tuner._local_tuner.get_run_config().callbacks = callbacks
@@ -184,12 +212,13 @@ def run_trials(sweep_dir: Path, space: SearchSpace, settings: SweepSettings, res
                 trial_name_creator=lambda trial: trial.trial_id, trial_dirname_creator=lambda trial: trial.trial_id,
             ),
             run_config=tune.RunConfig(
-                name=EXPERIMENT, storage_path=str(experiment.parent), verbose=1, callbacks=callbacks,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1), failure_config=tune.FailureConfig(max_failures=0),
+                name=EXPERIMENT, storage_path=experiment.parent, storage_filesystem=experiment.filesystem, verbose=1,
+                callbacks=callbacks, checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=settings.max_failures),
             ),
         )
-    log.info("sweep: %d trials, %s per trial, scheduler %s, at most %s at once", trials, resources, settings.scheduler,
-             settings.max_concurrent or "all")
+    log.info("sweep: %d trials, %s per trial, scheduler %s, at most %s at once; experiment at %s", trials, resources, settings.scheduler,
+             settings.max_concurrent or "all", experiment.path)
     with Deadline(time_budget):
         tuner.fit()
     return resources

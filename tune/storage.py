@@ -1,22 +1,61 @@
-"""``--storage URL``: the sweep directory mirrored to any sync URL (``s3://``, a path) while the sweep
-runs -- after every finished trial and at most every ``interval_s`` otherwise -- so an interrupted
-sweep can be resumed from another machine. Uses ``sync`` (incremental, verified), not Ray's storage
-layer, so the same credentials, endpoints and manifests apply as for ``launch sync``.
+"""``--storage URL`` (``s3://...`` or a path every node mounts): where a sweep, or a training run across a
+Ray cluster's nodes, persists.
+
+Two layers, each the tool made for it: Ray's own storage (``ray_storage``: Tune's and Train's ``storage_path``)
+takes trial results and checkpoints straight from whichever node writes them -- since Ray 2.7 nothing is
+synced to the head, so on a cluster this is the only place they survive -- and ``Mirror`` copies the rest of
+the sweep directory (run.json, the trials table, ``best/``, logs) there through ``sync``, after every
+finished trial and at most every ``interval_s`` otherwise, so an interrupted sweep resumes from another
+machine and ``launch pull`` finds it.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
+from jobs.config import ConfigError
 from sync import SyncError, sync
 
 log = logging.getLogger("streamapprox.sweep")
-LIVE = ("trials/", ".best.partial/")  # trials' working copies (their state is in tune/) and an export in progress
+LIVE = ("trials/", ".best.partial/")  # trials' working copies and an export in progress
+RAY_OWNED = ("tune/", "ray-train/")  # written by Ray itself, straight to storage: the mirror leaves them alone
 
 
 def durable(entries: dict) -> dict:
-    return {rel: entry for rel, entry in entries.items() if not rel.startswith(LIVE)}
+    return {rel: entry for rel, entry in entries.items() if not rel.startswith(LIVE + RAY_OWNED)}
+
+
+@dataclass(frozen=True)
+class RayStorage:
+    """A location as Ray's storage layer takes it: ``storage_path`` plus, for an S3-compatible endpoint, a pyarrow
+    filesystem (built from the endpoint and the node's own credential chain: no key is pickled into Ray's state)."""
+
+    path: str
+    filesystem: object | None = None
+
+    def child(self, name: str) -> str:
+        return f"{self.path.rstrip('/')}/{name}"
+
+
+def ray_storage(url: str, endpoint_url: str | None = None) -> RayStorage:
+    if url.startswith("s3://"):
+        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        if not endpoint:
+            return RayStorage(url.rstrip("/"))
+        import pyarrow.fs
+
+        parsed = urlparse(endpoint)
+        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+        return RayStorage(url[len("s3://"):].rstrip("/"),
+                          pyarrow.fs.S3FileSystem(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https", region=region))
+    path = url[len("file://"):] if url.startswith("file://") else url
+    if "://" in path or not Path(path).is_absolute():
+        raise ConfigError(f"--storage {url}: Ray persists to s3://BUCKET/PREFIX or an absolute path every node mounts")
+    return RayStorage(path.rstrip("/"))
 
 
 class Mirror:

@@ -47,6 +47,7 @@ def restore(checkpoint, run: RunDir) -> dict | None:
 
 
 def train_trial(params: dict, space: SearchSpace, trials_dir: str, sweep_id: str) -> None:
+    import ray
     from ray import tune
 
     cfg = device_precision(space.trial_config(params))
@@ -57,8 +58,11 @@ def train_trial(params: dict, space: SearchSpace, trials_dir: str, sweep_id: str
     if resume and resume.get("shards_digest") != shards.digest():
         raise ConfigError(f"{shards.root}: not the shard set trial {trial_id} started on (manifest digest differs)")
 
+    node = ray.get_runtime_context().get_node_id()  # which node ran each epoch (after a node's loss: another one)
+
     def report(record: dict) -> None:
-        tune.report(report_metrics(record, cfg.train.select_metric), checkpoint=tune.Checkpoint.from_directory(str(run.path)))
+        tune.report({**report_metrics(record, cfg.train.select_metric), "node_id": node},
+                    checkpoint=tune.Checkpoint.from_directory(str(run.path)))
 
     trainer = Trainer(cfg, shards, run, resume, None, on_epoch_end=report)
     run_training(trainer, run, cfg, resume, sweep={"sweep_id": sweep_id, "trial_id": trial_id,

@@ -1,0 +1,111 @@
+"""A training job across a Ray cluster's nodes (``launch ray train_mlp --num-workers N``), run by the Ray job's
+driver on the cluster.
+
+How the work divides: **Ray Train** places the N workers (on several nodes if needed), starts one process per
+worker, sets up torch's process group across them and restarts them after a failure; **Accelerate** stays,
+inside each worker, what it is under ``accelerate launch`` -- device, precision, DDP wrapping, the gather of
+embeddings for the global-batch InfoNCE -- so each worker runs the job's own ``main`` unchanged: the same
+Trainer, the same run directory. Each worker keeps its copy of the run directory on its own node; after every
+epoch each one reports its part to Ray (rank 0: the run directory; rank k: its own logs and audit), which
+persists them into one checkpoint in storage. A worker group that lost a worker restarts from that checkpoint
+(every rank resumes from ``last.pt``, exactly); at the end the checkpoint is the whole run directory.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+RANK_FILE = re.compile(r"-rank(\d+)\.")  # logs/train-rank1.log, logs/audit-rank1.jsonl: one rank's own files
+
+
+def node_run_dir(run_id: str, rank: int) -> Path:
+    """This rank's copy of the run directory, on its node's own disk (named like the run: run.json takes its id from it)."""
+    return Path(tempfile.gettempdir()) / f"streamapprox-{os.getuid()}" / "ray-train" / f"rank{rank}" / run_id
+
+
+def part_of(run_dir: Path, rank: int, staging: Path) -> Path:
+    """This rank's part of the run directory, linked into ``staging``: rank 0 all of it but the other ranks' own
+    files, rank k only its own files."""
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
+        owner = RANK_FILE.search(path.name)
+        if (int(owner.group(1)) if owner else 0) == rank:
+            target = staging / path.relative_to(run_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)
+    return staging
+
+
+def worker_loop(config: dict) -> None:
+    """One worker: the job's own main, its run directory reported to Ray after every epoch and at the end."""
+    import ray
+    import ray.train
+
+    rank = ray.train.get_context().get_world_rank()
+    run_dir = node_run_dir(config["run_id"], rank)
+    where = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # a restarted worker group: every rank resumes from the run's last persisted epoch
+        shutil.rmtree(run_dir, ignore_errors=True)
+        checkpoint.to_directory(str(run_dir))
+        argv = ["--resume", str(run_dir)]
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        argv = [*config["argv"], "--run-dir", str(run_dir)]
+    precision = config.get("mixed_precision")
+    if precision == "auto":  # the launcher's auto, as under accelerate launch: bf16 where the GPU has it, else fp16
+        import torch
+
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision:
+        os.environ["ACCELERATE_MIXED_PRECISION"] = precision
+
+    def persist(record: dict | None = None) -> None:
+        metrics = {"epoch": record["epoch"] + 1, "step": record["step"], **{f"val_{k}": v for k, v in record["val"].items()}} \
+            if record else {"final": 1}
+        staged = part_of(run_dir, rank, run_dir.parent / f".report-rank{rank}")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(staged)))
+        shutil.rmtree(staged, ignore_errors=True)
+
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "logs" / f"node-rank{rank}.jsonl", "a") as handle:  # where each rank ran, each time it started
+        handle.write(json.dumps(where) + "\n")
+    code = importlib.import_module(config["module"]).main(argv, on_epoch_end=persist)
+    if code != 0:
+        raise RuntimeError(f"{config['module']} exited with {code} on rank {rank}; see its log")
+    persist()  # the finished run directory (eval/, run.json's end) as the last checkpoint
+
+
+def fit(module: str, argv: list[str], run_dir: Path, storage, workers: int, gpus_per_worker: float, cpus_per_worker: float,
+        placement_strategy: str, max_failures: int, mixed_precision: str | None) -> Path:
+    """Train ``module`` on ``workers`` Ray Train workers; the finished run directory ends up in ``run_dir``.
+    ``storage`` is a ``tune.storage.RayStorage``: where Ray persists the run's checkpoints."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"module": module, "argv": argv, "run_id": run_dir.name, "mixed_precision": mixed_precision},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources,
+                                     placement_strategy=placement_strategy),
+        run_config=RunConfig(name="ray-train", storage_path=storage.path, storage_filesystem=storage.filesystem,
+                             failure_config=FailureConfig(max_failures=max_failures), checkpoint_config=CheckpointConfig(num_to_keep=1)),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise RuntimeError(f"Ray Train: {result.error}")
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    result.checkpoint.to_directory(str(run_dir))
+    (run_dir / "logs").mkdir(exist_ok=True)
+    (run_dir / "logs" / "ray-train.json").write_text(json.dumps({"workers": workers, "placement_strategy": placement_strategy,
+                                                                 "checkpoint": result.checkpoint.path}, indent=2) + "\n")
+    return run_dir
