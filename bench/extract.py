@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data_shards.sampling import sample_frames, video_rng  # noqa: E402
 from data_shards.synthetic_videos import FPS, moving_shapes, tone  # noqa: E402
 from data_shards.video import decode_audio, decode_frames, probe, write_video  # noqa: E402
-from jobs.extract import AudioInputConfig, audio_segment, mean_image  # noqa: E402
+from jobs.extract import AudioInputConfig, mean_image  # noqa: E402
 from model.costs import count_flops, count_parameters, time_call  # noqa: E402
 from model.encoders import ClipConfig, ClipImageEncoder, VGGishConfig, VGGishEncoder  # noqa: E402
 from model.teachers import TeacherConfig, build_teacher  # noqa: E402
@@ -62,7 +62,7 @@ def main() -> None:
 
         def student_decode():
             frames = decode_frames(info, [i for g in student_groups for i in g])
-            return [mean_image(frames, g) for g in student_groups], audio_segment(decode_audio(path), SEGMENT_S, "middle")
+            return [mean_image(frames, g) for g in student_groups], decode_audio(path).segment(SEGMENT_S, "middle")
 
         def teacher_decode():
             frames = decode_frames(info, [i for g in teacher_groups for i in g])

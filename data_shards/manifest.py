@@ -76,6 +76,9 @@ class Manifest:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ShardError(f"{path}: not valid JSON ({exc}); regenerate the shard set.") from exc
+        if not isinstance(data, dict):
+            raise ShardError(f"{path}: not a manifest (a JSON object is expected, this is a {type(data).__name__}); regenerate the "
+                             "shard set.")
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise ShardError(

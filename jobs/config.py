@@ -78,9 +78,22 @@ class JobConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
-def parse_value(text: str) -> Any:
+def load_yaml(text: str, where: str) -> Any:
+    """YAML, or one line naming ``where`` (a file, or a --set argument), the line and column, and what is wrong."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        position = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{where}: not valid YAML{position}: {exc.problem or exc.context}"
+                          + (f" ({exc.context})" if exc.problem and exc.context else "")) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def parse_value(text: str, where: str = "the value") -> Any:
     """YAML scalar/list syntax, plus plain float forms YAML 1.1 leaves as strings (``1e-3``)."""
-    value = yaml.safe_load(text) if text.strip() else ""
+    value = load_yaml(text, where) if text.strip() else ""
     if isinstance(value, str):
         try:
             return float(value)
@@ -106,7 +119,7 @@ def parse_assignment(assignment: str) -> tuple[str, Any]:
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. --set loss.temperature=0.05")
     key, text = assignment.split("=", 1)
-    return key.strip(), parse_value(text)
+    return key.strip(), parse_value(text, f"--set {assignment!r}")
 
 
 def apply_override(data: dict, assignment: str) -> None:
@@ -158,7 +171,7 @@ def preset_data(preset: str, _chain: tuple[str, ...] = ()) -> dict:
         raise ConfigError(f"no preset {preset!r} in {PRESETS} (presets: {', '.join(preset_names())})")
     if preset in _chain:
         raise ConfigError(f"{path}: 'extends' loops: {' -> '.join((*_chain, preset))}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml(path.read_text(), str(path)) or {}
     base = data.pop("extends", None)
     if base is None:
         return data
@@ -172,7 +185,11 @@ def layered(data: dict, config_file: str | None = None, overrides: list[str] | N
     if config_file:
         if not Path(config_file).is_file():
             raise ConfigError(f"{config_file}: config file not found")
-        extra = yaml.safe_load(Path(config_file).read_text()) or {}
+        try:
+            text = Path(config_file).read_text()
+        except OSError as exc:
+            raise ConfigError(f"--config {config_file}: cannot read it ({exc.strerror})") from None
+        extra = load_yaml(text, str(config_file)) or {}
         if not isinstance(extra, dict):
             raise ConfigError(f"{config_file}: expected a mapping of config sections")
         deep_merge(data, extra)

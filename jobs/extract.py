@@ -14,6 +14,7 @@ usable audio gets ``has_audio: false``; nothing silently becomes zeros.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -34,9 +35,10 @@ from data_shards.merge import merge_shard_sets
 from data_shards.sampling import TooShort, check_strategy, sample_frames, video_rng
 from data_shards.schema import Dims
 from data_shards.sources import VideoEntry, list_videos
-from data_shards.video import AUDIO_RATE, DecodeError, decode_audio, decode_frames, probe
+from data_shards.video import Audio, DecodeError, decode_audio, decode_frames, probe
 from jobs import new_run_id, now
 from jobs.config import ConfigError, format_validation_error, layered
+from jobs.run_lock import RunInUse, RunLock
 from jobs.rundir import RunDir, launched_by
 from jobs.synthesize import parse_slice
 from model.config import Strict
@@ -115,12 +117,6 @@ def mean_image(frames: dict[int, np.ndarray], group: list[int]) -> np.ndarray:
     return np.mean([frames[i] for i in group], axis=0).round().astype(np.uint8)
 
 
-def audio_segment(waveform: np.ndarray, seconds: float, position: str) -> np.ndarray:
-    length = int(seconds * AUDIO_RATE)
-    start = 0 if position == "start" else max((len(waveform) - length) // 2, 0)
-    return waveform[start:start + length]
-
-
 class Extractor:
     """The encoders, built once per worker, and what one video becomes."""
 
@@ -144,24 +140,24 @@ class Extractor:
         """Encoders run in ``precision`` (autocast); outputs are stored as the schema says either way."""
         return autocast(self.device, self.precision)
 
-    def audio(self, path: str) -> tuple[np.ndarray, np.ndarray | None, str]:
-        """(audio.npy, the waveform the teacher hears or None, status)."""
+    def audio(self, path: str) -> tuple[np.ndarray, Audio | None, str]:
+        """(audio.npy, the audio the teacher hears -- every channel, its own rate -- or None, status)."""
         shape = (128,) if self.dims.audio_examples is None else (self.dims.audio_examples, 128)
-        waveform = decode_audio(path)
-        if waveform is None:
+        audio = decode_audio(path)
+        if audio is None:
             return np.zeros(shape, np.float32), None, "no audio stream"
-        if not np.any(waveform):
+        if not np.any(audio.samples):
             return np.zeros(shape, np.float32), None, "silent: every sample is zero"
         audio_cfg = self.cfg.student.audio
         try:
-            features = self.vggish.encode(audio_segment(waveform, audio_cfg.segment_s, audio_cfg.position))
+            features = self.vggish.encode(audio.segment(audio_cfg.segment_s, audio_cfg.position))
         except ValueError as exc:
             return np.zeros(shape, np.float32), None, f"audio too short: {exc}"
         if self.dims.audio_examples is None:
-            return features.mean(0), waveform, "ok"
+            return features.mean(0), audio, "ok"
         padded = np.zeros(shape, np.float32)
         padded[: min(len(features), shape[0])] = features[: shape[0]]
-        return padded, waveform, "ok"
+        return padded, audio, "ok"
 
     def sample(self, entry: VideoEntry) -> dict:
         if not Path(entry.path).is_file():
@@ -380,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     log.setLevel(logging.INFO)
     args = parse_args(argv)
+    owned = contextlib.ExitStack()  # the main process owns a run directory (jobs.run_lock) while it extracts
     try:
         if args.merge_slices:
             return merge_slices(Path(args.merge_slices))
@@ -392,11 +389,18 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         index, count, state = worker_share(args)
         if run is not None and (state is None or state.is_main_process):
+            owned.enter_context(RunLock(run, "extract"))
             out.mkdir(parents=True, exist_ok=True)
             record_run(run, cfg, status="running", slice="{}/{}".format(*args.slice) if args.slice else None)
-    except (ConfigError, ShardError, EncoderError, ValueError) as exc:
+    except (ConfigError, ShardError, EncoderError, ValueError, RunInUse) as exc:
+        owned.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    with owned:
+        return extract_and_record(args, cfg, out, run, index, count, state)
+
+
+def extract_and_record(args, cfg: ExtractConfig, out: Path, run: Path | None, index: int, count: int, state) -> int:
     try:
         summary, finished = run_worker(cfg, out, index, count, state, args.time_budget)
     except BaseException as exc:

@@ -10,6 +10,7 @@ left). An index belongs to one student: another one is refused rather than mixed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -28,6 +29,7 @@ from data_shards.sources import list_videos
 from jobs import now
 from jobs.config import ConfigError, apply_override, format_validation_error
 from jobs.evaluate import load_student
+from jobs.run_lock import RunInUse, RunLock
 from jobs.rundir import RunDir, launched_by, shards_record
 from jobs.train import check_dims, embed_indices, shards_input, warn_random_init
 from model.config import Strict
@@ -228,18 +230,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             check(cfg, args.check_report)
             return 0
-        if run is not None:
-            run.create()
-            run.update(run_id=run.path.name, job="index", config=cfg.model_dump(mode="json"), started_at=now(),
-                       backend=launched_by(), status="running")
-        summary = build_index(cfg)
+        with RunLock(run.path, "index") if run is not None else contextlib.nullcontext():
+            if run is not None:
+                run.create()
+                run.update(run_id=run.path.name, job="index", config=cfg.model_dump(mode="json"), started_at=now(),
+                           backend=launched_by(), status="running")
+            summary = build_index(cfg)
+            if run is not None:
+                run.update(status="complete", index=summary, ended_at=now())
+    except RunInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (ConfigError, ShardError, SearchIndexError) as exc:
         if run is not None and (run.path / "run.json").is_file():
             run.update(status="failed", error=str(exc), ended_at=now())
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if run is not None:
-        run.update(status="complete", index=summary, ended_at=now())
     return 0
 
 

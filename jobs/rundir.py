@@ -116,7 +116,25 @@ class RunDir:
         atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 
 
+def disk_cause(exc: BaseException | None) -> OSError | None:
+    """The OSError (no space, read-only, permission...) at the root of a failure, if there is one: torch reports a
+    full disk as "unexpected pos", with the OSError only in the exception's context."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save through a temp file: a crash never leaves half a checkpoint."""
-    with atomic_destination(path) as handle:
-        torch.save(obj, handle)
+    """torch.save through a temp file: a crash never leaves half a checkpoint. A disk error names the checkpoint."""
+    try:
+        with atomic_destination(path) as handle:
+            torch.save(obj, handle)
+    except Exception as exc:
+        cause = disk_cause(exc)
+        if cause is None or cause.filename:
+            raise
+        raise OSError(cause.errno, cause.strerror, str(path)) from exc

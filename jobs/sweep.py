@@ -21,6 +21,7 @@ from jobs import new_run_id, now
 from jobs.config import ConfigError, parse_assignment
 from jobs.hardware import HardwareError, check_gpus
 from jobs.rundir import RunDir, git_state, launched_by, shards_record
+from jobs.run_lock import RunInUse, RunLock
 
 log = logging.getLogger("streamapprox.sweep")
 SPACE_COPY = "space.yaml"
@@ -104,6 +105,9 @@ def resolve(args: argparse.Namespace) -> Sweep:
 
     if args.resume:
         sweep = RunDir(args.resume)
+        from jobs.train import refuse_if_owned
+
+        refuse_if_owned(sweep.path)
         storage = args.storage
         if storage and not (sweep.path / "run.json").is_file():
             Mirror(sweep.path, storage, args.endpoint_url).pull()
@@ -128,6 +132,11 @@ def resolve(args: argparse.Namespace) -> Sweep:
         overrides = overrides_dict(args.overrides)
         space.apply(overrides)
         sweep = RunDir(args.run_dir or Path("runs") / new_run_id("sweep"))
+        if (sweep.path / "run.json").is_file():
+            raise ConfigError(f"--run-dir {sweep.path}: already holds a {sweep.read().get('job')} run; continue it with --resume "
+                              f"{sweep.path}, or choose a new --run-dir")
+        if args.time_budget is not None and args.time_budget <= 0:
+            raise ConfigError(f"--time-budget {args.time_budget:g}: must be a positive number of seconds")
         settings, storage, alias = settings_from(args), args.storage, secrets.token_hex(8)
     ray_store = ray_storage(storage, args.endpoint_url) if storage else None
     return Sweep(space, settings, sweep, alias, overrides, storage, Mirror(sweep.path, storage, args.endpoint_url) if storage else None,
@@ -239,7 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ShardError, HardwareError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return run(args, sweep, shards)
+    try:
+        with RunLock(sweep.run.path, "sweep"):
+            return run(args, sweep, shards)
+    except RunInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def run(args, sweep: Sweep, shards) -> int:

@@ -7,6 +7,8 @@ split is read once, by ``jobs.evaluate``, after training ends.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -30,7 +32,8 @@ from data_shards.schema import Dims
 from jobs.config import ConfigError, JobConfig, apply_override, load_config, preset_names, validate_config
 from jobs.hardware import HardwareError, check_gpus
 from jobs import new_run_id, now
-from jobs.rundir import RunDir, hardware, launched_by, new_run_record, save_atomic
+from jobs.rundir import RunDir, disk_cause, hardware, launched_by, new_run_record, save_atomic
+from jobs.run_lock import RunInUse, RunLock, liveness
 from model import build_loss, build_student, retrieval_metrics
 from model.metrics import is_better
 
@@ -49,6 +52,21 @@ class Distiller(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor], with_loss: bool = True):
         embedding = self.student(batch)
         return self.loss(embedding, batch["teacher"]) if with_loss else embedding
+
+
+DIVERGENCE_FACTOR = 10.0  # a loss past this many times the first steps' loss has diverged
+
+
+class Diverged(RuntimeError):
+    """The loss became non-finite or exploded; the message names the step, the value and the likely key."""
+
+
+def check_batches(cfg: JobConfig, splits: dict[str, int]) -> None:
+    """A batch larger than the training split could never make one step (the job's reader checks again per rank)."""
+    have = splits.get(cfg.data.train_split, 0)
+    if cfg.data.batch_size > have:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size}: larger than the {cfg.data.train_split!r} split ({have} videos); "
+                          "lower it")
 
 
 def check_dims(cfg: JobConfig, dims: Dims, where: str) -> None:
@@ -195,6 +213,7 @@ class Trainer:
         set_seed(cfg.train.seed + 1 + acc.process_index)  # per-rank dropout streams
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.session_steps = 0  # steps taken by this process (train.session_steps caps them)
+        self.first_loss: float | None = None  # the scale divergence is judged against
         self.epoch_losses: list[float] = []  # this epoch's step losses so far (checkpointed: a resumed epoch logs the same mean)
         self.best_value: float | None = None
         self.step_seconds = 0.0
@@ -218,6 +237,7 @@ class Trainer:
             "epoch_losses": self.epoch_losses,
             "global_step": self.global_step,
             "best_value": self.best_value,
+            "first_loss": self.first_loss,
             "rng": rngs,
             "world_size": self.accelerator.num_processes,
             "config": self.cfg.model_dump(mode="json"),
@@ -252,6 +272,7 @@ class Trainer:
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.epoch_losses = list(state.get("epoch_losses", []))
         self.global_step, self.best_value = state["global_step"], state["best_value"]
+        self.first_loss = state.get("first_loss")  # divergence is judged against the run's start, not this session's
         if state["world_size"] == self.accelerator.num_processes:
             set_rng_state(state["rng"][self.accelerator.process_index])
         else:
@@ -270,6 +291,21 @@ class Trainer:
         need = 2 * self.step_seconds + self.reserve_seconds
         flag = torch.tensor([float(time.monotonic() + need > self.deadline)], device=self.accelerator.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def _check_divergence(self, loss: float) -> None:
+        """A non-finite loss, or one past ``DIVERGENCE_FACTOR`` times the first steps' loss, stops the run (every rank
+        agrees): training on from there only produces a broken model that still "completes"."""
+        if self.first_loss is None and math.isfinite(loss):
+            self.first_loss = max(abs(loss), 1e-3)
+        bound = DIVERGENCE_FACTOR * self.first_loss if self.first_loss is not None else math.inf
+        flag = torch.tensor([float(not math.isfinite(loss) or loss > bound)], device=self.accelerator.device)
+        if self.accelerator.reduce(flag, reduction="sum").item() > 0:
+            cfg = self.cfg
+            why = "not finite" if not math.isfinite(loss) else f"over {DIVERGENCE_FACTOR:g}x the first steps' {self.first_loss:.3g}"
+            fp16 = " or fp16 overflow (train.mixed_precision)" if self.accelerator.mixed_precision == "fp16" else ""
+            raise Diverged(f"training diverged at step {self.global_step} (epoch {self.epoch}): loss {loss:.4g} is {why}; the likely "
+                           f"cause is the learning rate (optim.lr={cfg.optim.lr:g}: lower it){fp16}. Start a new run with a "
+                           "smaller value: resuming would diverge again")
 
     def _audit(self, batch: dict) -> None:
         ids = [hashlib.sha1(row.numpy().tobytes()).hexdigest()[:12] for row in batch["teacher"].cpu()]
@@ -298,6 +334,7 @@ class Trainer:
             self.global_step += 1
             self.session_steps += 1
             self.epoch_losses.append(terms["loss"])
+            self._check_divergence(terms["loss"])
             if cfg.train.audit:
                 self._audit(batch)
             if self.is_main and self.global_step % cfg.train.log_every == 0:
@@ -365,13 +402,22 @@ def setup_logging(run: RunDir | None, rank: int) -> None:
 
 
 def resolve(args: argparse.Namespace) -> tuple[JobConfig, RunDir, dict | None]:
-    """Config, run directory and (when resuming) the checkpoint to continue from."""
+    """Config, run directory and (when resuming) the checkpoint to continue from. A run directory that already
+    holds a run is continued only with --resume, and only by the job that made it."""
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise ConfigError(f"--time-budget {args.time_budget:g}: must be a positive number of seconds")
     if args.resume:
         moved = [o for o in args.overrides if o.partition("=")[0].strip() == "data.shards"]
         if args.config or len(moved) != len(args.overrides):
             raise ConfigError("--resume continues a run with its own saved config; drop --set/--config "
                               "(only --set data.shards=PATH may point at the same shards in a new place)")
         run = RunDir(args.resume)
+        if is_rank_zero():  # the other ranks share (or copy) the run directory rank 0 owns
+            refuse_if_owned(run.path)
+        made_by = run.read().get("job") if (run.path / "run.json").is_file() else None
+        if made_by and made_by != job_of(args.preset):
+            raise ConfigError(f"{run.path} is a {made_by} run; this is {job_of(args.preset)}: continue it with the job that made it "
+                              f"(launch local {made_by} --resume {run.path})")
         last = run.checkpoints / "last.pt"
         if not last.is_file():
             raise ConfigError(f"{last}: nothing to resume (no last.pt); start a new run instead")
@@ -382,6 +428,10 @@ def resolve(args: argparse.Namespace) -> tuple[JobConfig, RunDir, dict | None]:
         return validate_config(config), run, state
     cfg = load_config(args.preset, args.config, args.overrides)
     run = RunDir(args.run_dir or Path("runs") / new_run_id(cfg.job))
+    if (run.path / "run.json").is_file():
+        info = run.read()
+        raise ConfigError(f"--run-dir {run.path}: already holds a {info.get('job')} run (status {info.get('status')}); continue it with "
+                          f"--resume {run.path}, or choose a new --run-dir")
     return cfg, run, None
 
 
@@ -426,7 +476,11 @@ def run_training(trainer: Trainer, run: RunDir, cfg: JobConfig, resume: dict | N
         status = trainer.fit()
     except BaseException as exc:
         if trainer.is_main:
-            run.update(status="failed", error=f"{type(exc).__name__}: {exc}", ended_at=now())
+            cause = disk_cause(exc)
+            try:  # on a full disk even this may fail: the error still reaches the user
+                run.update(status="failed", error=disk_message(cause, run) if cause else f"{type(exc).__name__}: {exc}", ended_at=now())
+            except OSError:
+                pass
         raise
     acc.wait_for_everyone()
     if trainer.is_main:
@@ -435,10 +489,38 @@ def run_training(trainer: Trainer, run: RunDir, cfg: JobConfig, resume: dict | N
     return status
 
 
+def refuse_if_owned(path: Path) -> None:
+    """Before anything starts: a run directory a live process owns is not touched (``RunLock`` guards the race)."""
+    alive, known = liveness(path)
+    if alive:
+        raise ConfigError(f"{path}: in use by a {known.get('job', '?')} job, pid {known.get('pid', '?')} on {known.get('host', '?')} since "
+                          f"{known.get('started_at', '?')}; wait for it, or stop that process first")
+
+
+def job_of(preset: str) -> str:
+    """The job a preset belongs to (``mlp_cosine`` -> ``train_mlp``)."""
+    return load_config(preset, None, []).job
+
+
+def is_rank_zero() -> bool:
+    """The process that owns the run directory: rank 0 under accelerate launch or Ray Train, or the only one."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def disk_message(error: OSError, run: RunDir) -> str:
+    where = error.filename or run.path
+    advice = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space there (quota)",
+              errno.EROFS: "choose a writable --runs-dir/--run-dir", errno.EACCES: "choose a directory you may write"}
+    resumable = (run.checkpoints / "last.pt").is_file()
+    return (f"{where}: {error.strerror} (errno {error.errno}); {advice.get(error.errno, 'fix the disk')}"
+            + (f", then continue with --resume {run.path}" if resumable else ", then start the run again"))
+
+
 def main(argv: list[str] | None = None, preset: str = "train_mlp", on_epoch_end: Callable[[dict], None] | None = None) -> int:
     """The training job; ``on_epoch_end`` (every rank, after each epoch's last.pt) lets a launcher persist the run
     directory as it goes (Ray Train does)."""
     args = parse_args(argv, preset)
+    owned = contextlib.ExitStack()  # rank 0 owns the run directory (jobs.run_lock) from here to the end
     try:
         cfg, run, resume = resolve(args)
         shards = (check_shards if args.check else open_shards)(cfg.data.shards)
@@ -446,6 +528,7 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp", on_epoch_end:
             raise ConfigError(f"{shards.root}: not the shard set this run was trained on (manifest digest differs); "
                               "resume on the original shards, or start a new run")
         check_dims(cfg, shards.dims, str(shards.root))
+        check_batches(cfg, shards.manifest.splits)
         warn_random_init(shards)
         check_gpus()
         if args.check:
@@ -453,19 +536,37 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp", on_epoch_end:
                 write_check_report(Path(args.check_report), cfg.job, cfg.data.shards, shards)
             print(f"check ok: {cfg.job} ({cfg.model.kind} student) on {shards.root} {shards.manifest.splits}")
             return 0
+        if is_rank_zero():
+            owned.enter_context(RunLock(run.path, cfg.job))
         trainer = Trainer(cfg, shards, run, resume, args.time_budget, on_epoch_end=on_epoch_end)
-    except (ConfigError, ShardError, HardwareError) as exc:
+    except (ConfigError, ShardError, HardwareError, RunInUse) as exc:
+        owned.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    status = run_training(trainer, run, cfg, resume, **({} if resume else {"preset": args.preset}))
-    if status == "incomplete":
-        log.info("time budget (or train.session_steps) reached: resumable checkpoint saved; continue with --resume %s", run.path)
-    elif trainer.is_main and cfg.train.evaluate_test:
-        from jobs.evaluate import evaluate_run
+    except OSError as exc:  # the run directory cannot be written: read-only, full, not ours
+        owned.close()
+        print(f"error: {disk_message(exc, run)}", file=sys.stderr)
+        return 2
+    with owned:
+        try:
+            status = run_training(trainer, run, cfg, resume, **({} if resume else {"preset": args.preset}))
+            if status == "incomplete":
+                log.info("time budget (or train.session_steps) reached: resumable checkpoint saved; continue with --resume %s", run.path)
+            elif trainer.is_main and cfg.train.evaluate_test:
+                from jobs.evaluate import evaluate_run
 
-        results = evaluate_run(run.path, checkpoint="best")
-        log.info("test: s2t R@1 %.2f R@5 %.2f R@10 %.2f MedR %.1f | t2s R@1 %.2f", results["s2t_r1"], results["s2t_r5"],
-                 results["s2t_r10"], results["s2t_medr"], results["t2s_r1"])
+                results = evaluate_run(run.path, checkpoint="best")
+                log.info("test: s2t R@1 %.2f R@5 %.2f R@10 %.2f MedR %.1f | t2s R@1 %.2f", results["s2t_r1"], results["s2t_r5"],
+                         results["s2t_r10"], results["s2t_medr"], results["t2s_r1"])
+        except Diverged as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:
+            cause = disk_cause(exc)
+            if cause is None:
+                raise
+            print(f"error: {disk_message(cause, run)}", file=sys.stderr)
+            return 2
     trainer.accelerator.end_training()
     return 0
 

@@ -16,6 +16,7 @@ from data_shards import ShardError, check_shards, open_shards
 from jobs import new_run_id, now
 from jobs.config import ConfigError, load_config
 from jobs.evaluate import evaluate_run
+from jobs.run_lock import RunInUse, RunLock
 from jobs.rundir import RunDir, launched_by, new_run_record, save_atomic
 from jobs.train import check_dims, warn_random_init, write_check_report
 from model import build_student
@@ -52,7 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ShardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run = RunDir(args.run_dir or Path("runs") / new_run_id(cfg.job)).create()
+    run = RunDir(args.run_dir or Path("runs") / new_run_id(cfg.job))
+    if (run.path / "run.json").is_file():
+        print(f"error: --run-dir {run.path}: already holds a {run.read().get('job')} run; choose a new --run-dir", file=sys.stderr)
+        return 2
+    try:
+        with RunLock(run.path, cfg.job):
+            return make_floor(run.create(), cfg, shards)
+    except RunInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def make_floor(run: RunDir, cfg, shards) -> int:
     logging.getLogger("streamapprox.zero_shot").info("run directory %s", run.path)
     student = build_student(cfg.model)
     run.update(**new_run_record(run, cfg, shards), preset=PRESET, student_parameters=0, backend=launched_by(), status="running")

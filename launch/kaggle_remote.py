@@ -208,7 +208,7 @@ def run_job(plan: dict, root: Path, code_dir: Path, started: float) -> tuple[int
         arguments += ["--time-budget", f"{max(remaining, 1.0):.1f}"]
     command = [sys.executable, "-m", spec.module, *arguments]
     if spec.distributed:
-        command = [sys.executable, "-m", "accelerate.commands.launch",
+        command = [sys.executable, "-m", "launch.accelerate_run",
                    *accelerate_arguments(gpus, plan["mixed_precision"], code_dir), "-m", spec.module, *arguments]
     say("running " + " ".join(command[1:]))
     return subprocess.run(command, env=env, cwd=code_dir).returncode, hardware

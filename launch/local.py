@@ -60,7 +60,7 @@ def option_value(args: list[str], flag: str) -> str | None:
 def job_command(spec: JobSpec, job_args: list[str], options: argparse.Namespace) -> list[str]:
     if not spec.distributed:
         return [sys.executable, "-m", spec.module, *job_args]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(resolve_accelerate_config(options.accelerate_config))]
+    command = [sys.executable, "-m", "launch.accelerate_run", "--config_file", str(resolve_accelerate_config(options.accelerate_config))]
     if options.num_processes:
         command += ["--num_processes", str(options.num_processes)]
     return [*command, "-m", spec.module, *job_args]
@@ -68,11 +68,23 @@ def job_command(spec: JobSpec, job_args: list[str], options: argparse.Namespace)
 
 def summarize(run_dir: Path, backend: str = "local") -> str:
     """What a person wants to see when the job ends: where the run is, its state, its key figures."""
+    from jobs.run_lock import liveness
+
     info_path = run_dir / "run.json"
     if not info_path.is_file():
         return f"run directory: {run_dir} (no run.json: the job stopped before training started)"
     info = json.loads(info_path.read_text())
-    lines = [f"run directory: {run_dir}", f"status: {info.get('status')}"]
+    status, alive = info.get("status"), None
+    if status == "running":
+        alive, known = liveness(run_dir)
+        if alive is False:  # nobody holds the run directory any more: its process is gone
+            status = (f"died (pid {known.get('pid', '?')} on {known.get('host', '?')}; last heartbeat {known.get('heartbeat', 'unknown')}; "
+                      "run.json still says running)")
+        elif alive:
+            status = f"running (pid {known.get('pid', '?')} on {known.get('host', '?')}; last heartbeat {known.get('heartbeat', 'unknown')})"
+    lines = [f"run directory: {run_dir}", f"status: {status}"]
+    if info.get("status") == "failed" and info.get("error"):
+        lines.append(f"error: {info['error']}")
     best = info.get("best") or {}
     if best.get("value") is not None:
         lines.append(f"best validation {best['metric']}: {best['value']:.2f}")
@@ -89,9 +101,43 @@ def summarize(run_dir: Path, backend: str = "local") -> str:
         lines.append(f"index: {index['index']}: {index['videos']} videos, {index['frames']} frames ({index['shards_indexed']} shards "
                      f"indexed, {index['shards_unchanged']} unchanged); search it with: launch serve --index {index['index']}")
     spec = JOBS.get(info.get("job", ""))
-    if info.get("status") in ("incomplete", "running", "failed") and spec and spec.resumable:
+    resumable = (run_dir / "checkpoints" / "last.pt").is_file() or info.get("job") == "sweep"
+    if (info.get("status") in ("incomplete", "failed") or alive is False) and spec and spec.resumable and resumable \
+            and "diverged" not in str(info.get("error")):
         lines.append(f"resume with: launch {backend} {info['job']} --resume {run_dir}")
     return "\n".join(lines)
+
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _die_with_parent() -> None:
+    """In the child, before it runs: get SIGTERM when the launcher dies, however it dies (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def supervise(command: list[str], env: dict) -> int:
+    """Run ``command`` in its own process group and pass on every Ctrl-C, SIGTERM and SIGHUP the launcher gets, once;
+    if the launcher itself is killed, the child gets SIGTERM. Nothing it started outlives it unasked."""
+    process = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+
+    def forward(signum, frame) -> None:
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {signum: signal.signal(signum, forward) for signum in SIGNALS}
+    try:
+        return process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def run(name: str, spec: JobSpec, job_args: list[str], options: argparse.Namespace) -> int:
@@ -109,12 +155,7 @@ def run(name: str, spec: JobSpec, job_args: list[str], options: argparse.Namespa
             return check.returncode
     command = job_command(spec, job_args, options)
     print(f"launch local: {' '.join(command)}", flush=True)
-    process = subprocess.Popen(command, env=env, start_new_session=True)
-    try:
-        code = process.wait()
-    except KeyboardInterrupt:
-        os.killpg(process.pid, signal.SIGINT)
-        code = process.wait()
+    code = supervise(command, env)
     if spec.makes_run and run_dir:
         print(summarize(Path(run_dir)), flush=True)
     return code
@@ -122,13 +163,4 @@ def run(name: str, spec: JobSpec, job_args: list[str], options: argparse.Namespa
 
 def run_program(module: str, args: list[str]) -> int:
     """A program (report, serve) runs here in its own process: it loads models, which the launcher never imports."""
-    process = subprocess.Popen([sys.executable, "-m", module, *args], env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        return process.wait()
-    except KeyboardInterrupt:  # a terminal's Ctrl-C reaches the child too; a SIGINT sent to the launcher alone is passed on
-        try:
-            return process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGINT)
-            return process.wait()
-
+    return supervise([sys.executable, "-m", module, *args], {**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -90,7 +90,7 @@ def entrypoint(spec: JobSpec, job_args: list[str], run_rel: str, storage_run: st
     command = ["python", "-m", spec.module, *job_args]
     processes = int(gpus) if gpus >= 1 else 1
     if spec.distributed:
-        command = ["python", "-m", "accelerate.commands.launch", "--num_processes", str(processes), "--num_machines", "1",
+        command = ["python", "-m", "launch.accelerate_run", "--num_processes", str(processes), "--num_machines", "1",
                    "--dynamo_backend", "no", *(["--multi_gpu"] if processes > 1 else []),
                    *(["--cpu"] if gpus == 0 else []), "-m", spec.module, *job_args]
     return " ".join(shlex.quote(a) for a in [*remote, "--", *command])

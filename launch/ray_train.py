@@ -34,7 +34,7 @@ def part_of(run_dir: Path, rank: int, staging: Path) -> Path:
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
-    for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"):
         owner = RANK_FILE.search(path.name)
         if (int(owner.group(1)) if owner else 0) == rank:
             target = staging / path.relative_to(run_dir)

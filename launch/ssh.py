@@ -232,7 +232,7 @@ def run(name: str, spec: JobSpec, job_args: list[str], options: argparse.Namespa
     for rank, (host, python) in enumerate(zip(hosts, pythons)):
         command = [python, "-m", spec.module, *job_args]
         if spec.distributed:
-            command = [python, "-m", "accelerate.commands.launch",
+            command = [python, "-m", "launch.accelerate_run",
                        *accelerate_arguments(rank, len(hosts), per_node, gpus, main, options.main_port, options.mixed_precision),
                        "-m", spec.module, *job_args]
         start(host, rank, remote_run, code, command, cpu=not gpus)

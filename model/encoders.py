@@ -157,11 +157,12 @@ class VGGishEncoder:
         return processor
 
     @torch.inference_mode()
-    def encode(self, waveform: np.ndarray) -> np.ndarray:
-        """[S, 128] for the S whole 0.96 s examples in ``waveform`` (16 kHz mono float)."""
-        examples = self._to_examples(waveform.astype(np.float64), 16_000, return_tensor=True).float().to(self.device)
+    def encode(self, audio) -> np.ndarray:
+        """[S, 128] for the S whole 0.96 s examples in ``audio`` (a ``data_shards.video.Audio``: every channel, its own
+        rate), prepared by torchvggish itself: the channel mean, resampy to 16 kHz, its log-mel examples."""
+        examples = self._to_examples(audio.samples.T.astype(np.float64), audio.rate, return_tensor=True).float().to(self.device)
         if examples.shape[0] == 0:
-            raise ValueError(f"audio of {len(waveform) / 16_000:.2f} s is shorter than one VGGish example ({VGGISH_EXAMPLE_S} s)")
+            raise ValueError(f"audio of {audio.seconds:.2f} s is shorter than one VGGish example ({VGGISH_EXAMPLE_S} s)")
         features = self.model(examples)
         if self.postprocessor is not None:
             features = self.postprocessor.postprocess(features).reshape(-1, 128)

@@ -4,7 +4,8 @@ Conventions (the tests check them against a naive reference):
 - Both sides are L2-normalized; similarity is the cosine. Query i's positive is item i.
 - ``s2t``: each student embedding queries all teacher embeddings; ``t2s`` the reverse.
 - Rank is 1-based (1 = the positive is first). Ties are pessimistic: every other item scoring
-  >= the positive ranks above it, so a constant embedding can never look good.
+  >= the positive ranks above it, so a constant embedding can never look good; a non-finite score
+  (NaN from a diverged model) counts against the query too.
 - ``r1``/``r5``/``r10``: percent of queries with rank <= K. ``medr``: median rank (mean of the two
   middle ranks for even N). ``meanr``: mean rank. Both in ranks, lower is better.
 - ``mean_cos``: mean cosine of positive pairs. ``mse``: mean squared difference per element of the
@@ -27,7 +28,10 @@ def _ranks_and_gaps(queries: torch.Tensor, items: torch.Tensor, chunk: int) -> t
         positive = sims[rows, rows + start]
         others = sims.clone()
         others[rows, rows + start] = float("-inf")
-        ranks.append(1 + (others >= positive[:, None]).sum(1))
+        # a non-finite score (a diverged model) never helps: a NaN positive ranks last, a NaN other ranks above
+        above = (others >= positive[:, None]) | others.isnan() | positive.isnan()[:, None]
+        above[rows, rows + start] = False
+        ranks.append(1 + above.sum(1))
         gaps.append(positive - others.max(1).values)
     return torch.cat(ranks), torch.cat(gaps)
 

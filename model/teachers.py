@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 
 from data_shards.sampling import Groups, sample_frames
-from data_shards.video import AUDIO_RATE, VideoInfo
+from data_shards.video import Audio, VideoInfo
 from model.config import Strict
 from data_shards.manifest import sha256_file
 from model.encoders import ClipConfig, ClipImageEncoder, EncoderError
@@ -51,7 +51,7 @@ class DenseClipTeacher:
     def frame_groups(self, info: VideoInfo, rng: np.random.Generator) -> Groups:
         return sample_frames(self.config.sampling, info.frame_count, self.config.frames, rng)
 
-    def embed(self, frames: list[np.ndarray], waveform: np.ndarray | None) -> np.ndarray:
+    def embed(self, frames: list[np.ndarray], audio: Audio | None) -> np.ndarray:
         features = torch.from_numpy(self.encoder.encode(frames))
         return _unit(features.mean(0)).numpy()
 
@@ -107,13 +107,15 @@ class ImageBindTeacher:
         return [[index] for clip in clips for index in clip]
 
     @torch.inference_mode()
-    def embed(self, frames: list[np.ndarray], waveform: np.ndarray | None) -> np.ndarray:
+    def embed(self, frames: list[np.ndarray], audio: Audio | None) -> np.ndarray:
         from model.imagebind_inputs import audio_clips, vision_views
 
         clips = torch.from_numpy(np.stack(frames)).reshape(IMAGEBIND_CLIPS, 2, *frames[0].shape)
         inputs = {"vision": vision_views(clips)[None].to(self.device)}
-        if waveform is not None:
-            inputs["audio"] = audio_clips(torch.from_numpy(waveform), AUDIO_RATE, IMAGEBIND_CLIP_S)[None].to(self.device)
+        if audio is not None:
+            # every channel at the file's rate, as official ImageBind loads it: audio_clips resamples with torchaudio
+            # and makes the fbank of channel 0
+            inputs["audio"] = audio_clips(torch.from_numpy(audio.samples), audio.rate, IMAGEBIND_CLIP_S)[None].to(self.device)
         outputs = self.model(inputs)
         parts = [_unit(outputs[modality][0].cpu()) for modality in ("vision", "audio") if modality in outputs]
         return _unit(torch.stack(parts).mean(0)).numpy()

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sync.base import Entry, Store, SyncError
+from sync.base import Entry, Store, SyncError, is_internal
 from sync.progress import TransferProgress
 from sync.stores import open_store
 
@@ -58,8 +58,8 @@ def _unchanged(src: Store, dst: Store, rel: str, entry: Entry, present: Entry | 
     if present is None or entry.size is None or entry.size != present.size:
         return None
     present, entry = dst.complete(rel, present), src.complete(rel, entry)
-    if present.sha256 is None or entry.sha256 is None:  # e.g. an object put by another tool: compare MD5s
-        present, entry = dst.complete(rel, present, md5=True), src.complete(rel, entry, md5=True)
+    if present.sha256 is None or entry.sha256 is None:  # an object put by another tool: compare its MD5 or multipart ETag
+        present, entry = dst.complete(rel, present, like=entry), src.complete(rel, entry, like=present)
     return entry if entry.same_content(present) else None
 
 
@@ -78,7 +78,10 @@ def sync(
     src, dst = open_store(source, endpoint_url), open_store(destination, endpoint_url)
     if not dst.writable:
         raise SyncError(f"{destination}: read-only; it can be a sync source, not a destination")
-    wanted = src.list()
+    wanted = {rel: entry for rel, entry in src.list().items() if not is_internal(rel)}
+    if not wanted:  # a typo'd path or prefix must not become "make the destination empty" (aws s3 sync refuses too)
+        raise SyncError(f"{source}: nothing there (no such directory or prefix, or it is empty); nothing was copied"
+                        f"{' or deleted' if delete else ''}")
     if select is not None:
         wanted = select(wanted)
     present = dst.list()
@@ -105,6 +108,7 @@ def sync(
                 final[rel] = future.result()
         finally:
             progress.close()
+            report.bytes_moved = progress.moved  # what was sent, not what was planned (a resumed upload sends less)
     for rel in report.deleted:
         dst.delete(rel)
         final.pop(rel, None)

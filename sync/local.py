@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
-from data_shards.files import CHUNK, PARTIAL_SUFFIX, atomic_destination, atomic_write_text
-from sync.base import SYNC_MANIFEST, Entry, Progress, Store, SyncError, Verifier, file_digests
-
-
-def is_internal(name: str) -> bool:
-    return name == SYNC_MANIFEST or name.endswith(PARTIAL_SUFFIX)
+from data_shards.files import CHUNK, atomic_destination, atomic_write_text
+from sync.base import SYNC_MANIFEST, Entry, Progress, Store, SyncError, Verifier, file_digests, is_internal, multipart_etag
 
 
 class LocalStore(Store):
@@ -33,9 +30,12 @@ class LocalStore(Store):
                     entries[path.relative_to(self.root).as_posix()] = Entry(path.stat().st_size)
         return entries
 
-    def complete(self, rel: str, entry: Entry, md5: bool = False) -> Entry:
+    def complete(self, rel: str, entry: Entry, like: Entry | None = None) -> Entry:
+        md5 = bool(like and like.md5 and not like.sha256)
         if entry.sha256 is None or (md5 and entry.md5 is None):
             entry = file_digests(self.root / rel, md5=md5)
+        if like and like.etag and not like.sha256 and entry.etag is None:
+            entry = replace(entry, etag=multipart_etag(self.root / rel, like.etag))
         return entry
 
     def download(self, rel: str, dest: Path, expected: Entry, progress: Progress) -> Entry:

@@ -15,6 +15,7 @@ import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from data_shards.files import CHUNK, atomic_destination, cache_root
@@ -72,6 +73,7 @@ class S3Store(Store):
                         request_checksum_calculation="when_required")
         self.client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
         self._lock = threading.Lock()
+        self._recorded: dict | None = None  # the content manifest as list() found it
 
     def key(self, rel: str) -> str:
         return f"{self.prefix}/{rel}" if self.prefix else rel
@@ -108,6 +110,7 @@ class S3Store(Store):
     def list(self) -> dict[str, Entry]:
         objects = self._objects()
         recorded = self._manifest() if SYNC_MANIFEST in objects else {}
+        self._recorded = recorded if SYNC_MANIFEST in objects else None
         entries = {}
         for rel, obj in objects.items():
             if rel in (SYNC_MANIFEST, "") or rel.endswith("/"):  # "": the prefix's own folder marker (pyarrow, consoles make them)
@@ -115,8 +118,18 @@ class S3Store(Store):
             etag = obj["ETag"].strip('"')
             known = recorded.get(rel, {})
             sha = known.get("sha256") if known.get("etag") == etag and known.get("size") == obj["Size"] else None
-            entries[rel] = Entry(obj["Size"], sha, etag if "-" not in etag else None)
+            entries[rel] = Entry(obj["Size"], sha, etag if "-" not in etag else None, etag if "-" in etag else None)
         return entries
+
+    def complete(self, rel: str, entry: Entry, like: Entry | None = None) -> Entry:
+        """An object this store uploaded carries its sha256 in its metadata: read it when the manifest does not say (the
+        sync that uploaded it was cut short before recording it)."""
+        if entry.sha256 is None:
+            head = self._call(self.client.head_object, Bucket=self.bucket, Key=self.key(rel))
+            sha = head.get("Metadata", {}).get("sha256")
+            if sha:
+                return replace(entry, sha256=sha)
+        return entry
 
     def download(self, rel: str, dest: Path, expected: Entry, progress: Progress) -> Entry:
         url = f"{self.url}/{rel}"
@@ -163,7 +176,6 @@ class S3Store(Store):
         state, parts = done
         part_size = state["part_size"]
         count = -(-entry.size // part_size)
-        progress(sum(min(part_size, entry.size - (n - 1) * part_size) for n in parts))
 
         def send(number: int) -> None:
             with open(src, "rb") as handle:
@@ -202,10 +214,14 @@ class S3Store(Store):
         self._call(self.client.delete_object, Bucket=self.bucket, Key=self.key(rel))
 
     def commit(self, entries: dict[str, Entry]) -> None:
+        """Write the content manifest -- only when it changed: a sync of unchanged data writes nothing."""
         objects = self._objects()
         files = {
             rel: {"size": e.size, "sha256": e.sha256, "etag": objects[rel]["ETag"].strip('"')}
             for rel, e in entries.items() if rel in objects and e.sha256
         }
+        if files == self._recorded:
+            return
+        self._recorded = files
         self._call(self.client.put_object, Bucket=self.bucket, Key=self.key(SYNC_MANIFEST),
                    Body=json.dumps({"version": 1, "files": files}, sort_keys=True).encode(), ContentType="application/json")

@@ -64,14 +64,15 @@ class _Server:
 class Proxy(_Server):
     """Forwards every request to ``upstream``. ``hold_parts_above = N`` stalls multipart part
     uploads numbered above N (they are never forwarded: a sync stuck mid-upload, ready to be
-    killed); ``corrupt`` (a key substring) flips a byte in matching GET bodies. Counts the part
-    uploads it forwards."""
+    killed); ``corrupt`` (a key substring) flips a byte in matching GET bodies. Records every request and
+    counts the part uploads it forwards."""
 
     def __init__(self, upstream: str):
         self.upstream = urlparse(upstream)
         self.hold_parts_above: int | None = None
         self.corrupt: str | None = None
         self.part_uploads = 0
+        self.requests: list[tuple[str, str]] = []  # (method, path) of everything forwarded
         self.stop_holding = threading.Event()
         proxy = self
 
@@ -83,6 +84,7 @@ class Proxy(_Server):
 
             def _forward(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                proxy.requests.append((self.command, self.path))
                 if self.command == "PUT" and "partNumber=" in self.path:
                     number = int(self.path.split("partNumber=")[1].split("&")[0])
                     if proxy.hold_parts_above is not None and number > proxy.hold_parts_above:

@@ -94,7 +94,8 @@ def test_shards_validate_and_account_for_every_video(videos, reference):
     assert meta["audio_status"] == "no audio stream" and len(meta["frame_times_s"]) == 3 and meta["sampling"] == "original"
 
     check = subprocess.run([sys.executable, "-m", "jobs.train_mlp", "--check", "--set", f"data.shards={reference}",
-                            "model.clip_dim=32", "model.out_dim=32"], env=cli_env(), capture_output=True, text=True, timeout=120)
+                            "model.clip_dim=32", "model.out_dim=32", "data.batch_size=4"], env=cli_env(), capture_output=True, text=True,
+                           timeout=120)
     assert check.returncode == 0 and "RANDOM-INIT" in check.stderr, check.stdout + check.stderr
 
 
@@ -234,7 +235,8 @@ def test_seeking_decoder_matches_a_full_decode(tmp_path):
     found = decode_frames(info, wanted, seek_gap=4)
     assert all(np.array_equal(found[i], every[i]) for i in wanted)
     audio = decode_audio(path)
-    assert audio.dtype == np.float32 and abs(len(audio) / 16_000 - 5.0) < 0.1 and 0.2 < np.abs(audio).max() < 0.4
+    assert audio.samples.dtype == np.float32 and audio.samples.shape[0] == 1 and audio.rate == 16_000
+    assert abs(audio.seconds - 5.0) < 0.1 and 0.2 < np.abs(audio.samples).max() < 0.4
 
 
 def test_bad_inputs_are_named(tmp_path, videos):
@@ -260,6 +262,8 @@ def test_bad_inputs_are_named(tmp_path, videos):
 
 
 def test_teacher_targets_are_unit_vectors_fused_only_with_real_audio():
+    from data_shards.video import Audio
+
     import torch
 
     from data_shards.synthetic_videos import moving_shapes, tone
@@ -275,7 +279,7 @@ def test_teacher_targets_are_unit_vectors_fused_only_with_real_audio():
     config = TeacherConfig(imagebind={"architecture": str(FIXTURES / "tiny_imagebind.json")})
     imagebind = build_teacher(config, clip, True, torch.device("cpu"))
     waveform = tone(3.0)
-    fused, vision_only = imagebind.embed(frames, waveform), imagebind.embed(frames, None)
+    fused, vision_only = imagebind.embed(frames, Audio(waveform[None], 16_000)), imagebind.embed(frames, None)
     from model.imagebind_inputs import audio_clips, vision_views
 
     clips = torch.from_numpy(np.stack(frames)).reshape(5, 2, *frames[0].shape)

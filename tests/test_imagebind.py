@@ -6,6 +6,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -232,3 +233,53 @@ def test_audio_clips_match_official_transform(preprocessing, name):
 def test_audio_shorter_than_one_fbank_frame_is_an_error():
     with pytest.raises(ValueError, match="shorter than one 25 ms fbank frame"):
         audio_clips(torch.zeros(399))
+
+
+def _official_loaders(path) -> tuple[np.ndarray, int, int]:
+    """What official ImageBind's loaders give for a file: ``torchaudio.load`` -- every channel as float at the file's
+    own rate, from libavcodec (decoded here with PyAV, the same decoder) -- and decord's frame count, the video
+    stream's frames."""
+    import av
+
+    with av.open(str(path)) as container:
+        audio = np.concatenate([frame.to_ndarray() for frame in container.decode(audio=0)], axis=1)
+        rate = container.streams.audio[0].rate
+    with av.open(str(path)) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    return audio, rate, frames
+
+
+@pytest.mark.parametrize("kind", ["stereo 44.1 kHz mp4", "mono 48 kHz mp4", "mkv remux, audio longer than video"])
+def test_the_teachers_inputs_equal_the_official_pipelines_on_ordinary_files(tmp_path, kind):
+    """The teacher hears every channel at the file's rate (``audio_clips`` resamples with torchaudio and reads channel
+    0, as data.py does) and counts frames from the video stream; the old 16 kHz mono down-mix is measurably not that."""
+    import av
+
+    from data_shards.synthetic_videos import moving_shapes
+    from data_shards.video import decode_audio, probe, remux, write_video
+
+    rate = 48_000 if "48" in kind else 44_100
+    t = np.arange(int(2.6 * rate)) / rate
+    left, right = 0.3 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 1250 * t + 1.0)
+    audio = (left if "mono" in kind else np.stack([left, right])).astype(np.float32)
+    path = tmp_path / "v.mp4"
+    write_video(path, moving_shapes(2.0, 64), 16, audio, rate)
+    if "mkv" in kind:
+        remux(tmp_path / "v.mp4", tmp_path / "v.mkv")
+        path = tmp_path / "v.mkv"
+    official, official_rate, official_frames = _official_loaders(path)
+
+    ours = decode_audio(path)
+    assert ours.rate == official_rate == rate and ours.samples.shape == official.shape and np.array_equal(ours.samples, official)
+    mel = audio_clips(torch.from_numpy(ours.samples), ours.rate)
+    reference = audio_clips(torch.from_numpy(official), official_rate)
+    torch.testing.assert_close(mel, reference, rtol=0, atol=0)
+    info = probe(path)
+    assert info.frame_count == official_frames == 32
+    assert video_frame_indices(info.frame_count, info.fps) == video_frame_indices(official_frames, info.fps)
+
+    with av.open(str(path)) as container:  # what the teacher heard before: swresample's 16 kHz mono down-mix
+        downmix = av.AudioResampler(format="flt", layout="mono", rate=16_000)
+        old = np.concatenate([out.to_ndarray().reshape(-1) for frame in container.decode(audio=0) for out in downmix.resample(frame)])
+    if "mono" not in kind or rate != 16_000:
+        assert (audio_clips(torch.from_numpy(old)[None]) - reference).abs().max() > 0.05

@@ -312,3 +312,25 @@ def test_text_towers_follow_the_extraction_record():
     own = {"teacher": {"kind": "dense_clip", "clip": {**tiny_clip, "pretrained": "laion2b_s34b_b79k"}}, "student": {"clip": tiny_clip}}
     towers = QueryEncoders(encoders_config({"shards": {"encoders_config": own}}, {"random_init": True, "seed": 1}))
     assert towers.videos is not towers.frames and towers.videos.config.pretrained == "laion2b_s34b_b79k"
+
+
+def test_sigterm_to_launch_serve_ends_the_service_and_frees_its_port(index, tmp_path):
+    import signal
+    import socket
+
+    import psutil
+
+    port = free_port()
+    launcher = subprocess.Popen(launch_command("serve", "--index", str(index), "--no-text", "--port", str(port)), env=cli_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/", launcher)
+        service = psutil.Process(launcher.pid).children(recursive=True)
+        assert service
+        launcher.send_signal(signal.SIGTERM)  # to the launcher alone, as a process manager would send it
+        launcher.wait(timeout=60)
+        assert not psutil.wait_procs(service, timeout=30)[1]  # the service went with it
+    finally:
+        launcher.kill()
+    with socket.socket() as probe:  # nothing listens there any more
+        assert probe.connect_ex(("127.0.0.1", port)) != 0

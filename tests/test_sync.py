@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -95,6 +96,7 @@ def test_s3_push_pull_incremental_delete_dry_run(tmp_path, s3_endpoint, bucket):
 
 
 def test_s3_errors_name_the_url(tmp_path, s3_endpoint):
+    (tmp_path / "a.txt").write_text("a")
     result = sync_cli(str(tmp_path), "s3://no-such-bucket/x", "--endpoint-url", s3_endpoint, cwd=tmp_path)
     assert result.returncode == 2 and "s3://no-such-bucket/x: the bucket does not exist" in result.stderr
     env = {k: v for k, v in cli_env().items() if not k.startswith("AWS_")}
@@ -130,6 +132,7 @@ def test_multipart_upload_killed_midway_resumes(tmp_path, s3_endpoint, bucket):
         rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
         assert rerun.returncode == 0, rerun.stderr
         assert proxy.part_uploads - before == 8 - 3  # only the missing parts went up again
+        assert f"copied 1 files ({5 * 5 * 1024 * 1024 / 1e6:.1f} MB)" in rerun.stdout  # and the report says what was sent
     finally:
         proxy.stop()
     got = client.get_object(Bucket=name, Key="shards/shard.tar")["Body"].read()
@@ -219,4 +222,61 @@ def test_jobs_read_shards_from_s3_through_a_verified_cache(tmp_path, s3_endpoint
         assert check.returncode == 0 and "check ok" in check.stdout, check.stdout + check.stderr
     assert len(list((tmp_path / "cache" / "s3").glob("*/manifest.json"))) == 1
     missing = subprocess.run([*command[:-1], f"data.shards=s3://{name}/nothing-here"], env=env, capture_output=True, text=True)
-    assert missing.returncode == 2 and "nothing-here: no manifest.json under that prefix" in missing.stderr
+    assert missing.returncode == 2 and f"s3://{name}/nothing-here: nothing there (no such directory or prefix" in missing.stderr
+
+
+def test_a_missing_or_empty_source_deletes_nothing(tmp_path, s3_endpoint, bucket):
+    """A typo in the source must not become "make the destination empty": one line, exit 2, nothing deleted (as
+    `aws s3 sync` refuses a missing source), for local and S3 sources and destinations, with and without --dry-run."""
+    client, name = bucket
+    run = tmp_path / "runs" / "my-run"
+    (run / "checkpoints").mkdir(parents=True)
+    for rel in ("run.json", "metrics.jsonl", "checkpoints/best.pt"):
+        (run / rel).write_text(rel)
+    pushed = sync_cli(str(run), f"s3://{name}/runs/my-run", "--endpoint-url", s3_endpoint, "--only", "all", cwd=tmp_path)
+    assert pushed.returncode == 0, pushed.stderr
+    stored = sorted(o["Key"] for o in client.list_objects_v2(Bucket=name)["Contents"])
+    (tmp_path / "empty").mkdir()
+    for source, destination in ((str(tmp_path / "typo-dir"), str(run)), (str(tmp_path / "empty"), str(run)),
+                                (str(tmp_path / "typo-dir"), f"s3://{name}/runs/my-run"), (f"s3://{name}/runs/my-rnu", str(run))):
+        for extra in ([], ["--dry-run"]):
+            result = sync_cli(source, destination, "--delete", "--only", "all", "--endpoint-url", s3_endpoint, *extra, cwd=tmp_path)
+            assert result.returncode == 2 and result.stdout == "", result.stdout + result.stderr
+            assert result.stderr.strip() == f"launch: error: {source}: nothing there (no such directory or prefix, or it is empty); " \
+                                            "nothing was copied or deleted"
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()) == ["checkpoints/best.pt", "metrics.jsonl", "run.json"]
+    assert sorted(o["Key"] for o in client.list_objects_v2(Bucket=name)["Contents"]) == stored
+
+
+def test_objects_other_tools_or_cut_syncs_left_are_recognised_and_an_unchanged_sync_writes_nothing(tmp_path, s3_endpoint, bucket):
+    """An object `aws s3 sync` uploaded in 8 MiB parts (a multipart ETag) and one our own upload finished just before
+    the sync was killed (not in the manifest yet) are recognised without moving a byte; a second sync of unchanged
+    data sends no write request at all."""
+    from sync.base import Entry
+    from sync.s3 import S3Store
+
+    client, name = bucket
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(20 * 1024 * 1024))  # aws s3: 3 parts of 8 MiB
+    (src / "small.txt").write_text("small")
+    aws = subprocess.run([str(Path(sys.executable).with_name("aws")), "s3", "sync", str(src), f"s3://{name}/data", "--endpoint-url",
+                          s3_endpoint], env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert aws.returncode == 0, aws.stderr
+    assert client.head_object(Bucket=name, Key="data/big.bin")["ETag"].strip('"').endswith("-3")
+    pulled = sync_cli(f"s3://{name}/data", str(src), "--endpoint-url", s3_endpoint, cwd=tmp_path)
+    assert pulled.returncode == 0 and "copied 0 files (0.0 MB), 2 unchanged" in pulled.stdout, pulled.stdout + pulled.stderr
+
+    (src / "late.bin").write_bytes(os.urandom(17 * 1024 * 1024))  # uploaded in parts, its sync killed before the manifest
+    S3Store(f"s3://{name}/data", name, "data", s3_endpoint).upload("late.bin", src / "late.bin", Entry((src / "late.bin").stat().st_size),
+                                                                   lambda n: None)
+    proxy = Proxy(s3_endpoint)
+    try:
+        first = sync_cli(str(src), f"s3://{name}/data", "--endpoint-url", proxy.endpoint, cwd=tmp_path)
+        assert first.returncode == 0 and "copied 0 files (0.0 MB), 3 unchanged" in first.stdout, first.stdout + first.stderr
+        proxy.requests.clear()
+        second = sync_cli(str(src), f"s3://{name}/data", "--endpoint-url", proxy.endpoint, cwd=tmp_path)
+        assert second.returncode == 0 and "copied 0 files (0.0 MB), 3 unchanged" in second.stdout
+        assert [request for request in proxy.requests if request[0] not in ("GET", "HEAD")] == []
+    finally:
+        proxy.stop()

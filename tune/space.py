@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from jobs.config import ConfigError, JobConfig, preset_data, set_value, validate_config
+from jobs.config import ConfigError, JobConfig, load_yaml, preset_data, set_value, validate_config
 
 SPACES = Path(__file__).parent / "spaces"
 FILE_KEYS = {"description", "preset", "metric", "set", "space"}
@@ -185,10 +184,7 @@ def resolve_space_path(name_or_path: str) -> Path:
 def load_space(name_or_path: str, preset: str | None = None) -> SearchSpace:
     """Read and validate a space file; ``preset`` replaces the file's preset."""
     path = resolve_space_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    data = load_yaml(path.read_text(), str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with 'preset', 'set' and 'space'")
     unknown = sorted(set(data) - FILE_KEYS)
