@@ -3,6 +3,7 @@ same directory + fsync + rename, so a reader never sees half a manifest, checkpo
 synced file), chunked file hashing, and the project's cache directory. Light: no torch."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -52,3 +53,12 @@ def atomic_destination(path: str | Path) -> Iterator[BinaryIO]:
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_destination(path) as handle:
         handle.write(text.encode())
+
+
+DISK_ADVICE = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space there (quota)",
+               errno.EROFS: "choose a writable --runs-dir/--run-dir", errno.EACCES: "choose a directory you may write"}
+
+
+def disk_problem(error: OSError, where) -> str:
+    """One line for a disk that refused a write: where, what the system said, and what to do about it."""
+    return f"{error.filename or where}: {error.strerror} (errno {error.errno}); {DISK_ADVICE.get(error.errno, 'fix the disk')}"

@@ -21,39 +21,46 @@ def new_run_id(job: str) -> str:
 
 @dataclass(frozen=True)
 class JobSpec:
+    """What a launcher may know of a job: how to start it, and what it promises."""
+
     module: str
-    summary: str
-    distributed: bool  # started under `accelerate launch` (one process per device) or as one plain process
-    makes_run: bool  # writes a new run directory (the launcher names it)
+    help: str
+    distributed: bool = False  # started under `accelerate launch` (one process per device), else one plain process
+    makes_run: bool = False  # writes a new run directory (the launcher names it)
     checkable: bool = False  # accepts --check [--check-report F]: validates (and reports) its inputs, so launchers fail fast
-    resumable: bool = False  # accepts --resume RUN_DIR and --time-budget S: remote backends can continue it
+    resumable: bool = False  # accepts --resume RUN_DIR and --time-budget S: a run can be continued, here or elsewhere
     sliceable: bool = False  # accepts --slice I/N (its share of the work) and --merge-slices RUN: fan-out over N workers
+    epoch_hook: bool = False  # main(argv, on_epoch_end=...) reports each epoch: Ray Train can spread it over nodes
     extras: tuple[str, ...] = ()  # optional dependency groups (pyproject) the job needs beyond the base install
+    summary: str = "nothing"  # the function of jobs.summaries that sums a finished run up in a few lines
+    driver_cpus: float = 1  # CPUs its driver process takes on a cluster (a sweep's trials ask for their own)
+    storage_arg: bool = False  # takes --storage URL itself: persists there through Ray, and resumes from there when RUN is gone
+
+    def summarize(self, run_dir, info: dict) -> list[str]:
+        from jobs import summaries
+
+        return getattr(summaries, self.summary)(run_dir, info)
 
 
+TRAINING = dict(distributed=True, makes_run=True, checkable=True, resumable=True, epoch_hook=True, summary="training")
 JOBS: dict[str, JobSpec] = {
-    "train_mlp": JobSpec("jobs.train_mlp", "train the MLP late-fusion student, then evaluate best.pt on test", True, True, True, True),
-    "train_transformer": JobSpec(
-        "jobs.train_transformer", "train the Transformer fusion student, then evaluate best.pt on test", True, True, True, True
-    ),
-    "extract": JobSpec(
-        "jobs.extract", "videos -> shard set: CLIP frames + VGGish audio + ImageBind (or dense CLIP) teacher; resumable, "
-        "sliceable (--num-kernels N), one worker per GPU", True, True, True, True, True, extras=("extract",)
-    ),
-    "synthesize": JobSpec(
-        "jobs.synthesize", "write the synthetic shard set into RUN/shards (sliceable: --num-kernels N)", False, True, sliceable=True
-    ),
-    "sweep": JobSpec(
-        "jobs.sweep", "Ray Tune sweep over a search space (--space temperature_depth); winner picked on validation -> RUN/best",
-        False, True, True, True, extras=("tune",)
-    ),
-    "zero_shot": JobSpec("jobs.zero_shot", "the floor to beat: middle CLIP frame -> fixed random projection, recorded and "
-                         "evaluated as a run (nothing trained)", False, True, True),
-    "index": JobSpec("jobs.index", "a trained student's search index of a shard set (Qdrant: video vectors + frame vectors "
-                     "with timestamps) -> --index DIR or RUN/index; resumable, a no-op when nothing changed", False, True, True,
-                     extras=("search",)),
-    "evaluate_search": JobSpec("jobs.evaluate_search", "text->video and video->video R@K / MedR of an index's student vectors "
-                               "against its teacher vectors (what the cheap index costs)", False, False, extras=("extract", "search")),
-    "evaluate": JobSpec("jobs.evaluate", "evaluate runs' checkpoints on the test split (eval/results.json, .csv, embeddings.npz)",
-                        False, False),
+    "train_mlp": JobSpec("jobs.train_mlp", "train the MLP late-fusion student, then evaluate best.pt on test", **TRAINING),
+    "train_transformer": JobSpec("jobs.train_transformer", "train the Transformer fusion student, then evaluate best.pt on test",
+                                 **TRAINING),
+    "extract": JobSpec("jobs.extract", "videos -> shard set: CLIP frames + VGGish audio + ImageBind (or dense CLIP) teacher; "
+                       "resumable, sliceable (--num-kernels N), one worker per GPU", distributed=True, makes_run=True, checkable=True,
+                       resumable=True, sliceable=True, extras=("extract",), summary="shards"),
+    "synthesize": JobSpec("jobs.synthesize", "write the synthetic shard set into RUN/shards (sliceable: --num-kernels N)",
+                          makes_run=True, sliceable=True, summary="shards"),
+    "sweep": JobSpec("jobs.sweep", "Ray Tune sweep over a search space (--space temperature_depth); winner picked on validation -> "
+                     "RUN/best", makes_run=True, checkable=True, resumable=True, extras=("tune",), summary="sweep", driver_cpus=0,
+                     storage_arg=True),
+    "zero_shot": JobSpec("jobs.zero_shot", "the floor to beat: middle CLIP frame -> fixed random projection, recorded and evaluated "
+                         "as a run (nothing trained)", makes_run=True, checkable=True, summary="training"),
+    "index": JobSpec("jobs.index", "a trained student's search index of a shard set (Qdrant: video vectors + frame vectors with "
+                     "timestamps) -> --index DIR or RUN/index; resumable, a no-op when nothing changed", makes_run=True, checkable=True,
+                     extras=("search",), summary="index"),
+    "evaluate_search": JobSpec("jobs.evaluate_search", "text->video and video->video R@K / MedR of an index's student vectors against "
+                               "its teacher vectors (what the cheap index costs)", extras=("extract", "search")),
+    "evaluate": JobSpec("jobs.evaluate", "evaluate runs' checkpoints on the test split (eval/results.json, .csv, embeddings.npz)"),
 }

@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from data_shards.sources import VideoEntry, list_videos
 from data_shards.video import Audio, DecodeError, decode_audio, decode_frames, probe
 from jobs import new_run_id, now
 from jobs.config import ConfigError, format_validation_error, layered
+from jobs.contract import CheckReport, VideoFile, VideosInput
 from jobs.run_lock import RunInUse, RunLock
 from jobs.rundir import RunDir, launched_by
 from jobs.synthesize import parse_slice
@@ -50,7 +51,7 @@ log = logging.getLogger("streamapprox.extract")
 
 class InputConfig(Strict):
     videos: str = ""  # a directory of videos, a CSV/JSON list (id, path, split), or MSR-VTT's video directory
-    msrvtt_splits: Optional[str] = None  # the folder with MSRVTT_train.7k.csv and MSRVTT_JSFUSION_test.csv
+    msrvtt_splits: str | None = None  # the folder with MSRVTT_train.7k.csv and MSRVTT_JSFUSION_test.csv
     default_split: str = "train"  # for videos whose list or folder names no split
 
 
@@ -84,7 +85,7 @@ class EncodersConfig(Strict):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # auto: fp32 on CPU; bf16 on GPUs that have it, else fp16
 
     @model_validator(mode="after")
-    def _strategies_fit(self) -> "EncodersConfig":
+    def _strategies_fit(self) -> EncodersConfig:
         check_strategy(self.student.sampling, self.student.frames)
         if self.teacher.sampling != "imagebind":
             check_strategy(self.teacher.sampling, self.teacher.frames)
@@ -301,13 +302,12 @@ def report(manifest) -> str:
 
 def write_check_report(path: Path, cfg: ExtractConfig, entries: list[VideoEntry]) -> None:
     """The videos as one flat listing a remote launcher can upload and the kernel can find again."""
-    listing = [{"id": e.video_id, "path": f"{e.video_id}{Path(e.path).suffix}", "split": e.split, "source": e.path} for e in entries]
+    listing = [VideoFile(id=e.video_id, path=f"{e.video_id}{Path(e.path).suffix}", split=e.split, source=e.path) for e in entries]
     missing = [e.path for e in entries if not Path(e.path).is_file()]
     if missing:
         raise ShardError(f"{len(missing)} listed videos are missing here (e.g. {missing[0]}); remote kernels only get what exists locally")
-    report = {"job": "extract", "inputs": {"input.videos": {"kind": "videos", "location": cfg.input.videos, "listing": listing,
-                                                            "regenerable": False, "also_set": {"input.msrvtt_splits": None}}}}
-    atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+    CheckReport(job="extract", inputs={"input.videos": VideosInput(location=cfg.input.videos, listing=listing,
+                                                                   also_set={"input.msrvtt_splits": None})}).write(path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

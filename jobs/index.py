@@ -11,23 +11,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 from pydantic import Field, ValidationError
 
 from data_shards import ShardError, SplitTensors, check_shards, open_shards
-from data_shards.files import atomic_write_text
 from data_shards.manifest import sha256_file
 from data_shards.sources import list_videos
 from jobs import now
 from jobs.config import ConfigError, apply_override, format_validation_error
+from jobs.contract import CheckReport, FileInput
 from jobs.evaluate import load_student
 from jobs.run_lock import RunInUse, RunLock
 from jobs.rundir import RunDir, launched_by, shards_record
@@ -44,7 +42,7 @@ class IndexConfig(Strict):
     shards: str = ""
     index: str = ""  # a directory (embedded Qdrant) or http(s)://host:6333 (a Qdrant server); default RUN_DIR/index
     name: str = Field("streamapprox", pattern=r"^[A-Za-z0-9_-]+$")  # collection prefix (several indexes on one server)
-    videos: Optional[str] = None  # where the source videos are (thumbnails); default: the extraction's input, if here
+    videos: str | None = None  # where the source videos are (thumbnails); default: the extraction's input, if here
     batch_size: int = Field(1024, ge=1)
     rebuild: bool = False  # drop an index built by another student or from other dims, then build this one
 
@@ -202,20 +200,18 @@ def resolve_config(args: argparse.Namespace) -> IndexConfig:
     return cfg
 
 
-def check(cfg: IndexConfig, report: str | None) -> None:
+def check(cfg: IndexConfig, report: str | None, run_dir: str | None) -> None:
     path = checkpoint_path(cfg)
     _, job_cfg, _ = load_student(path)
     shard_set = check_shards(cfg.shards)
     check_dims(job_cfg, shard_set.dims, str(shard_set.root))
     if cfg.index and not is_server(cfg.index) and Path(cfg.index).exists() and not Path(cfg.index).is_dir():
         raise ConfigError(f"--index {cfg.index}: a file is there, not an index directory")
-    if report:  # only remote launchers ask for one: the index must come back inside the run directory
-        if cfg.index and not is_server(cfg.index):
-            raise ConfigError(f"--index {cfg.index}: on a remote backend the index is written into the run directory and comes "
-                              "back with it; drop --index (or give a Qdrant server URL the remote machines can reach)")
-        inputs = {"shards": shards_input(cfg.shards, shard_set),
-                  "run": {"kind": "file", "location": cfg.run, "path": str(path), "sha256": sha256_file(path), "regenerable": False}}
-        atomic_write_text(Path(report), json.dumps({"job": "index", "inputs": inputs}, indent=2) + "\n")
+    if report:
+        inside = not cfg.index or (run_dir and Path(cfg.index).resolve().is_relative_to(Path(run_dir).resolve()))
+        CheckReport(job="index", inputs={"shards": shards_input(cfg.shards, shard_set),
+                                         "run": FileInput(location=cfg.run, path=str(path), sha256=sha256_file(path))},
+                    outputs={} if is_server(cfg.index) or inside else {"--index": cfg.index}).write(Path(report))
     print(f"check ok: student {path} on {shard_set.root} ({sum(shard_set.manifest.splits.values())} videos) -> "
           f"{cfg.index or 'RUN_DIR/index'}")
 
@@ -228,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = resolve_config(args)
         if args.check:
-            check(cfg, args.check_report)
+            check(cfg, args.check_report, args.run_dir)
             return 0
         with RunLock(run.path, "index") if run is not None else contextlib.nullcontext():
             if run is not None:

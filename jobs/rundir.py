@@ -22,6 +22,7 @@ import torch
 
 from data_shards.files import atomic_destination, atomic_write_text
 from jobs import now
+from jobs.contract import read_run, update_run
 from jobs.hardware import check_gpus
 
 
@@ -56,7 +57,7 @@ def launched_by() -> str:
     return os.environ.get("STREAMAPPROX_BACKEND", "direct")
 
 
-def new_run_record(run: "RunDir", cfg, shards) -> dict:
+def new_run_record(run: RunDir, cfg, shards) -> dict:
     """What a new run's run.json starts with, whichever job made it (``cfg``: a ``JobConfig``)."""
     return {"run_id": run.path.name, "job": cfg.job, "config": cfg.model_dump(mode="json"), "started_at": now(),
             "git": git_state(Path(__file__).parent), "shards": shards_record(cfg.data.shards, shards)}
@@ -82,23 +83,17 @@ class RunDir:
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
 
-    def create(self) -> "RunDir":
+    def create(self) -> RunDir:
         for sub in ("checkpoints", "eval", "logs"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
         return self
 
     def read(self) -> dict:
-        path = self.path / "run.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not a run directory (no run.json)")
-        return json.loads(path.read_text())
+        return read_run(self.path)
 
     def update(self, **fields: Any) -> dict:
-        path = self.path / "run.json"
-        info = json.loads(path.read_text()) if path.is_file() else {}
-        info.update(fields)
-        atomic_write_text(path, json.dumps(info, indent=2, sort_keys=True) + "\n")
-        return info
+        """run.json, merged with ``fields`` and checked against ``jobs.contract.RunRecord``."""
+        return update_run(self.path, **fields)
 
     def log_metrics(self, record: dict) -> None:
         with open(self.metrics_path, "a") as handle:

@@ -7,15 +7,14 @@ into ``RUN/shards`` — sample for sample the set one worker writes.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from data_shards.errors import ShardError
-from data_shards.files import atomic_write_text
 from data_shards.merge import merge_shard_sets
 from data_shards.synthetic import SyntheticSpec, generate
 from jobs import new_run_id, now
+from jobs.contract import update_run
 from jobs.rundir import launched_by
 
 
@@ -30,9 +29,7 @@ def parse_slice(text: str) -> tuple[int, int]:
 
 
 def write_run(run: Path, **fields) -> None:
-    atomic_write_text(run / "run.json", json.dumps({"run_id": run.name, "job": "synthesize", "ended_at": now(),
-                                                    "backend": launched_by(), **fields},
-                                                   indent=2, sort_keys=True) + "\n")
+    update_run(run, run_id=run.name, job="synthesize", ended_at=now(), backend=launched_by(), **fields)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import hashlib
 import json
 import logging
@@ -25,15 +24,16 @@ import torch
 from torch import nn
 
 from data_shards import ShardError, ShardSet, check_shards, open_shards
-from data_shards.files import atomic_write_text
+from data_shards.files import disk_problem
 from data_shards.manifest import MANIFEST_NAME, sha256_file
 from data_shards.reader import SplitTensors, TrainBatches
 from data_shards.schema import Dims
-from jobs.config import ConfigError, JobConfig, apply_override, load_config, preset_names, validate_config
-from jobs.hardware import HardwareError, check_gpus
 from jobs import new_run_id, now
-from jobs.rundir import RunDir, disk_cause, hardware, launched_by, new_run_record, save_atomic
+from jobs.config import ConfigError, JobConfig, apply_override, load_config, preset_names, validate_config
+from jobs.contract import CheckReport, KaggleOutputsInput, ShardsInput
+from jobs.hardware import HardwareError, check_gpus
 from jobs.run_lock import RunInUse, RunLock, liveness
+from jobs.rundir import RunDir, disk_cause, hardware, launched_by, new_run_record, save_atomic
 from model import build_loss, build_student, retrieval_metrics
 from model.metrics import is_better
 
@@ -442,18 +442,18 @@ def warn_random_init(shards: ShardSet) -> None:
               "and benchmarks only; a student trained on them learns nothing about real videos", file=sys.stderr)
 
 
-def shards_input(location: str, shards: ShardSet) -> dict:
+def shards_input(location: str, shards: ShardSet) -> ShardsInput | KaggleOutputsInput:
     """A shard set as a remote launcher must carry it: where it is and how to recognise it there; a set that
     stays in Kaggle kernels' outputs names those kernels instead."""
     if shards.sources:
-        return {"kind": "kaggle_outputs", "location": location, "sources": shards.sources, "regenerable": False}
-    return {"kind": "shards", "location": location, "root": str(shards.root),
-            "manifest_sha256": sha256_file(shards.root / MANIFEST_NAME), "regenerable": location.startswith("synthetic://")}
+        return KaggleOutputsInput(location=location, sources=shards.sources)
+    return ShardsInput(location=location, root=str(shards.root), manifest_sha256=sha256_file(shards.root / MANIFEST_NAME),
+                       regenerable=location.startswith("synthetic://"))
 
 
 def write_check_report(path: Path, job: str, location: str, shards: ShardSet) -> None:
     """What a remote launcher must carry: each input's config key, where it is, and how to recognise it there."""
-    atomic_write_text(path, json.dumps({"job": job, "inputs": {"data.shards": shards_input(location, shards)}}, indent=2) + "\n")
+    CheckReport(job=job, inputs={"data.shards": shards_input(location, shards)}).write(path)
 
 
 def run_training(trainer: Trainer, run: RunDir, cfg: JobConfig, resume: dict | None, **record) -> str:
@@ -508,12 +508,8 @@ def is_rank_zero() -> bool:
 
 
 def disk_message(error: OSError, run: RunDir) -> str:
-    where = error.filename or run.path
-    advice = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space there (quota)",
-              errno.EROFS: "choose a writable --runs-dir/--run-dir", errno.EACCES: "choose a directory you may write"}
     resumable = (run.checkpoints / "last.pt").is_file()
-    return (f"{where}: {error.strerror} (errno {error.errno}); {advice.get(error.errno, 'fix the disk')}"
-            + (f", then continue with --resume {run.path}" if resumable else ", then start the run again"))
+    return disk_problem(error, run.path) + (f", then continue with --resume {run.path}" if resumable else ", then start the run again")
 
 
 def main(argv: list[str] | None = None, preset: str = "train_mlp", on_epoch_end: Callable[[dict], None] | None = None) -> int:

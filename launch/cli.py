@@ -1,27 +1,25 @@
-"""``launch BACKEND JOB [backend options] [job options]``."""
+"""``launch BACKEND JOB [backend options] [job options]`` and ``launch COMMAND ...``: the parser, and every error as
+one line with the exit code the table in ``launch --help`` gives it."""
 from __future__ import annotations
 
 import argparse
 import sys
 
 from jobs import JOBS
-from launch import bundle, kaggle, kaggle_quota, local, ray, runs, ssh, transfer
+from launch import bundle, driver, manage, transfer
+from launch.backends import registry
 from launch.bundle import BundleError
-from launch.local import LaunchError
+from launch.compute.unit import run_supervised
+from launch.errors import LaunchError, exit_code_table
+from launch.transports import kaggle_quota
 from sync import SyncError
 
-BACKENDS = {"local": local, "kaggle": kaggle, "ssh": ssh, "ray": ray}
-BACKEND_HELP = {"local": "this machine, under accelerate launch (the default: one CPU process)",
-                "kaggle": "a Kaggle kernel (T4 x2 by default); the run directory comes back to ./runs",
-                "ssh": "machines over SSH (--host, repeat for nodes), one accelerate launch per node; the run comes back to ./runs",
-                "ray": "a Ray cluster through Ray Jobs (--address http://HEAD:8265 --storage URL); the run comes back to ./runs"}
 COMMANDS = {
-    "sync": (transfer.add_sync_arguments, transfer.run_sync,
-             "copy a run or shard set between storage URLs, incrementally and verified"),
-    "pull": (transfer.add_pull_arguments, runs.run_pull, "bring a remote run (or a run directory URL) into ./runs"),
-    "status": (runs.add_arguments, runs.run_status, "where a run stands (asks its backend)"),
-    "logs": (runs.add_arguments, runs.run_logs, "a run's logs (from its backend)"),
-    "stop": (runs.add_arguments, runs.run_stop, "stop a running ssh or ray run"),
+    "status": (manage.add_arguments, manage.run_status, "where a run stands (asks the backend that runs it)"),
+    "logs": (manage.add_logs_arguments, manage.run_logs, "a run's logs, from its backend (--follow: as they grow)"),
+    "stop": (manage.add_arguments, manage.run_stop, "stop a run's running units"),
+    "pull": (transfer.add_pull_arguments, manage.run_pull, "bring a run back into ./runs (or a run directory URL)"),
+    "sync": (transfer.add_sync_arguments, transfer.run_sync, "copy a run or shard set between storage URLs, incrementally and verified"),
     "bundle": (bundle.add_arguments, bundle.run, "show (or write) the code bundle remote backends carry; uploads nothing"),
     "quota": (kaggle_quota.add_arguments, kaggle_quota.run, "this week's Kaggle GPU hours used by launch kaggle (Kaggle's API does not say)"),
 }
@@ -35,27 +33,33 @@ PROGRAMS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    jobs_text = "\n".join(f"  {name:<18} {spec.summary}" for name, spec in JOBS.items())
-    backends_text = "\n".join(f"  {name:<18} {BACKEND_HELP[name]}" for name in BACKENDS)
+    backends = registry()
+    jobs_text = "\n".join(f"  {name:<18} {spec.help}" for name, spec in JOBS.items())
+    backends_text = "\n".join(f"  {name:<18} {backend.help}" for name, backend in backends.items())
     helps = {**{name: help_text for name, (_, _, help_text) in COMMANDS.items()},
              **{name: help_text for name, (_, help_text) in PROGRAMS.items()}}
     commands_text = "\n".join(f"  {name:<18} {help_text}" for name, help_text in helps.items())
     parser = argparse.ArgumentParser(
         prog="launch",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run StreamApprox jobs on any compute.",
-        epilog=f"backends:\n{backends_text}\n\njobs:\n{jobs_text}\n\ncommands:\n{commands_text}\n\n"
-        "Job options (e.g. --set model.depth=2, --resume RUN, --time-budget S) pass through to the job.\n"
+        description="Run StreamApprox jobs on any compute; every backend runs the same lifecycle and makes the same run directory.",
+        epilog=f"backends:\n{backends_text}\n\njobs:\n{jobs_text}\n\ncommands:\n{commands_text}\n\nexit codes:\n{exit_code_table()}\n\n"
+        "Job options (e.g. --set model.depth=2, --run-dir DIR, --resume RUN, --time-budget S) pass through to the job;\n"
+        "--resume RUN continues a run on any backend, whichever made it.\n"
         "Example: launch local train_mlp --set train.epochs=5",
     )
-    sub = parser.add_subparsers(dest="backend", required=True, metavar="BACKEND|COMMAND")
-    for name, module in BACKENDS.items():
+    sub = parser.add_subparsers(dest="command", required=True, metavar="BACKEND|COMMAND")
+    for name, backend in backends.items():
         # no abbreviations: a job's own option (index --run) must never be taken for a backend's (--runs-dir)
-        backend = sub.add_parser(name, help=BACKEND_HELP[name], description=BACKEND_HELP[name], allow_abbrev=False,
-                                 epilog=f"jobs:\n{jobs_text}", formatter_class=argparse.RawDescriptionHelpFormatter)
-        backend.add_argument("job", type=lambda name: name.replace("-", "_"), choices=sorted(JOBS), metavar="JOB",
-                             help="one of: " + ", ".join(JOBS) + " (- and _ alike: evaluate-search)")
-        module.add_arguments(backend)
+        parsed = sub.add_parser(name, help=backend.help, description=backend.help, allow_abbrev=False,
+                                epilog=f"jobs:\n{jobs_text}\n\nexit codes:\n{exit_code_table()}",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        parsed.add_argument("job", type=lambda name: name.replace("-", "_"), choices=sorted(JOBS), metavar="JOB",
+                            help="one of: " + ", ".join(JOBS) + " (- and _ alike: evaluate-search)")
+        backend.add_arguments(parsed)
+        driver.add_arguments(parsed)
+        if backend.sends_code:
+            parsed.add_argument("--max-bundle-mb", type=float, default=bundle.DEFAULT_MAX_MB, help="code bundle size guard")
     for name, (add_arguments, _, help_text) in COMMANDS.items():
         add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     for name, (_, help_text) in PROGRAMS.items():
@@ -65,19 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] and argv[0] in PROGRAMS:
-        return local.run_program(PROGRAMS[argv[0]][0], argv[1:])
+    if argv[:1] and argv[0] in PROGRAMS:  # programs load models, which the launcher never imports: their own process
+        return run_supervised([sys.executable, "-m", PROGRAMS[argv[0]][0], *argv[1:]])
     parser = build_parser()
     args, job_args = parser.parse_known_args(argv)
     try:
-        if args.backend in COMMANDS:
+        if args.command in COMMANDS:
             if job_args:
                 parser.error(f"unrecognized arguments: {' '.join(job_args)}")
-            return COMMANDS[args.backend][1](args)
-        return BACKENDS[args.backend].run(args.job, JOBS[args.job], job_args, args)
-    except (LaunchError, SyncError, BundleError) as exc:
+            return COMMANDS[args.command][1](args)
+        return driver.launch(args.command, args.job, job_args, args)
+    except LaunchError as exc:
+        if not exc.said:
+            print(f"launch: error: {exc}", file=sys.stderr)
+        return exc.code
+    except (SyncError, BundleError) as exc:
         print(f"launch: error: {exc}", file=sys.stderr)
-        return 2
+        return LaunchError.code
 
 
 if __name__ == "__main__":

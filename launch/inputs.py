@@ -1,6 +1,6 @@
-"""What a remote launcher carries besides code: the job's inputs, as its own ``--check`` reports them
-(a shard set named by its manifest digest, a video collection named by its listing and bytes, a file by
-its sha256), as the flat list of files that travel: packed for Kaggle, linked for ``rsync -L``."""
+"""What a launcher carries besides code: the job's inputs, as its own ``--check`` reports them (``jobs.contract``:
+a shard set named by its manifest digest, a video collection by its listing and bytes, a file by its sha256), as
+the flat list of files that travel -- packed for Kaggle, linked for ``rsync -L``."""
 from __future__ import annotations
 
 import hashlib
@@ -14,49 +14,50 @@ from pathlib import Path
 
 from data_shards.files import atomic_write_text, cache_root, hash_file
 from jobs import JobSpec
-from launch.local import LaunchError
+from jobs.contract import CheckReport, FileInput, JobInput, KaggleOutputsInput, ShardsInput, VideosInput
+from launch.errors import LaunchError
 
 VIDEO_LISTING = "videos.json"  # marks a carried video collection (jobs.extract's input)
 
 
-def job_inputs(spec: JobSpec, job_args: list[str]) -> dict:
-    """The job's own --check, run here: config, shard digests and dims are verified before any upload."""
+def job_check(spec: JobSpec, job_args: list[str]) -> CheckReport:
+    """The job's own --check, run here: config, shard digests and dims are verified before anything is sent."""
     if not spec.checkable:
-        return {}
+        return CheckReport(job="")
     with tempfile.TemporaryDirectory(prefix="streamapprox-check-") as tmp:
         report = Path(tmp) / "check.json"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        check = subprocess.run([sys.executable, "-m", spec.module, *job_args, "--check", "--check-report", str(report)], env=env)
+        check = subprocess.run([sys.executable, "-m", spec.module, *job_args, "--check", "--check-report", str(report)],
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
         if check.returncode != 0:
-            raise LaunchError(f"the job's check failed (exit {check.returncode}); nothing was uploaded")
-        return json.loads(report.read_text())["inputs"]
+            raise LaunchError(f"the job's check failed (exit {check.returncode}); nothing was sent", code=check.returncode, said=True)
+        return CheckReport.read(report)
 
 
-def _shard_files(spec: dict) -> tuple[list[tuple[str, Path]], dict[str, str]]:
+def _shard_files(spec: ShardsInput) -> tuple[list[tuple[str, Path]], dict[str, str]]:
     """The manifest and every shard it lists, with the shards' digests from the manifest (checked by --check)."""
-    root = Path(spec["root"])
+    root = Path(spec.root)
     manifest = json.loads((root / "manifest.json").read_text())
     files = [("manifest.json", root / "manifest.json"), *((s["name"], root / s["name"]) for s in manifest["shards"])]
-    return files, {"manifest.json": spec["manifest_sha256"], **{s["name"]: s["sha256"] for s in manifest["shards"]}}
+    return files, {"manifest.json": spec.manifest_sha256, **{s["name"]: s["sha256"] for s in manifest["shards"]}}
 
 
-def _video_files(spec: dict) -> tuple[str, list[tuple[str, Path]], dict[str, str]]:
+def listing(spec: VideosInput) -> list[dict]:
+    return [entry.model_dump(exclude={"source"}) for entry in spec.listing]
+
+
+def _video_files(spec: VideosInput) -> tuple[str, list[tuple[str, Path]], dict[str, str]]:
     """The listing digest (ids, flat names, splits and every file's bytes), each video under its flat name, and
     ``videos.json`` (holding that digest, to be found by) written beside the cache."""
-    digests = {entry["path"]: hash_file(entry["source"], "sha256")[1][0] for entry in spec["listing"]}
+    digests = {entry.path: hash_file(entry.source, "sha256")[1][0] for entry in spec.listing}
     content = hashlib.sha256(json.dumps(listing(spec), sort_keys=True).encode())
-    for entry in spec["listing"]:
-        content.update(digests[entry["path"]].encode())
+    for entry in spec.listing:
+        content.update(digests[entry.path].encode())
     digest = content.hexdigest()
     marker = cache_root() / "inputs" / f"videos-{digest[:16]}" / VIDEO_LISTING
     marker.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(marker, json.dumps({"digest": digest, "videos": listing(spec)}, indent=1) + "\n")
-    files = [*((entry["path"], Path(entry["source"])) for entry in spec["listing"]), (VIDEO_LISTING, marker)]
+    files = [*((entry.path, Path(entry.source)) for entry in spec.listing), (VIDEO_LISTING, marker)]
     return digest, files, digests
-
-
-def listing(spec: dict) -> list[dict]:
-    return [{k: v for k, v in entry.items() if k != "source"} for entry in spec["listing"]]
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class Staged:
     """How a carried input travels: the flat ``files`` (name -> local path) of a folder named ``name`` after
     their content (``pack_id`` is that content's full digest; ``digests`` the files' sha256 where known),
     ``target`` the path inside the folder the job is pointed at ('' for the folder itself), ``locator`` how
-    the remote side recognises it."""
+    the remote side recognises it, ``also_set`` config keys the compute sets once it is there."""
 
     name: str
     pack_id: str
@@ -72,26 +73,44 @@ class Staged:
     digests: dict[str, str]
     target: str
     locator: dict
+    also_set: dict
 
     def link(self, folder: Path) -> None:
         """``folder`` gets a link per file, for tools that copy through links (``rsync -L``)."""
         for name, path in self.files:
             (folder / name).symlink_to(path.resolve())
 
+    def assignments(self, key: str, where: str) -> list[str]:
+        """``--set`` values pointing the job at this input once its folder is at ``where`` on the compute."""
+        return [f"{key}={where}{'/' + self.target if self.target else ''}", *(f"{k}={json.dumps(v)}" for k, v in self.also_set.items())]
 
-def staged_form(spec: dict) -> Staged:
-    kind = spec.get("kind", "shards")
-    if kind == "kaggle_outputs":
-        raise LaunchError(f"{spec['location']}: shards in Kaggle kernels' outputs are read where they are by launch kaggle only; "
-                          f"for another backend bring them over first: launch sync {spec['sources'][0]['url']} DIR")
-    if kind == "videos":
+
+def staged_form(spec: JobInput) -> Staged:
+    if isinstance(spec, KaggleOutputsInput):
+        raise LaunchError(f"{spec.location}: shards in Kaggle kernels' outputs are read where they are by launch kaggle only; "
+                          f"for another backend bring them over first: launch sync {spec.sources[0].url} DIR")
+    if isinstance(spec, VideosInput):
         digest, files, digests = _video_files(spec)
-        return Staged(f"videos-{digest[:16]}", digest, files, digests, VIDEO_LISTING,
-                      {"kind": "videos", "digest": digest, "also_set": spec.get("also_set", {})})
-    if kind == "file":
-        name = Path(spec["path"]).name
-        return Staged(f"file-{spec['sha256'][:16]}", spec["sha256"], [(name, Path(spec["path"]))], {name: spec["sha256"]}, name,
-                      {"kind": "file", "sha256": spec["sha256"], "name": name})
+        return Staged(f"videos-{digest[:16]}", digest, files, digests, VIDEO_LISTING, {"kind": "videos", "digest": digest},
+                      spec.also_set)
+    if isinstance(spec, FileInput):
+        name = Path(spec.path).name
+        return Staged(f"file-{spec.sha256[:16]}", spec.sha256, [(name, Path(spec.path))], {name: spec.sha256}, name,
+                      {"kind": "file", "sha256": spec.sha256, "name": name}, {})
     files, digests = _shard_files(spec)
-    return Staged(f"shards-{spec['manifest_sha256'][:16]}", spec["manifest_sha256"], files, digests, "",
-                  {"kind": "shards", "manifest_sha256": spec["manifest_sha256"]})
+    return Staged(f"shards-{spec.manifest_sha256[:16]}", spec.manifest_sha256, files, digests, "",
+                  {"kind": "shards", "manifest_sha256": spec.manifest_sha256}, {})
+
+
+def run_files(run_dir: Path) -> tuple[str, list[tuple[str, Path]], dict[str, str]]:
+    """A run directory to continue elsewhere, as files that travel: its content digest, (relative path, file), sha256s.
+    The lock and heartbeat of the process that last held it stay behind."""
+    files, digests = [], {}
+    for path in sorted(p for p in Path(run_dir).rglob("*") if p.is_file()):
+        rel = path.relative_to(run_dir).as_posix()
+        if rel in ("launch.json", "logs/heartbeat.json") or path.name == ".lock":
+            continue
+        files.append((rel, path))
+        digests[rel] = hash_file(path, "sha256")[1][0]
+    digest = hashlib.sha256(json.dumps(sorted(digests.items())).encode()).hexdigest()
+    return digest, files, digests

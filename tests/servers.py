@@ -3,6 +3,7 @@ proxy that can slow or corrupt what passes through it. The Kaggle server is in k
 from __future__ import annotations
 
 import socket
+import shutil
 import subprocess
 import sys
 import threading
@@ -115,52 +116,71 @@ class Proxy(_Server):
 
 
 class SshServer:
-    """A real OpenSSH ``sshd`` on 127.0.0.1 with throwaway host and user keys (made here, never
-    tracked), key-only login for the current user, and an ssh_config naming it by aliases."""
+    """A real OpenSSH ``sshd`` on 127.0.0.1 with throwaway host and user keys (made here, never tracked), key-only
+    login for the current user, and an ssh_config naming it by ``aliases``. With ``private`` (a directory) it runs in
+    a mount namespace of its own with an empty tmpfs over that directory: a machine that shares no disk there."""
 
-    def __init__(self, workdir: Path, aliases: tuple[str, ...] = ("node0", "node1")):
+    def __init__(self, workdir: Path, aliases: tuple[str, ...] = ("node0", "node1"), private: Path | None = None):
         import getpass
-        import shutil as _shutil
 
-        sshd = _shutil.which("sshd") or "/usr/sbin/sshd"
-        if not Path(sshd).is_file():
+        self.sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        if not Path(self.sshd).is_file():
             raise RuntimeError("sshd not installed: `./setup.sh --dev` installs Debian's openssh-server")
-        self.workdir, self.port, self.user = workdir, free_port(), getpass.getuser()
+        self.workdir, self.port, self.user, self.aliases, self.private = workdir, free_port(), getpass.getuser(), aliases, private
         workdir.mkdir(parents=True, exist_ok=True)
         for name in ("host_key", "user_key"):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(workdir / name)], check=True)
         (workdir / "authorized_keys").write_text((workdir / "user_key.pub").read_text())
         (workdir / "authorized_keys").chmod(0o600)
-        config = workdir / "sshd_config"
-        config.write_text("\n".join([
+        self.config = workdir / "sshd_config"
+        self.config.write_text("\n".join([
             f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {workdir / 'host_key'}",
             f"AuthorizedKeysFile {workdir / 'authorized_keys'}", f"PidFile {workdir / 'sshd.pid'}",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
             "PermitRootLogin prohibit-password", "ClientAliveInterval 5", "Subsystem sftp internal-sftp", ""]))
         Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory sshd insists on
-        self.process = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
-                                        stderr=open(workdir / "sshd.log", "wb"))
         known = f"[127.0.0.1]:{self.port} {(workdir / 'host_key.pub').read_text().split()[0]} " \
                 f"{(workdir / 'host_key.pub').read_text().split()[1]}\n"
         (workdir / "known_hosts").write_text(known)
         self.client_config = workdir / "ssh_config"
-        self.client_config.write_text("".join(
-            f"Host {alias}\n  HostName 127.0.0.1\n  Port {self.port}\n  User {self.user}\n  IdentityFile {workdir / 'user_key'}\n"
-            f"  IdentitiesOnly yes\n  UserKnownHostsFile {workdir / 'known_hosts'}\n  StrictHostKeyChecking yes\n"
-            for alias in aliases))
+        self.client_config.write_text(self.host_entries())
+        self.listen()
+
+    def host_entries(self) -> str:
+        return "".join(f"Host {alias}\n  HostName 127.0.0.1\n  Port {self.port}\n  User {self.user}\n  IdentityFile {self.workdir / 'user_key'}\n"
+                       f"  IdentitiesOnly yes\n  UserKnownHostsFile {self.workdir / 'known_hosts'}\n  StrictHostKeyChecking yes\n"
+                       for alias in self.aliases)
+
+    def listen(self) -> None:
+        import shlex
+
+        command = [self.sshd, "-D", "-e", "-f", str(self.config)]
+        if self.private is not None:
+            self.private.mkdir(parents=True, exist_ok=True)
+            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                       f"mount -t tmpfs tmpfs {shlex.quote(str(self.private))} && exec {shlex.join(command)}"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(self.workdir / "sshd.log", "ab"))
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            probe = subprocess.run(["ssh", "-F", str(self.client_config), "-o", "BatchMode=yes", aliases[0], "true"],
+            probe = subprocess.run(["ssh", "-F", str(self.client_config), "-o", "BatchMode=yes", self.aliases[0], "true"],
                                    capture_output=True, timeout=20)
             if probe.returncode == 0:
                 return
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"sshd did not accept a login within 20 s: {(workdir / 'sshd.log').read_text()[-2000:]}")
+        raise RuntimeError(f"sshd did not accept a login within 20 s: {(self.workdir / 'sshd.log').read_text()[-2000:]}")
 
     def drop_connections(self) -> None:
         """Kill every per-connection sshd child (the listener stays): open sessions drop mid-command."""
         subprocess.run(["pkill", "-P", str(self.process.pid)], check=False)
+
+    def outage(self, seconds: float) -> None:
+        """The machine is gone from the network for ``seconds``: every session drops and new ones are refused; then
+        it answers again (what it runs carries on meanwhile). Not for a ``private`` server: its disk would go too."""
+        assert self.private is None
+        self.stop()
+        time.sleep(seconds)
+        self.listen()
 
     def stop(self) -> None:
         self.drop_connections()
@@ -169,6 +189,12 @@ class SshServer:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+def ssh_config(path: Path, *servers: SshServer) -> Path:
+    """One ssh_config naming the hosts of several servers."""
+    path.write_text("".join(server.host_entries() for server in servers))
+    return path
 
 
 # A Kaggle image or a cluster node has none of this checkout's code: processes that stand for them must not import

@@ -37,8 +37,8 @@ def test_train_mlp_end_to_end_then_unchanged_launch_uploads_nothing(tmp_path, ka
     assert "epoch 2 done" in first.stdout  # the kernel's log, shown as it grew
     assert "test (200 videos)" in first.stdout
     record = json.loads((run / "launch.json").read_text())
-    assert record["kernels"][0]["state"] == "COMPLETE" and record["bytes_uploaded"] > 0
-    slug = record["kernels"][0]["slug"]
+    assert record["units"][0]["state"] == "succeeded" and record["plan"]["bytes_uploaded"] > 0
+    slug = record["units"][0]["handle"]["slug"]
     assert json.loads((run / "logs" / f"kaggle-{slug}.json").read_text())["exit_code"] == 0  # the kernel's own record
     assert "epoch 2 done" in (run / "logs" / f"kaggle-{slug}.log").read_text()
     uploaded_first = kaggle.bytes_received
@@ -76,9 +76,9 @@ def test_continuation_chain_equals_an_uninterrupted_run(tmp_path, kaggle, small_
     assert chained.returncode == 0, chained.stdout[-3000:] + chained.stderr[-3000:]
     run = only_run_dir(tmp_path)
     record = json.loads((run / "launch.json").read_text())
-    assert len(record["kernels"]) == 3 and [k["continuation"] for k in record["kernels"]] == [False, True, True]
+    assert [unit["resume"] for unit in record["units"]] == [False, True, True]
     info = json.loads((run / "run.json").read_text())
-    assert info["status"] == "complete" and len(info["resumed_at"]) == len(record["kernels"]) - 1
+    assert info["status"] == "complete" and len(info["resumed_at"]) == len(record["units"]) - 1
 
     reference = subprocess.run(launch_command("local", "train_mlp", "--run-dir", str(tmp_path / "ref"), "--set", *settings),
                                cwd=tmp_path, capture_output=True, text=True, timeout=300, env=kaggle_env(kaggle, USER, KEY, tmp_path))
@@ -117,10 +117,10 @@ def test_kernel_error_shows_the_log_tail_and_fails(tmp_path, kaggle, small_shard
     result = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, "--set", f"data.shards={SMALL}", "optim.lr=1e9",
                            "data.batch_size=64")
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "ended error" in result.stderr and "Last lines of its log" in result.stderr
+    assert "ended failed" in result.stderr and "Last lines of its log" in result.stderr
     assert "job exited with" in result.stderr.split("Last lines of its log")[1]
     record = json.loads((only_run_dir(tmp_path) / "launch.json").read_text())
-    assert record["kernels"][0]["state"] == "ERROR"
+    assert record["units"][0]["state"] == "failed"
 
 
 def test_p100_under_a_torch_without_sm60_fails_fast_in_the_probe(tmp_path, kaggle, small_shards):
@@ -152,7 +152,7 @@ def test_unknown_kernel_and_bad_config_fail_with_the_reason(tmp_path, kaggle, sm
 
     kaggle.faults = {"GetKernelSessionStatus": [404]}
     gone = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, *QUICK)
-    assert gone.returncode == 2 and "not found (HTTP 404)" in gone.stderr, gone.stderr[-2000:]
+    assert gone.returncode == 3 and "not found (HTTP 404)" in gone.stderr and "The run may go on" in gone.stderr, gone.stderr[-2000:]
     run = only_run_dir(tmp_path)
     status = launch_kaggle(kaggle, tmp_path, "status", run.name)  # the kernel still ran: another shell can follow it
     assert status.returncode == 0 and "kernel kaggle-user/" in status.stdout, status.stderr[-2000:]
@@ -196,14 +196,22 @@ def test_no_internet_kernel_installs_from_the_wheels_dataset(tmp_path, kaggle, s
 
 
 def test_one_process_per_gpu_and_fp16_where_there_is_no_bf16():
-    from launch.kaggle_remote import accelerate_arguments
+    from launch.accelerate import Devices, job_command
+
+    def accelerate_arguments(gpus: list[dict], **devices) -> list[str]:
+        command = job_command("python", "jobs.train_mlp", [], True, Devices(gpus, **devices))
+        return command.argv[3:command.argv.index("-m", 3)], command.env
 
     t4x2 = [{"name": "Tesla T4", "capability": "7.5"}] * 2
-    assert accelerate_arguments(t4x2, "auto", Path("/c")) == ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "fp16",
-                                                              "--dynamo_backend", "no", "--multi_gpu"]
-    h100 = accelerate_arguments([{"name": "H100", "capability": "9.0"}], "auto", Path("/c"))
+    assert accelerate_arguments(t4x2) == (["--num_machines", "1", "--machine_rank", "0", "--num_processes", "2", "--mixed_precision",
+                                           "fp16", "--dynamo_backend", "no", "--multi_gpu"], {})
+    h100, _ = accelerate_arguments([{"name": "H100", "capability": "9.0"}])
     assert "bf16" in h100 and "--multi_gpu" not in h100
-    assert accelerate_arguments([], "auto", Path("/c")) == ["--config_file", "/c/accelerate_config.yaml"]
+    one_cpu, env = accelerate_arguments([])
+    assert "--cpu" in one_cpu and "--mixed_precision" in one_cpu and one_cpu[one_cpu.index("--mixed_precision") + 1] == "no"
+    two_nodes, env = accelerate_arguments([], per_node=1, nodes=2, rank=1, main_address="10.0.0.1")
+    assert two_nodes[two_nodes.index("--num_processes") + 1] == "2" and "--multi_gpu" in two_nodes and "--cpu" not in two_nodes
+    assert "10.0.0.1" in two_nodes and env == {"ACCELERATE_USE_CPU": "true"}  # CPU processes over gloo, as use_cpu says
 
 
 def test_sweep_runs_inside_one_kernel_and_the_best_run_comes_back(tmp_path, kaggle, shard_dir):
@@ -243,7 +251,7 @@ def test_sweep_continues_over_three_kernels_and_exports_the_best_trial(tmp_path,
     sweep = only_run_dir(tmp_path)
     record = json.loads((sweep / "launch.json").read_text())
     info = json.loads((sweep / "run.json").read_text())
-    assert len(record["kernels"]) == 3 and info["status"] == "complete" and len(info["resumed_at"]) == 2
+    assert len(record["units"]) == 3 and info["status"] == "complete" and len(info["resumed_at"]) == 2
     rows = json.loads((sweep / "trials.json").read_text())
     assert [row["status"] for row in rows] == ["TERMINATED"] * 3 and all(row["epochs_run"] == 4 for row in rows)
     for rows_of_trial in (read_jsonl(p) for p in (sweep / "tune").glob("*/result.json")):
@@ -290,7 +298,7 @@ def test_index_runs_in_a_kernel_with_the_student_as_a_dataset_and_comes_back_reu
     assert trained.returncode == 0, trained.stderr[-3000:]
     refused = launch_kaggle(kaggle, tmp_path, "kaggle", "index", *FAST, "--run", str(student), "--shards", str(shard_dir),
                             "--index", str(tmp_path / "here"))
-    assert refused.returncode != 0 and "the index is written into the run directory" in refused.stderr
+    assert refused.returncode != 0 and "on a remote backend a job writes only into its run directory" in refused.stderr
     result = launch_kaggle(kaggle, tmp_path, "kaggle", "index", *FAST, "--run", str(student), "--shards", str(shard_dir))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     uploads = json.dumps([body for method, body in kaggle.requests if method == "CreateDataset"])

@@ -77,7 +77,7 @@ def test_extraction_runs_in_waves_of_two_gpu_sessions_and_a_kernel_trains_on_its
     assert tars == sorted(p.name for p in (run / "shards").glob("*.tar")) and len(tars) == 6
     assert all((run / "shards" / name).read_bytes() == (tmp_path / "local" / name).read_bytes() for name in tars)
     record = json.loads((run / "launch.json").read_text())
-    assert all(k["gpu_hours"] > 0 for k in record["kernels"])  # each GPU kernel's hours are in the quota ledger
+    assert all(unit["account"]["gpu_hours"] > 0 for unit in record["units"])  # each GPU kernel's hours are in the quota ledger
 
     hint = next(line for line in extract.stdout.splitlines() if "data.shards=kaggle://" in line)
     location = hint.split("data.shards=", 1)[1]
@@ -90,7 +90,7 @@ def test_extraction_runs_in_waves_of_two_gpu_sessions_and_a_kernel_trains_on_its
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     assert kaggle.bytes_received == received and "uploaded 0 bytes of datasets" in train.stdout  # no shard byte went up
     push = [body for method, body in kaggle.requests if method == "SaveKernel"][-1]
-    assert sorted(push["kernelDataSources"]) == sorted(f"{USER}/{k['slug']}" for k in record["kernels"])
+    assert sorted(push["kernelDataSources"]) == sorted(f"{USER}/{unit['handle']['slug']}" for unit in record["units"])
     assert not any("shards" in source for source in push["datasetDataSources"])
     trained = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("train_mlp"))
     info = read_run(trained)
@@ -124,7 +124,7 @@ def test_a_broken_transfer_is_resumed_and_one_that_stays_broken_says_how_to_cont
 
 
 def test_quota_is_shown_planned_and_enforced_before_anything_is_pushed(tmp_path, kaggle):
-    from launch.kaggle_quota import week_start
+    from launch.transports.kaggle_quota import week_start
 
     import datetime as dt
 

@@ -138,7 +138,7 @@ def test_a_sweep_whose_driver_died_resumes_on_the_cluster(ray_head, shards, tmp_
     resumed = launch_ray(env, tmp_path, "ray", "sweep", "--address", address, "--resume", str(run), "--poll-interval", "1")
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-3000:]
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
-    assert len(json.loads((run / "launch.json").read_text())["submissions"]) == 2
+    assert len(json.loads((run / "launch.json").read_text())["units"]) == 2
     after = {p.parent.name: read_jsonl(p) for p in store.glob(f"{run.name}/tune/*/result.json")}
     assert len(after) == 2
     for trial, rows in after.items():

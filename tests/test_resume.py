@@ -58,14 +58,14 @@ def test_time_budget_stops_with_a_resumable_checkpoint(tmp_path, small_shards):
     args = [f"data.shards={SMALL}", "train.epochs=40", "data.batch_size=16", "model.hidden=[512,512]", "train.evaluate_test=false"]
     began = time.monotonic()
     first = launch("local", "train_mlp", "--run-dir", str(run), "--time-budget", "8", "--set", *args, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 3, first.stderr[-3000:]  # incomplete
     assert json.loads((run / "run.json").read_text())["status"] == "incomplete"
-    assert "resume with: launch local train_mlp --resume" in first.stdout
+    assert f"continue with: launch local train_mlp --resume {run}" in first.stderr
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert state["epoch"] < 40 and state["global_step"] > 0
     assert time.monotonic() - began < 60
 
     second = launch("local", "train_mlp", "--resume", str(run), "--time-budget", "8", cwd=tmp_path)
-    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.returncode == 3, second.stderr[-3000:]
     later = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert later["global_step"] > state["global_step"]  # picked up where it stopped, not from scratch

@@ -1,5 +1,5 @@
-"""``launch ssh``: the real CLI, the system's ssh and rsync, and a real OpenSSH server on 127.0.0.1
-(throwaway host and user keys made by the fixture); the "nodes" are aliases of that one server."""
+"""``launch ssh``: the real CLI, the system's ssh and rsync, and real OpenSSH servers on 127.0.0.1 (throwaway host and
+user keys made by the fixture): node0, and node1 in a mount namespace of its own -- two machines that share no disk."""
 from __future__ import annotations
 
 import json
@@ -10,16 +10,36 @@ from pathlib import Path
 
 import pytest
 from conftest import cli_env, launch_command, read_jsonl
-from servers import SshServer, free_port
+from servers import SshServer, free_port, ssh_config
 
 TINY = ["train.epochs=6", "data.batch_size=64", "model.hidden=[64]", "train.audit=true"]
 
 
+class Nodes:
+    """Two machines over SSH that share no disk under ``remote``: node0 an sshd as it is, node1 an sshd in a mount
+    namespace of its own with an empty tmpfs over ``remote``; ``client_config`` names both."""
+
+    def __init__(self, root: Path):
+        self.remote = root / "remote"
+        self.remote.mkdir()
+        self.node0 = SshServer(root / "sshd0", aliases=("node0",))
+        self.node1 = SshServer(root / "sshd1", aliases=("node1",), private=self.remote)
+        self.client_config = ssh_config(root / "ssh_config", self.node0, self.node1)
+
+    def drop_connections(self) -> None:
+        self.node0.drop_connections()
+        self.node1.drop_connections()
+
+    def stop(self) -> None:
+        self.node0.stop()
+        self.node1.stop()
+
+
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    server = SshServer(tmp_path_factory.mktemp("sshd"))
-    yield server
-    server.stop()
+    nodes = Nodes(tmp_path_factory.mktemp("ssh"))
+    yield nodes
+    nodes.stop()
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +60,23 @@ def ssh_args(sshd, remote: Path, *hosts: str) -> list[str]:
             "--remote-dir", str(remote), "--poll-interval", "0.5"]
 
 
-def test_two_nodes_train_as_one_and_the_run_survives_a_dropped_connection(sshd, shards, tmp_path):
-    remote = tmp_path / "remote"
-    command = launch_command("ssh", "train_mlp", *ssh_args(sshd, remote, "node0", "node1"), "--set", f"data.shards={shards}", *TINY)
+def run_state(run: Path):
+    """What must match between a resumed run and an uninterrupted one."""
+    import torch
+
+    records = [{k: v for k, v in r.items() if k != "elapsed_s"} for r in read_jsonl(run / "metrics.jsonl")]
+    weights = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["model"]
+    return records, weights, json.loads((run / "eval" / "results.json").read_text())["metrics"]
+
+
+def test_two_nodes_that_share_no_disk_train_as_one_survive_a_dropped_connection_and_resume(sshd, shards, tmp_path):
+    """node1 sees none of node0's files: it gets code, shards and (to resume) the run directory itself, and the pulled
+    run holds both ranks' logs and audit. The first launch stops resumably (train.session_steps); the resume on both
+    nodes ends where an uninterrupted two-process run does."""
+    remote = sshd.remote / tmp_path.name
+    settings = [f"data.shards={shards}", *TINY]
+    command = launch_command("ssh", "train_mlp", *ssh_args(sshd, remote, "node0", "node1"), "--set", *settings,
+                             "train.session_steps=16")
     follower = subprocess.Popen(command, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240
     while not list(remote.glob("runs/*/metrics.jsonl")) and time.monotonic() < deadline and follower.poll() is None:
@@ -53,24 +87,38 @@ def test_two_nodes_train_as_one_and_the_run_survives_a_dropped_connection(sshd, 
     follower.wait(timeout=30)
     run = next((tmp_path / "runs").iterdir())
     record = json.loads((run / "launch.json").read_text())
-    assert record["backend"] == "ssh" and record["processes"] == 2 and not (run / "run.json").exists()
-    exits = [remote / "runs" / run.name / "logs" / f"exit-{rank}" for rank in range(2)]
+    assert record["backend"] == "ssh" and record["plan"]["per_node"] * len(record["plan"]["hosts"]) == 2
+    assert not (run / "run.json").exists()
     deadline = time.monotonic() + 240
-    while not all(p.exists() for p in exits) and time.monotonic() < deadline:
-        time.sleep(0.5)
     status = launch_ssh(sshd, tmp_path, "status", str(run))
-    assert status.returncode == 0 and status.stdout.count(": exit 0") == 2, status.stdout + status.stderr
+    while "succeeded" not in status.stdout and time.monotonic() < deadline:
+        time.sleep(1)
+        status = launch_ssh(sshd, tmp_path, "status", str(run))
+    assert status.returncode == 0 and "succeeded" in status.stdout, status.stdout + status.stderr
+    assert not list(remote.glob("runs/*/logs/*rank1*"))  # node1's files are on node1 only
     pulled = launch_ssh(sshd, tmp_path, "pull", str(run))
-    assert pulled.returncode == 0 and "status: complete" in pulled.stdout, pulled.stdout + pulled.stderr
+    assert pulled.returncode == 0 and "status: incomplete" in pulled.stdout, pulled.stdout + pulled.stderr
+    assert f"launch ssh train_mlp --resume {run}" in pulled.stdout
+    assert (run / "logs" / "audit-rank1.jsonl").is_file() and (run / "logs" / "unit-a0-rank1.log").is_file()  # node1's own
+
+    resumed = launch_ssh(sshd, tmp_path, "ssh", "train_mlp", "--resume", str(run), *ssh_args(sshd, remote, "node0", "node1"))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "status: complete" in resumed.stdout
     info = json.loads((run / "run.json").read_text())
-    assert info["backend"] == "ssh" and info["hardware"]["num_processes"] == 2 and info["global_step"] > 0
+    assert info["backend"] == "ssh" and info["hardware"]["num_processes"] == 2 and len(info["resumed_at"]) == 1
     ranks = [read_jsonl(run / "logs" / f"audit-rank{r}.jsonl") for r in range(2)]
     assert len(ranks[0]) == len(ranks[1]) == info["global_step"]
     assert [row["params"] for row in ranks[0]] == [row["params"] for row in ranks[1]]  # one model, two nodes
     assert not set(ranks[0][0]["samples"]) & set(ranks[1][0]["samples"])  # each node trained on its own samples
-    assert (run / "eval" / "results.json").is_file()
     again = launch_ssh(sshd, tmp_path, "pull", str(run))
-    assert "copied 0 files" in again.stdout  # incremental
+    assert again.stdout.count("copied 0 files") == 2, again.stdout  # incremental, from both nodes
+
+    reference = launch_ssh(sshd, tmp_path, "local", "train_mlp", "--accelerate-config", "cpu_ddp2", "--run-dir", str(tmp_path / "ref"),
+                           "--set", *settings)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    (records, weights, results), (ref_records, ref_weights, ref_results) = run_state(run), run_state(tmp_path / "ref")
+    assert records == ref_records and results == ref_results
+    assert all((weights[k] == ref_weights[k]).all() for k in weights)
 
 
 def test_extract_runs_on_a_host_and_the_shards_come_back(sshd, tmp_path, capsys):
@@ -86,7 +134,7 @@ def test_extract_runs_on_a_host_and_the_shards_come_back(sshd, tmp_path, capsys)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "(made)" in result.stdout and "/envs/" in result.stdout
     from jobs import JOBS
-    from launch.ssh import Host, make_venv
+    from launch.transports.ssh import Host, make_venv
 
     made = next(line for line in result.stdout.splitlines() if "(made)" in line).split("python environment ")[1].split(" (")[0]
     host = Host("node0", str(sshd.client_config))
@@ -105,7 +153,7 @@ def test_bad_hosts_fail_before_anything_starts(sshd, shards, tmp_path):
 
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "stranger")], check=True)
     config = tmp_path / "wrong_key_config"
-    config.write_text(sshd.client_config.read_text().replace(str(sshd.workdir / "user_key"), str(tmp_path / "stranger")))
+    config.write_text(sshd.client_config.read_text().replace(str(sshd.node0.workdir / "user_key"), str(tmp_path / "stranger")))
     wrong_key = launch_ssh(sshd, tmp_path, "ssh", *job[:1], "--host", "node0", "--ssh-config", str(config), *job[1:])
     assert wrong_key.returncode == 2 and "Permission denied" in wrong_key.stderr
 

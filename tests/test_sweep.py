@@ -235,7 +235,7 @@ def test_interrupted_sweep_resumes_from_storage_without_rerunning_finished_trial
         out, _ = process.communicate(timeout=120)
     finally:
         kill_group(process.pid)
-    assert process.returncode == 0, out[-4000:]
+    assert process.returncode == 3, out[-4000:]
     (sweep,) = (tmp_path / "runs").iterdir()
     info = json.loads((sweep / "run.json").read_text())
     assert info["status"] == "incomplete" and f"launch local sweep --resume {sweep.relative_to(tmp_path)}" in out

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     """``launch quota``: this week's GPU hours, kernel by kernel, from the ledger."""
     owner = args.owner
     if owner is None:
-        from launch.kaggle_api import KaggleService
+        from launch.transports.kaggle_api import KaggleService
 
         owner = KaggleService().owner
     entries = this_week(owner)

@@ -1,4 +1,4 @@
-"""``python -m launch.accelerate_run ACCELERATE-ARGS -m MODULE JOB-ARGS``: ``accelerate launch`` as every backend
+"""``python -m launch.compute.accelerate_run ACCELERATE-ARGS -m MODULE JOB-ARGS``: ``accelerate launch`` as every backend
 runs it. When the job exits non-zero, ``accelerate launch`` reports it with a traceback of its own (a
 CalledProcessError, or torch elastic's ChildFailedError table) under the job's one-line error; here the job's exit
 code is passed on and nothing else is added. A SIGTERM or SIGHUP it gets reaches every process of the job.

@@ -22,9 +22,10 @@ from data_shards.files import cache_root
 from jobs import JobSpec
 from launch import bundle as code_bundle
 from launch import carry
-from launch.inputs import staged_form
-from launch.kaggle_api import KaggleService
-from launch.local import REPO_ROOT, LaunchError
+from launch.accelerate import REPO_ROOT
+from launch.errors import LaunchError
+from launch.inputs import run_files, staged_form
+from launch.transports.kaggle_api import KaggleService
 
 MAX_DATASET_FILES = 50  # Kaggle's cap on top-level files in a dataset version
 PACK_BYTES = 1 << 30  # about this much per pack (a few packs for a big shard set, never over the cap)
@@ -133,13 +134,22 @@ class Uploader:
             print(f"launch kaggle: code bundle {bundle.digest[:12]} already on Kaggle ({self.service.owner}/{slug})", flush=True)
         return {"dataset": f"{self.service.owner}/{slug}", "digest": bundle.digest}
 
-    def carry(self, key: str, spec: dict) -> dict:
+    def carry(self, key: str, spec) -> dict:
         """An input (shard set, video collection, file) as a dataset named by its content."""
         staged = staged_form(spec)
         slug = f"streamapprox-{staged.name}"
         if not self._carry_files(slug, f"StreamApprox {staged.name}", staged.pack_id, staged.files, staged.digests, {}, notes=key):
-            print(f"launch kaggle: {key} ({spec['location']}) already on Kaggle as {self.service.owner}/{slug}", flush=True)
-        return {"dataset": f"{self.service.owner}/{slug}", "pack": staged.pack_id, "target": staged.target, **staged.locator}
+            print(f"launch kaggle: {key} ({spec.location}) already on Kaggle as {self.service.owner}/{slug}", flush=True)
+        return {"dataset": f"{self.service.owner}/{slug}", "pack": staged.pack_id, "target": staged.target, **staged.locator,
+                "also_set": staged.also_set}
+
+    def run_directory(self, run_dir: Path) -> dict:
+        """A run directory to continue on a kernel (made on another backend), as a dataset named by its content."""
+        digest, files, digests = run_files(run_dir)
+        slug = f"streamapprox-run-{digest[:16]}"
+        if not self._carry_files(slug, f"StreamApprox run {run_dir.name}", digest, files, digests, {}, notes=run_dir.name):
+            print(f"launch kaggle: run {run_dir} already on Kaggle as {self.service.owner}/{slug}", flush=True)
+        return {"dataset": f"{self.service.owner}/{slug}", "pack": digest}
 
     def wheels(self, requirements: list[str]) -> dict:
         """The job's dependencies as wheels, for kernels without internet; built and uploaded once per requirement list."""

@@ -7,7 +7,7 @@ content wherever Kaggle mounted them: ``/kaggle/input/<slug>`` on older images,
 ``/kaggle/input/datasets/<owner>/<slug>`` on current ones) or, for earlier kernels' outputs (a
 continuation's run directory, shards written by extraction kernels), restores them verified whether
 Kaggle left their archives as files or unpacked them (``launch.unpacked``). It runs the job under
-``accelerate launch`` with one process per GPU and leaves the run directory in ``/kaggle/working/<run-id>``
+``accelerate launch`` with one process per GPU (``launch.accelerate``) and leaves the run directory in ``/kaggle/working/<run-id>``
 with a content manifest and the layouts of its archives, so the pull, and any later kernel, is verified.
 ``STREAMAPPROX_KAGGLE_ROOT`` relocates ``/kaggle`` (the tests' sandbox does).
 
@@ -28,7 +28,7 @@ from pathlib import Path
 from data_shards.manifest import sha256_file
 from jobs import JOBS
 from launch import carry
-from launch.local import mixed_precision as auto_precision
+from launch.accelerate import Devices, job_command
 from launch.unpacked import LAYOUTS, RestoreError, read_layouts, record_layouts, restore, restore_tree
 from sync.base import SYNC_MANIFEST
 from sync.local import write_content_manifest
@@ -98,16 +98,6 @@ def install(plan: dict, input_root: Path, env: dict) -> None:
         raise KernelFailure(f"pip install failed (exit {result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
 
 
-def accelerate_arguments(gpus: list[dict], mixed_precision: str, code_dir: Path) -> list[str]:
-    """One process per GPU; fp16 where a GPU lacks bf16 (T4, P100: capability below 8.0)."""
-    if not gpus:
-        return ["--config_file", str(code_dir / "accelerate_config.yaml")]
-    mixed_precision = auto_precision(mixed_precision, gpus)
-    arguments = ["--num_processes", str(len(gpus)), "--num_machines", "1", "--mixed_precision", mixed_precision,
-                 "--dynamo_backend", "no"]
-    return arguments + (["--multi_gpu"] if len(gpus) > 1 else [])
-
-
 def output_root(path: Path, input_root: Path) -> Path:
     """The mount of the kernel output that holds ``path``: the folder with that kernel's record."""
     for parent in [path, *path.parents]:
@@ -152,7 +142,15 @@ def kernel_shards(key: str, wanted: dict, input_root: Path, env: dict, code_dir:
 
 def previous_run(plan: dict, input_root: Path, run_dir: Path) -> None:
     """A continuation's starting point: the previous kernel's run directory, restored file by file (verified
-    against its content manifest, archives rebuilt if Kaggle unpacked them) into ``run_dir``."""
+    against its content manifest, archives rebuilt if Kaggle unpacked them) into ``run_dir`` -- or, for a run made
+    on another backend, the run directory it was sent as (packs, verified)."""
+    if plan.get("restore"):
+        try:
+            carry.unpack(carry.find(input_root, plan["restore"]["pack"]), run_dir)
+        except carry.PackError as exc:
+            raise KernelFailure(f"continuation: the run directory (dataset {plan['restore']['dataset']}): {exc}") from None
+        say(f"continuing {plan['run_id']} as it was sent (dataset {plan['restore']['dataset']})")
+        return
     previous = find_input(input_root, "run.json", lambda p: p.parent.name == plan["run_id"]
                           and json.loads(p.read_text()).get("run_id") == plan["run_id"])
     if previous is None:
@@ -182,7 +180,7 @@ def job_arguments(plan: dict, input_root: Path, run_dir: Path, env: dict, code_d
         relocated += ["--set", f"{key}={value}", *(f"{k}={json.dumps(v)}" for k, v in wanted.get("also_set", {}).items())]
     if plan["resume"]:  # the run's saved config rules; only the inputs' new places are passed
         previous_run(plan, input_root, run_dir)
-        return ["--resume", str(run_dir), *relocated]
+        return ["--resume", str(run_dir), *plan.get("resume_args", []), *relocated]
     arguments = [*plan["job_args"], *relocated]
     if plan.get("slice"):
         arguments += ["--slice", "{}/{}".format(*plan["slice"])]
@@ -206,12 +204,9 @@ def run_job(plan: dict, root: Path, code_dir: Path, started: float) -> tuple[int
     if spec.resumable and plan["time_budget_s"]:
         remaining = plan["time_budget_s"] - (time.monotonic() - started)
         arguments += ["--time-budget", f"{max(remaining, 1.0):.1f}"]
-    command = [sys.executable, "-m", spec.module, *arguments]
-    if spec.distributed:
-        command = [sys.executable, "-m", "launch.accelerate_run",
-                   *accelerate_arguments(gpus, plan["mixed_precision"], code_dir), "-m", spec.module, *arguments]
-    say("running " + " ".join(command[1:]))
-    return subprocess.run(command, env=env, cwd=code_dir).returncode, hardware
+    command = job_command(sys.executable, spec.module, arguments, spec.distributed, Devices(gpus), plan["mixed_precision"])
+    say("running " + " ".join(command.argv[1:]))
+    return subprocess.run(command.argv, env={**env, **command.env}, cwd=code_dir).returncode, hardware
 
 
 def now() -> str:

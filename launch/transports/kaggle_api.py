@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
 
-from launch.local import LaunchError
+from launch.errors import Busy, LaunchError, Unreachable
 from sync import SyncError
 
 log = logging.getLogger("streamapprox.kaggle")
@@ -23,7 +23,7 @@ class NotFound(LaunchError):
     """Kaggle answered 404."""
 
 
-class GpuSessionsBusy(LaunchError):
+class GpuSessionsBusy(Busy):
     """Kaggle refused a push: the account already runs as many GPU sessions as it may (2)."""
 
 
@@ -82,6 +82,8 @@ class KaggleService:
                                "Check KAGGLE_USERNAME/KAGGLE_KEY, KAGGLE_API_TOKEN or ~/.kaggle/kaggle.json, and that the account may do this")
         if status == 404:
             return NotFound(f"kaggle: {what}: not found (HTTP 404)")
+        if status is None or status == 429 or status >= 500:  # still failing after sync's retries: the driver's policy goes on
+            return Unreachable(str(exc))
         return LaunchError(str(exc))
 
     def rpc(self, what: str, path: str, request):

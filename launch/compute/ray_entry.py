@@ -1,12 +1,13 @@
 """The cluster half of ``launch ray``: the Ray job's entrypoint (the job's driver, on the cluster).
 
-    python -m launch.ray_remote --run-dir RUN --storage URL -- COMMAND...          run the job as a process
-    python -m launch.ray_remote --run-dir RUN --storage URL --train-workers N ... --module M -- JOB ARGS...
-                                                                                  run it across nodes (Ray Train)
-    python -m launch.ray_remote [--check-storage PATH] [--check-input PATH ...]  can every node see these?
+    python -m launch.compute.ray_entry --run-dir RUN --storage URL --module M [--distributed --processes N
+        --mixed-precision P] [--restore] -- JOB ARGS...                    run the job (under accelerate launch)
+    python -m launch.compute.ray_entry ... --train-workers N ... -- JOB ARGS...   run it across nodes (Ray Train)
+    python -m launch.compute.ray_entry [--check-storage PATH] [--check-input PATH ...]   can every node see these?
 
-It copies the run directory to the storage URL through sync -- every 5 minutes and at the end, also when the
-job failed, so its logs come back -- and exits with the job's code.
+``--restore`` first brings the run directory from the storage URL (a run continued here). The entry copies the run
+directory to the storage URL through sync -- every 5 minutes and at the end, also when the job failed, so its logs
+come back -- and exits with the job's code.
 """
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ from pathlib import Path
 from sync import SyncError, sync
 
 MIRROR_EVERY_S = 300  # a long run's directory reaches storage meanwhile, not only at the end
+RAY_STATE = ("tune/", "ray-train/")  # what Ray itself keeps in the run's storage (experiments, checkpoints)
+
+
+def without_ray_state(entries: dict) -> dict:
+    return {rel: entry for rel, entry in entries.items() if not rel.startswith(RAY_STATE)}
 
 
 def mirror(run_dir: str, storage: str) -> None:
@@ -62,18 +68,32 @@ def check_reach(storage: str | None, inputs: list[str]) -> int:
     return 0
 
 
-def run_command(command: list[str]) -> int:
-    return subprocess.Popen(command, env={**os.environ, "STREAMAPPROX_BACKEND": "ray", "PYTHONUNBUFFERED": "1"}).wait()
+def gpus_here() -> list[dict]:
+    result = subprocess.run([sys.executable, "-m", "jobs.hardware"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"launch ray: the hardware probe failed (exit {result.returncode}): {result.stderr.strip()[-1500:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])["gpus"]
+
+
+def run_command(args: argparse.Namespace, job_args: list[str]) -> int:
+    """The job on this node: one process, or accelerate launch over the GPUs Ray gave the entrypoint."""
+    from launch.accelerate import Devices, job_command
+
+    devices = Devices(gpus_here(), per_node=args.processes) if args.distributed else None
+    command = job_command(sys.executable, args.module, job_args, args.distributed, devices, args.mixed_precision)
+    env = {**os.environ, **command.env, "STREAMAPPROX_BACKEND": "ray", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(command.argv, env=env).wait()
 
 
 def run_trained(args: argparse.Namespace, job_args: list[str]) -> int:
-    from launch import ray_train
+    from launch.compute import ray_train
     from tune.storage import ray_storage
 
     os.environ["STREAMAPPROX_BACKEND"] = "ray"
     try:
         ray_train.fit(args.module, job_args, Path(args.run_dir), ray_storage(args.storage), args.train_workers, args.gpus_per_worker,
-                      args.cpus_per_worker, args.placement_strategy, args.max_failures, args.mixed_precision)
+                      args.cpus_per_worker, args.placement_strategy, args.max_failures, args.mixed_precision,
+                      restore=args.storage if args.restore else None)
     except RuntimeError as exc:
         print(f"launch ray: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -81,7 +101,7 @@ def run_trained(args: argparse.Namespace, job_args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launch.ray_remote")
+    parser = argparse.ArgumentParser(prog="python -m launch.compute.ray_entry")
     parser.add_argument("--check-storage", metavar="PATH")
     parser.add_argument("--check-input", action="append", default=[], metavar="PATH")
     parser.add_argument("--run-dir")
@@ -91,13 +111,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus-per-worker", type=float, default=1)
     parser.add_argument("--placement-strategy", default="PACK")
     parser.add_argument("--max-failures", type=int, default=2)
-    parser.add_argument("--mixed-precision")
+    parser.add_argument("--mixed-precision", default="auto")
     parser.add_argument("--module")
+    parser.add_argument("--distributed", action="store_true")
+    parser.add_argument("--processes", type=int)
+    parser.add_argument("--restore", action="store_true")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.check_storage or args.check_input:
         return check_reach(args.check_storage, args.check_input)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if args.restore and not args.train_workers:  # a run continued here: its directory as it was last persisted
+        print(f"launch ray: {sync(args.storage, args.run_dir, select=without_ray_state).summary()}", flush=True)
     stop = threading.Event()
 
     def periodic() -> None:
@@ -108,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"launch ray: mirroring failed, will retry: {exc}", file=sys.stderr, flush=True)
 
     threading.Thread(target=periodic, daemon=True).start()
-    code = run_trained(args, command) if args.train_workers else run_command(command)
+    code = run_trained(args, command) if args.train_workers else run_command(args, command)
     stop.set()
     try:
         mirror(args.run_dir, args.storage)

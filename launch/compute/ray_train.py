@@ -15,12 +15,13 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
-RANK_FILE = re.compile(r"-rank(\d+)\.")  # logs/train-rank1.log, logs/audit-rank1.jsonl: one rank's own files
+from jobs.contract import rank_owner
+from launch.job_args import without_option
+
 
 
 def node_run_dir(run_id: str, rank: int) -> Path:
@@ -35,8 +36,7 @@ def part_of(run_dir: Path, rank: int, staging: Path) -> Path:
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     for path in sorted(p for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"):
-        owner = RANK_FILE.search(path.name)
-        if (int(owner.group(1)) if owner else 0) == rank:
+        if rank_owner(path.name) == rank:
             target = staging / path.relative_to(run_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(path, target)
@@ -52,20 +52,24 @@ def worker_loop(config: dict) -> None:
     run_dir = node_run_dir(config["run_id"], rank)
     where = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
     checkpoint = ray.train.get_checkpoint()
+    given = without_option(without_option(config["argv"], "--resume"), "--run-dir")
+    shutil.rmtree(run_dir, ignore_errors=True)
     if checkpoint is not None:  # a restarted worker group: every rank resumes from the run's last persisted epoch
-        shutil.rmtree(run_dir, ignore_errors=True)
         checkpoint.to_directory(str(run_dir))
         argv = ["--resume", str(run_dir)]
-    else:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        argv = [*config["argv"], "--run-dir", str(run_dir)]
-    precision = config.get("mixed_precision")
-    if precision == "auto":  # the launcher's auto, as under accelerate launch: bf16 where the GPU has it, else fp16
-        import torch
+    elif config.get("restore"):  # a run continued on this cluster: every rank starts from its copy in storage
+        from launch.compute.ray_entry import without_ray_state
+        from sync import sync
 
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if precision:
-        os.environ["ACCELERATE_MIXED_PRECISION"] = precision
+        sync(config["restore"], str(run_dir), select=without_ray_state)
+        argv = ["--resume", str(run_dir), *given]
+    else:
+        argv = [*given, "--run-dir", str(run_dir)]
+    from jobs.hardware import check_gpus
+    from launch.accelerate import mixed_precision
+
+    # what accelerate launch would be told: the precision asked for, ``auto`` resolved on this worker's GPUs
+    os.environ["ACCELERATE_MIXED_PRECISION"] = mixed_precision(config.get("mixed_precision") or "auto", check_gpus())
 
     def persist(record: dict | None = None) -> None:
         metrics = {"epoch": record["epoch"] + 1, "step": record["step"], **{f"val_{k}": v for k, v in record["val"].items()}} \
@@ -84,16 +88,18 @@ def worker_loop(config: dict) -> None:
 
 
 def fit(module: str, argv: list[str], run_dir: Path, storage, workers: int, gpus_per_worker: float, cpus_per_worker: float,
-        placement_strategy: str, max_failures: int, mixed_precision: str | None) -> Path:
+        placement_strategy: str, max_failures: int, mixed_precision: str | None, restore: str | None = None) -> Path:
     """Train ``module`` on ``workers`` Ray Train workers; the finished run directory ends up in ``run_dir``.
-    ``storage`` is a ``tune.storage.RayStorage``: where Ray persists the run's checkpoints."""
+    ``storage`` is a ``tune.storage.RayStorage``: where Ray persists the run's checkpoints; ``restore``: the URL of a
+    run directory to continue."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"module": module, "argv": argv, "run_id": run_dir.name, "mixed_precision": mixed_precision},
+        train_loop_config={"module": module, "argv": argv, "run_id": run_dir.name, "mixed_precision": mixed_precision,
+                           "restore": restore},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources,
                                      placement_strategy=placement_strategy),
         run_config=RunConfig(name="ray-train", storage_path=storage.path, storage_filesystem=storage.filesystem,

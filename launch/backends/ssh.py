@@ -1,0 +1,200 @@
+"""``launch ssh JOB --host H [--host H ...]``: machines reached over SSH, one ``accelerate launch`` per node.
+
+The system's ``ssh`` and ``rsync`` do the work (``launch.transports.ssh``), so host aliases, keys, agents and jump
+hosts come from the user's SSH configuration. Nodes share no disk: each gets the code bundle, the job's inputs and --
+to continue a run -- its run directory, by ``rsync`` (incremental: what is there already moves nothing). A unit is
+one ``launch.compute.unit`` per node, detached from the SSH session (``setsid nohup``), its log, pid and exit code in
+the node's run directory; the first host is the main process. The pull brings node 0's run directory and every other
+node's own files (``*-rank<k>.*``: its logs and audit) through sync (``ssh://``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+from data_shards.files import cache_root
+from jobs import JOBS
+from jobs.contract import rank_owner
+from launch.accelerate import PRECISIONS, Devices, job_command
+from launch.backends.base import Backend, Job, Run, unit_arguments
+from launch.backends.local import unit_files
+from launch.errors import Incomplete, LaunchError
+from launch.inputs import staged_form
+from launch.record import Unit
+from launch.transports.ssh import Host, find_python, prepare_python
+
+LEFT_BEHIND = ("launch.json", ".lock", "logs/heartbeat.json", "logs/unit-*")  # each machine's own, never carried
+
+
+class Ssh(Backend):
+    name = "ssh"
+    help = "machines over SSH (--host, repeat for more nodes; they need share no disk), one accelerate launch per node"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--host", action="append", required=True, metavar="[USER@]HOST[:PORT]",
+                            help="a machine (an alias from your SSH config works); repeat for more nodes, the first is the main one")
+        parser.add_argument("--python", default="python3", help="the remote interpreter (default: python3 on the PATH)")
+        parser.add_argument("--venv", action="store_true",
+                            help="create (once) and use a venv on each host from the project's pinned requirements")
+        parser.add_argument("--venv-system-site-packages", action="store_true",
+                            help="let that venv see the --python interpreter's packages (images that ship torch)")
+        parser.add_argument("--gpus-per-node", type=int, help="processes per node (default: the GPUs the node has; 1 on CPU)")
+        parser.add_argument("--remote-dir", default="streamapprox", help="working directory on each host (relative to home)")
+        parser.add_argument("--ssh-config", help="an ssh_config file to use instead of ~/.ssh/config")
+        parser.add_argument("--main-address", help="address the other nodes reach the first host at (default: its HostName)")
+        parser.add_argument("--main-port", type=int, default=29500, help="torch.distributed rendezvous port on the first host")
+        parser.add_argument("--mixed-precision", choices=PRECISIONS, default="auto",
+                            help="auto: fp16 on GPUs without bf16, bf16 on newer ones, none on CPU")
+
+    def hosts(self, plan: dict) -> list[Host]:
+        if plan.get("ssh_config"):
+            os.environ["STREAMAPPROX_SSH_CONFIG"] = plan["ssh_config"]  # how sync's ssh:// store finds it
+        return [Host(name, plan.get("ssh_config")) for name in plan["hosts"]]
+
+    # -- before anything is sent ------------------------------------------------------------------
+    def prepare(self, job: Job) -> None:
+        options = self.options
+        if options.ssh_config:
+            if not Path(options.ssh_config).is_file():
+                raise LaunchError(f"--ssh-config {options.ssh_config}: no such file")
+            options.ssh_config = str(Path(options.ssh_config).resolve())
+        if len(options.host) > 1 and not job.spec.distributed:
+            multi = ", ".join(n for n, s in JOBS.items() if s.distributed)
+            raise LaunchError(f"{job.name} runs as one process; several --host work with: {multi}")
+        hosts = [Host(name, options.ssh_config) for name in options.host]
+        roots = [h.run(f"mkdir -p {options.remote_dir} && cd {options.remote_dir} && pwd", what="making the remote directory").strip()
+                 for h in hosts]
+        if len(set(roots)) > 1:
+            raise LaunchError(f"--remote-dir {options.remote_dir} resolves to different paths {roots}; use an absolute path")
+        for host in hosts:
+            find_python(host, options.python)
+        self.root = roots[0]
+
+    # -- sending ----------------------------------------------------------------------------------
+    def stage(self, job: Job, bundle) -> dict:
+        options, root = self.options, self.root
+        hosts = [Host(name, options.ssh_config) for name in options.host]
+        staged = bundle.write(cache_root() / "ssh" / "bundle")
+        code = f"{root}/code"
+        for host in hosts:
+            host.rsync(f"{staged}/", f"{code}/", "--delete", "--checksum")
+        pythons = [prepare_python(host, root, job.spec, options.python, options.venv, options.venv_system_site_packages)
+                   for host in hosts]
+        relocated = self.send_inputs(hosts, root, job)
+        remote_run = f"{root}/runs/{job.run_dir.name}"
+        if job.carry_run:
+            self.send_run(hosts, job.run_dir, remote_run)
+        probe = hosts[0].run(f"cd {code} && PYTHONPATH={code} {pythons[0]} -m jobs.hardware", what="probing the hardware")
+        gpus = json.loads(probe.strip().splitlines()[-1])["gpus"]
+        plan = {"options": {"poll_interval": options.poll_interval, "patience": options.patience}, "hosts": options.host,
+                "ssh_config": options.ssh_config, "root": root, "code": code, "pythons": pythons, "remote_run": remote_run,
+                "gpus": gpus, "per_node": options.gpus_per_node or max(len(gpus), 1), "precision": options.mixed_precision,
+                "main": options.main_address or hosts[0].address(), "main_port": options.main_port, "bundle": bundle.digest,
+                "relocated": relocated, "job_args": job.args}
+        if job.spec.checkable:  # the job's own check where it will run: its inputs as they arrived there
+            args = unit_arguments(job.spec, plan, 1, Unit(resume=job.resume), remote_run)
+            hosts[0].run(f"cd {code} && PYTHONPATH={code} {pythons[0]} -m {job.spec.module} {' '.join(map(shlex.quote, args))} --check",
+                         timeout=600, what="the job's --check")
+        return plan
+
+    @staticmethod
+    def send_inputs(hosts: list[Host], root: str, job: Job) -> list[str]:
+        """Each carried input to every host (rsync, incremental); returns the --set values that point the job at them."""
+        relocated = []
+        for key, spec in job.inputs.items():
+            if spec.regenerable:
+                continue
+            staged = staged_form(spec)
+            folder = cache_root() / "ssh" / staged.name
+            if not folder.is_dir():
+                building = folder.with_suffix(".partial")
+                if building.exists():
+                    subprocess.run(["rm", "-rf", str(building)], check=True)
+                building.mkdir(parents=True)
+                staged.link(building)
+                building.rename(folder)
+            for host in hosts:
+                host.rsync(f"{folder}/", f"{root}/data/{staged.name}/", "-L")
+            relocated += staged.assignments(key, f"{root}/data/{staged.name}")
+        return relocated
+
+    @staticmethod
+    def send_run(hosts: list[Host], run_dir: Path, remote_run: str) -> None:
+        """The run directory here to every node (each resumes from its own copy: nodes share no disk)."""
+        excluded = [arg for pattern in LEFT_BEHIND for arg in ("--exclude", pattern)]
+        for host in hosts:
+            host.rsync(f"{run_dir}/", f"{remote_run}/", "--checksum", *excluded)
+
+    # -- a unit -----------------------------------------------------------------------------------
+    def start(self, run: Run, unit: Unit) -> None:
+        plan = run.plan
+        hosts = self.hosts(plan)
+        if unit.resume and unit.attempt:  # a continuation: every node gets the run as it came back here
+            self.send_run(hosts, run.dir, plan["remote_run"])
+        spec, args = run.spec, run.arguments(unit, plan["remote_run"])
+        pids, files = [], []
+        for node, (host, python) in enumerate(zip(hosts, plan["pythons"])):
+            devices = Devices(plan["gpus"], plan["per_node"], len(hosts), node, plan["main"], plan["main_port"])
+            command = job_command(python, spec.module, args, spec.distributed, devices, plan["precision"])
+            prefix = unit_files(plan["remote_run"], unit, node * plan["per_node"])  # named by its first rank
+            env = {"STREAMAPPROX_BACKEND": "ssh", "PYTHONPATH": plan["code"], "PYTHONUNBUFFERED": "1", **command.env}
+            runner = [python, "-m", "launch.compute.unit", "--files", prefix, "--", *command.argv]
+            pid = host.run(f"mkdir -p {plan['remote_run']}/logs && cd {plan['code']} || exit 1; "
+                           f"env {' '.join(f'{k}={shlex.quote(v)}' for k, v in env.items())} setsid nohup "
+                           f"{' '.join(map(shlex.quote, runner))} > /dev/null 2>&1 < /dev/null & echo $!", what="starting the job")
+            pids.append(int(pid.strip().splitlines()[-1]))
+            files.append(prefix)
+        unit.name = f"{'+'.join(plan['hosts'])}:{plan['remote_run']} (attempt {unit.attempt})"
+        unit.handle = {"pids": pids, "files": files}
+
+    def poll(self, run: Run, unit: Unit) -> tuple[str, str]:
+        states = []
+        for host, pid, prefix in zip(self.hosts(run.plan), unit.handle["pids"], unit.handle["files"]):
+            states.append(host.run(f"cat {prefix}.exit 2>/dev/null | sed 's/^/exit /' | grep . || "
+                                   f"(kill -0 {pid} 2>/dev/null && echo running || echo lost)", what="asking for status").strip())
+        if "running" in states:
+            return "running", ""
+        if "lost" in states:
+            return "lost", ", ".join(f"node {rank}: {state}" for rank, state in enumerate(states))
+        codes = [int(state.split()[1]) for state in states]
+        unit.exit_code = next((code for code in codes if code), 0)
+        return ("succeeded", "") if not unit.exit_code else ("failed", ", ".join(f"node {r}: exit {c}" for r, c in enumerate(codes)))
+
+    def log(self, run: Run, unit: Unit, offset: int) -> tuple[str, int]:
+        host = self.hosts(run.plan)[0]
+        text = host.run(f"tail -c +{offset + 1} {unit.handle['files'][0]}.log 2>/dev/null || true", what="reading the log")
+        return text, offset + len(text.encode())
+
+    def pull(self, run: Run, unit: Unit, target: Path) -> str:
+        """From each node the files its ranks wrote (node 0: the run directory), through sync (sha256-checked, incremental).
+        Node k runs ranks k * per_node ... (k + 1) * per_node - 1."""
+        from sync import SyncError, sync
+
+        reports = []
+        self.hosts(run.plan)
+        for node, name in enumerate(run.plan["hosts"]):
+            def select(entries: dict, node: int = node) -> dict:  # what this node's processes wrote themselves
+                return {rel: entry for rel, entry in entries.items() if rank_owner(rel) // run.plan["per_node"] == node}
+
+            try:
+                reports.append(sync(f"ssh://{name}{run.plan['remote_run']}", str(target), select=select).summary())
+            except SyncError as exc:
+                raise Incomplete(f"pulling {name}:{run.plan['remote_run']}: {exc}") from None
+        return "\n".join(reports)
+
+    def stop(self, run: Run, unit: Unit) -> str:
+        """SIGTERM to each node's unit runner (setsid made it a group leader); it passes it on to the job."""
+        said = []
+        for host, pid in zip(self.hosts(run.plan), unit.handle["pids"]):
+            said.append(f"{host.name}: " + host.run(f"kill -TERM -- -{pid} 2>/dev/null && echo 'stop requested' || echo 'not running'").strip())
+        return "; ".join(said)
+
+    def where(self, run: Run) -> str:
+        plan = run.plan
+        return f"{', '.join(plan['hosts'])} ({len(plan['hosts']) * plan['per_node']} processes; run directory {plan['remote_run']})"
+
