@@ -17,8 +17,8 @@ _EXPORTS = {
     "ShardSet": "data_shards.reader",
     "ShardSetWriter": "data_shards.writer",
     "SplitTensors": "data_shards.reader",
-    "open_shards": "data_shards.reader",
-    "check_shards": "data_shards.reader",
+    "open_shards": "data_shards.locations",
+    "check_shards": "data_shards.locations",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from data_shards.errors import ShardError
 from data_shards.merge import merge_shard_sets
-from data_shards.reader import open_shards
+from data_shards import open_shards
 from data_shards.schema import TEACHER_NORM_TOLERANCE
 from data_shards.synthetic import SyntheticSpec, generate
 

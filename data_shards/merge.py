@@ -15,7 +15,7 @@ from pathlib import Path
 
 from data_shards.errors import ShardError
 from data_shards.manifest import Manifest
-from data_shards.reader import open_shards
+from data_shards.reader import open_root
 
 
 def merge_manifests(manifests: list[Manifest], parts: list) -> tuple[Manifest, dict[str, object]]:
@@ -42,7 +42,7 @@ def merge_manifests(manifests: list[Manifest], parts: list) -> tuple[Manifest, d
 def merge_shard_sets(parts: list[Path], out: Path) -> Manifest:
     if not parts:
         raise ShardError(f"{out}: no shard sets to merge")
-    opened = [open_shards(part, partial=True) for part in parts]
+    opened = [open_root(Path(part), partial=True) for part in parts]
     merged, owner = merge_manifests([p.manifest for p in opened], [p.root for p in opened])
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))

@@ -22,7 +22,8 @@ from data_shards.files import atomic_destination, atomic_write_text
 from jobs.config import ConfigError, validate_config
 from jobs import now
 from jobs.rundir import RunDir
-from jobs.train import check_dims, embed_indices
+from jobs.embedding import embed_indices
+from jobs.shard_checks import check_dims
 from model import build_student, retrieval_metrics
 
 log = logging.getLogger("streamapprox.evaluate")

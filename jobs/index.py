@@ -29,7 +29,8 @@ from jobs.contract import CheckReport, FileInput
 from jobs.evaluate import load_student
 from jobs.run_lock import RunInUse, RunLock
 from jobs.rundir import RunDir, launched_by, shards_record
-from jobs.train import check_dims, embed_indices, shards_input, warn_random_init
+from jobs.embedding import embed_indices
+from jobs.shard_checks import check_dims, shards_input, warn_random_init
 from model.config import Strict
 from search.store import STATE_FORMAT, SearchIndexError, VectorIndex, is_server
 

@@ -11,7 +11,7 @@ from model.metrics import RECALL_AT
 from model.pipelines import Cost
 
 if TYPE_CHECKING:
-    from jobs.report import RunReport
+    from jobs.report_runs import RunReport
 
 NEGATIVES = 50_000  # sampled off-diagonal pairs per run: plenty for a histogram
 PCA_POINTS = 200  # videos drawn in the overlay (all of them are used to fit the projection)

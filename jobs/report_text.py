@@ -12,7 +12,7 @@ from model.metrics import RECALL_AT
 from model.pipelines import Cost
 
 if TYPE_CHECKING:
-    from jobs.report import RunReport
+    from jobs.report_runs import RunReport
 
 DIRECTIONS = {"s2t": "student → teacher", "t2s": "teacher → student"}
 METRIC_COLUMNS = [f"{d}_{m}" for d in DIRECTIONS for m in [*(f"r{k}" for k in RECALL_AT), "medr", "meanr"]] + ["mean_cos"]

@@ -165,7 +165,7 @@ def setup_logging(sweep: RunDir) -> None:
 
 
 def write_check_report(path: Path, space, shards) -> None:
-    from jobs.train import write_check_report as report_inputs
+    from jobs.shard_checks import write_check_report as report_inputs
 
     report_inputs(path, "sweep", space.trial_config({}).data.shards, shards)
 
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         # --check verifies every split (the winner's evaluation will read test); the sweep itself
         # opens train and validation only.
         shards = check_shards(d.shards) if args.check else open_shards(d.shards, splits=(d.train_split, d.val_split))
-        from jobs.train import check_dims
+        from jobs.shard_checks import check_dims
 
         check_dims(base, shards.dims, str(shards.root))
         check_gpus()

@@ -25,19 +25,19 @@ from torch import nn
 
 from data_shards import ShardError, ShardSet, check_shards, open_shards
 from data_shards.files import disk_problem
-from data_shards.manifest import MANIFEST_NAME, sha256_file
-from data_shards.reader import SplitTensors, TrainBatches
-from data_shards.schema import Dims
+from data_shards.reader import TrainBatches
 from jobs import new_run_id, now
 from jobs.config import ConfigError, JobConfig, apply_override, load_config, preset_names, validate_config
-from jobs.contract import CheckReport, KaggleOutputsInput, ShardsInput
+from jobs.embedding import embed_split, to_device
 from jobs.hardware import HardwareError, check_gpus
 from jobs.run_lock import RunInUse, RunLock, liveness
 from jobs.rundir import RunDir, disk_cause, hardware, launched_by, new_run_record, save_atomic
+from jobs.shard_checks import check_batches, check_dims, warn_random_init, write_check_report
 from model import build_loss, build_student, retrieval_metrics
 from model.metrics import is_better
 
 log = logging.getLogger("streamapprox.train")
+SESSION_KEYS = ("data.shards", "train.session_steps")  # where and how long this session runs, not what it computes: free on --resume
 JOB_STARTED = time.monotonic()  # the time budget counts from here, imports and data loading included
 
 
@@ -59,24 +59,6 @@ DIVERGENCE_FACTOR = 10.0  # a loss past this many times the first steps' loss ha
 
 class Diverged(RuntimeError):
     """The loss became non-finite or exploded; the message names the step, the value and the likely key."""
-
-
-def check_batches(cfg: JobConfig, splits: dict[str, int]) -> None:
-    """A batch larger than the training split could never make one step (the job's reader checks again per rank)."""
-    have = splits.get(cfg.data.train_split, 0)
-    if cfg.data.batch_size > have:
-        raise ConfigError(f"data.batch_size={cfg.data.batch_size}: larger than the {cfg.data.train_split!r} split ({have} videos); "
-                          "lower it")
-
-
-def check_dims(cfg: JobConfig, dims: Dims, where: str) -> None:
-    """The student must be built for the shards it will read; say which key to change if not."""
-    m = cfg.model
-    expected = {"model.frames": (m.frames, dims.frames), "model.clip_dim": (m.clip_dim, dims.clip),
-                "model.audio_dim": (m.audio_dim, dims.audio), "model.out_dim": (m.out_dim, dims.teacher)}
-    wrong = [f"{key}={have} but the shards have {need} (--set {key}={need})" for key, (have, need) in expected.items() if have != need]
-    if wrong:
-        raise ConfigError(f"model dims do not match {where}: " + "; ".join(wrong))
 
 
 def build_optimizer(model: nn.Module, cfg: JobConfig) -> torch.optim.Optimizer:
@@ -104,10 +86,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: JobConfig, total_step
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-
-
 def train_step(model, batch, optimizer, scheduler, accelerator, grad_clip: float) -> dict[str, float]:
     model.train()
     terms = model(batch)
@@ -118,27 +96,6 @@ def train_step(model, batch, optimizer, scheduler, accelerator, grad_clip: float
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return {key: float(value.detach()) for key, value in terms.items()}
-
-
-@torch.no_grad()
-def embed_indices(embed, tensors: SplitTensors, indices: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    """``embed(batch)`` over the given rows of a split, in batches, as float32."""
-    chunks = [embed(to_device(tensors.batch(indices[i : i + batch_size]), device)).float() for i in range(0, len(indices), batch_size)]
-    return torch.cat(chunks)
-
-
-@torch.no_grad()
-def embed_split(model, tensors: SplitTensors, accelerator, batch_size: int) -> torch.Tensor:
-    """Student embeddings of a whole split, the work spread over ranks and gathered back in order."""
-    model.eval()
-    world, rank = accelerator.num_processes, accelerator.process_index
-    n = len(tensors)
-    per_rank = math.ceil(n / world)
-    mine = torch.arange(rank, per_rank * world, world).clamp(max=n - 1)  # padding repeats the last item
-    local = embed_indices(lambda batch: model(batch, with_loss=False), tensors, mine, batch_size, accelerator.device)
-    gathered = accelerator.gather(local)  # [world * per_rank, D] ordered rank-major
-    order = gathered.view(world, per_rank, -1).transpose(0, 1).reshape(world * per_rank, -1)
-    return order[:n].cpu()
 
 
 def param_digest(model: nn.Module) -> str:
@@ -189,7 +146,8 @@ class Trainer:
         self.cfg, self.run, self.on_epoch_end = cfg, run, on_epoch_end
         self.started = JOB_STARTED
         self.deadline = self.started + time_budget if time_budget else None
-        self.accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, **cpu_accelerator_options(InitProcessGroupKwargs))
+        self.accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with="tensorboard", project_dir=str(run.path),
+                                       **cpu_accelerator_options(InitProcessGroupKwargs))
         acc = self.accelerator
         self.is_main = acc.is_main_process
         self.shards = shards
@@ -342,6 +300,8 @@ class Trainer:
                 record = {"kind": "step", "epoch": self.epoch, "step": self.global_step, "lr": self.scheduler.get_last_lr()[0],
                           "logit_scale": scale, **terms}
                 self.run.log_metrics(record)
+                acc.log({f"train/{name}": value for name, value in record.items() if name not in ("kind", "epoch", "step")},
+                        step=self.global_step)
                 log.info("epoch %d step %d/%d loss %.4f lr %.2e", self.epoch, self.global_step, self.total_steps, terms["loss"], record["lr"])
             if cfg.train.checkpoint_every and self.global_step % cfg.train.checkpoint_every == 0:
                 self.save_last()
@@ -353,6 +313,8 @@ class Trainer:
         record = {"kind": "epoch", "epoch": self.epoch, "step": self.global_step,
                   "train_loss": float(np.mean(self.epoch_losses)) if self.epoch_losses else None, "val": metrics, "best": improved,
                   "elapsed_s": round(time.monotonic() - self.started, 2)}
+        acc.log({**{f"val/{name}": value for name, value in metrics.items()},
+                 **({"epoch/train_loss": record["train_loss"]} if record["train_loss"] is not None else {})}, step=self.global_step)
         if self.is_main:
             self.run.log_metrics(record)
             log.info("epoch %d done: val s2t R@1 %.2f t2s R@1 %.2f mean cos %.3f%s", self.epoch, metrics["s2t_r1"],
@@ -407,10 +369,10 @@ def resolve(args: argparse.Namespace) -> tuple[JobConfig, RunDir, dict | None]:
     if args.time_budget is not None and args.time_budget <= 0:
         raise ConfigError(f"--time-budget {args.time_budget:g}: must be a positive number of seconds")
     if args.resume:
-        moved = [o for o in args.overrides if o.partition("=")[0].strip() == "data.shards"]
+        moved = [o for o in args.overrides if o.partition("=")[0].strip() in SESSION_KEYS]
         if args.config or len(moved) != len(args.overrides):
-            raise ConfigError("--resume continues a run with its own saved config; drop --set/--config "
-                              "(only --set data.shards=PATH may point at the same shards in a new place)")
+            raise ConfigError("--resume continues a run with its own saved config; drop --set/--config (only --set "
+                              "data.shards=PATH, the same shards in a new place, and train.session_steps=N|null may change)")
         run = RunDir(args.resume)
         if is_rank_zero():  # the other ranks share (or copy) the run directory rank 0 owns
             refuse_if_owned(run.path)
@@ -435,27 +397,6 @@ def resolve(args: argparse.Namespace) -> tuple[JobConfig, RunDir, dict | None]:
     return cfg, run, None
 
 
-def warn_random_init(shards: ShardSet) -> None:
-    """Features from random-init encoders train a student of nothing: say so where it cannot be missed."""
-    if shards.manifest.encoders.get("random_init"):
-        print(f"WARNING: {shards.root} was extracted with RANDOM-INIT encoders (--random-init): its features are for tests "
-              "and benchmarks only; a student trained on them learns nothing about real videos", file=sys.stderr)
-
-
-def shards_input(location: str, shards: ShardSet) -> ShardsInput | KaggleOutputsInput:
-    """A shard set as a remote launcher must carry it: where it is and how to recognise it there; a set that
-    stays in Kaggle kernels' outputs names those kernels instead."""
-    if shards.sources:
-        return KaggleOutputsInput(location=location, sources=shards.sources)
-    return ShardsInput(location=location, root=str(shards.root), manifest_sha256=sha256_file(shards.root / MANIFEST_NAME),
-                       regenerable=location.startswith("synthetic://"))
-
-
-def write_check_report(path: Path, job: str, location: str, shards: ShardSet) -> None:
-    """What a remote launcher must carry: each input's config key, where it is, and how to recognise it there."""
-    CheckReport(job=job, inputs={"data.shards": shards_input(location, shards)}).write(path)
-
-
 def run_training(trainer: Trainer, run: RunDir, cfg: JobConfig, resume: dict | None, **record) -> str:
     """Create (or reopen) the run directory, record what runs where in run.json, fit, and record the
     outcome; the training job and every sweep trial go through here. Returns the fit status."""
@@ -464,6 +405,8 @@ def run_training(trainer: Trainer, run: RunDir, cfg: JobConfig, resume: dict | N
         run.create()
     acc.wait_for_everyone()
     setup_logging(run, acc.process_index)
+    # TensorBoard events in RUN/tensorboard; a resumed run first drops the events after its checkpoint (the replayed steps)
+    acc.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": trainer.global_step + 1} if resume else {}})
     if trainer.is_main:
         info: dict = {"status": "running", **record}
         if resume:

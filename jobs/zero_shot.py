@@ -18,7 +18,7 @@ from jobs.config import ConfigError, load_config
 from jobs.evaluate import evaluate_run
 from jobs.run_lock import RunInUse, RunLock
 from jobs.rundir import RunDir, launched_by, new_run_record, save_atomic
-from jobs.train import check_dims, warn_random_init, write_check_report
+from jobs.shard_checks import check_dims, warn_random_init, write_check_report
 from model import build_student
 
 PRESET = "zero_shot"

@@ -148,11 +148,9 @@ class Follower:
     # -- following --------------------------------------------------------------------------------
     def poll(self, unit: Unit) -> bool:
         """One poll of a running unit, its new log printed; True when something happened."""
-        state, detail = self.backend.poll(self.run, unit)
-        changed = state != unit.state
+        changed = unit.see(*self.backend.poll(self.run, unit))
         if changed:
-            unit.state, unit.detail = state, detail
-            self.say(f"{unit.name}: {state}{' - ' + detail if detail else ''}")
+            self.say(f"{unit.name}: {unit.state}{' - ' + unit.detail if unit.detail else ''}")
         if not self.backend.echoes(unit):
             key = (unit.part, unit.attempt)
             text, self.offsets[key] = self.backend.log(self.run, unit, self.offsets.get(key, 0))
@@ -334,7 +332,7 @@ def still_elsewhere(record: LaunchRecord, run_dir: Path) -> None:
     for unit in record.units:
         if not unit.finished:
             try:
-                unit.state, unit.detail = backend.poll(run, unit)
+                unit.see(*backend.poll(run, unit))
             except Unreachable as exc:
                 raise LaunchError(f"{run_dir} ran on {record.backend}, which cannot be asked how {unit.name} stands ({exc}); "
                                   "try again when it answers") from None

@@ -50,7 +50,7 @@ def run_status(args: argparse.Namespace) -> int:
     backend, run = reattach(run_dir)
     for unit in run.record.units:
         if not unit.finished:
-            unit.state, unit.detail = asked(lambda unit=unit: backend.poll(run, unit))
+            unit.see(*asked(lambda unit=unit: backend.poll(run, unit)))
         part = f"part {unit.part} " if run.record.parts > 1 else ""
         print(f"{part}{unit.name}: {unit.state}{' - ' + unit.detail if unit.detail else ''}"
               + (" (not pulled yet)" if unit.finished and unit.pulled is not True else ""))
@@ -69,34 +69,42 @@ def run_logs(args: argparse.Namespace) -> int:
             print(f"==> {path} <==\n{path.read_text()}", end="")
         return 0
     backend, run = reattach(run_dir)
-    offsets = {}
-    for unit in run.record.units:
-        print(f"==> {unit.name} <==", flush=True)
-        text, offsets[(unit.part, unit.attempt)] = asked(lambda unit=unit: backend.log(run, unit, 0))
+    offsets: dict[tuple[int, int], int] = {}
+    retry = Retry(backend.name, run_dir, args.patience)
+
+    def read(unit, poll: bool) -> None:
+        key = (unit.part, unit.attempt)
+        text, offsets[key] = backend.log(run, unit, offsets.get(key, 0))
         sys.stdout.write(text)
         sys.stdout.flush()
-    if not args.follow:
-        return 0
-    retry = Retry(backend.name, run_dir, args.patience)
-    while True:
-        running = [unit for unit in run.record.units if not unit.finished]
-        if not running:
-            return 0
-        for unit in running:
-            key = (unit.part, unit.attempt)
-            try:
-                text, offsets[key] = backend.log(run, unit, offsets.get(key, 0))
+        if poll and not unit.finished:
+            unit.see(*backend.poll(run, unit))
+            if unit.finished:  # what it wrote between the last read and its end
+                text, offsets[key] = backend.log(run, unit, offsets[key])
                 sys.stdout.write(text)
-                sys.stdout.flush()
-                unit.state, unit.detail = backend.poll(run, unit)
-                if unit.finished:  # what it wrote between the last read and its end
-                    text, offsets[key] = backend.log(run, unit, offsets[key])
-                    sys.stdout.write(text)
-                    say(backend.name, f"{unit.name}: {unit.state}{' - ' + unit.detail if unit.detail else ''}")
+                say(backend.name, f"{unit.name}: {unit.state}{' - ' + unit.detail if unit.detail else ''}")
+
+    def retried(what) -> None:
+        """With --follow, trouble is waited out under the retry policy; without it, one try."""
+        if not args.follow:
+            return asked(what)
+        while True:
+            try:
+                what()
                 retry.ok()
+                return
             except Unreachable as exc:
                 retry.failed(exc)
+                time.sleep(args.poll_interval)
+
+    for unit in run.record.units:
+        print(f"==> {unit.name} <==", flush=True)
+        retried(lambda unit=unit: read(unit, poll=False))
+    while args.follow and (running := [unit for unit in run.record.units if not unit.finished]):
+        for unit in running:
+            retried(lambda unit=unit: read(unit, poll=True))
         time.sleep(args.poll_interval)
+    return 0
 
 
 def run_stop(args: argparse.Namespace) -> int:
@@ -106,7 +114,10 @@ def run_stop(args: argparse.Namespace) -> int:
     backend, run = reattach(run_dir)
     running = [unit for unit in run.record.units if not unit.finished]
     for unit in running:
-        print(f"{unit.name}: {asked(lambda unit=unit: backend.stop(run, unit))}")
+        said = asked(lambda unit=unit: backend.stop(run, unit))
+        unit.stop_requested = True
+        run.save()
+        print(f"{unit.name}: {said}")
     if not running:
         print(f"{run_dir}: nothing running")
     return 0
@@ -126,7 +137,7 @@ def run_pull(args: argparse.Namespace) -> int:
             raise Incomplete(f"part {part} was never started; launch {run.record.backend} {run.record.job} --resume {run_dir} starts it")
         unit = chain[-1]
         if not unit.finished:
-            unit.state, unit.detail = asked(lambda: backend.poll(run, unit))
+            unit.see(*asked(lambda: backend.poll(run, unit)))
         if not unit.finished:
             raise Incomplete(f"{unit.name} is {unit.state}; what it makes comes back once it ends: launch logs {run_dir} --follow")
         asked(lambda: follower.settle(unit))
@@ -134,4 +145,6 @@ def run_pull(args: argparse.Namespace) -> int:
     pulled = all(run.record.chain(part)[-1].pulled for part in range(run.record.parts))
     if pulled and run.record.makes_run:
         print(summarize(run_dir, run.record.backend))
-    return 0 if pulled else Incomplete.code
+    if not pulled:
+        return Incomplete.code
+    return max(follower.codes.get(part, Incomplete.code) for part in range(run.record.parts))  # what came back: as launch would

@@ -35,10 +35,20 @@ class Unit(BaseModel):
     pulled: bool | None = None
     global_step: int | None = None
     account: dict[str, Any] = Field(default_factory=dict)  # what the backend counts for it (Kaggle: GPU hours)
+    stop_requested: bool = False  # ``launch stop`` asked for its end
 
     @property
     def finished(self) -> bool:
         return self.state in FINISHED
+
+    def see(self, state: str, detail: str) -> bool:
+        """Take the state its backend reports; one asked to stop that then ended without success was stopped, whatever
+        the backend calls it (a signalled process fails, a Ray job stops). True when the state changed."""
+        if self.stop_requested and state in ("failed", "lost"):
+            state, detail = "stopped", f"on request ({detail})" if detail else "on request"
+        changed = state != self.state
+        self.state, self.detail = state, detail
+        return changed
 
 
 class LaunchRecord(BaseModel):

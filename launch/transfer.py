@@ -16,7 +16,7 @@ from sync.engine import include
 RUN_PARTS = {
     "best": ["checkpoints/best.pt", "best/*"],  # a sweep's best/ is its winning run, whole
     "last": ["checkpoints/last.pt"],
-    "metrics": ["metrics.jsonl", "eval/*", "trials.csv", "trials.json", "*.png", "space.yaml"],
+    "metrics": ["metrics.jsonl", "tensorboard/*", "eval/*", "trials.csv", "trials.json", "*.png", "space.yaml"],
     "all": ["*"],  # a sweep's tune/ (every trial's state, what --resume needs) moves only with this
 }
 DEFAULT_RUN_PARTS = ("best", "last", "metrics")

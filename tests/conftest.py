@@ -51,6 +51,15 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def tensorboard_scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+    """What `tensorboard --logdir` shows for ``tag`` of a run: (step, value), events a resume replaced dropped."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+
+
 def only_run(root: Path) -> Path:
     runs = sorted((root / "runs").iterdir())
     assert len(runs) == 1, runs

@@ -29,6 +29,7 @@ of the caller's credentials. What it models:
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import itertools
 import json
@@ -36,6 +37,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -244,9 +246,10 @@ class FakeKaggle(_Server):
         return None
 
     def stop(self) -> None:
-        for kernel in self.sessions:
+        for kernel in self.sessions:  # each kernel leads a process group: its job's processes go with it
             if kernel.process and kernel.process.poll() is None:
-                kernel.process.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(kernel.process.pid, signal.SIGKILL)
         super().stop()
 
     def gpu_sessions_at_once(self) -> int:
@@ -397,7 +400,7 @@ class FakeKaggle(_Server):
         env["PYTHONPATH"] = str(site)
         kernel.status = "RUNNING"
         kernel.process = subprocess.Popen([sys.executable, str(script)], cwd=working, env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, text=True)
+                                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
         for line in kernel.process.stdout:
             kernel.log.append({"stream_name": "stdout", "time": round(time.monotonic() - kernel.started, 3), "data": line})
         code = kernel.process.wait()

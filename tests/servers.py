@@ -65,14 +65,17 @@ class _Server:
 class Proxy(_Server):
     """Forwards every request to ``upstream``. ``hold_parts_above = N`` stalls multipart part
     uploads numbered above N (they are never forwarded: a sync stuck mid-upload, ready to be
-    killed); ``corrupt`` (a key substring) flips a byte in matching GET bodies. Records every request and
-    counts the part uploads it forwards."""
+    killed); ``corrupt`` (a key substring) flips a byte in matching GET bodies; ``drop_next = N`` closes the next N
+    connections without an answer (the network between us and the server goes for a while). Records every request
+    and counts the part uploads it forwards."""
 
     def __init__(self, upstream: str):
         self.upstream = urlparse(upstream)
         self.hold_parts_above: int | None = None
         self.corrupt: str | None = None
         self.part_uploads = 0
+        self.drop_next = 0
+        self.dropped = 0
         self.requests: list[tuple[str, str]] = []  # (method, path) of everything forwarded
         self.stop_holding = threading.Event()
         proxy = self
@@ -85,6 +88,11 @@ class Proxy(_Server):
 
             def _forward(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.drop_next > 0:
+                    proxy.drop_next -= 1
+                    proxy.dropped += 1
+                    self.close_connection = True
+                    return
                 proxy.requests.append((self.command, self.path))
                 if self.command == "PUT" and "partNumber=" in self.path:
                     number = int(self.path.split("partNumber=")[1].split("&")[0])
@@ -137,7 +145,8 @@ class SshServer:
             f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {workdir / 'host_key'}",
             f"AuthorizedKeysFile {workdir / 'authorized_keys'}", f"PidFile {workdir / 'sshd.pid'}",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-            "PermitRootLogin prohibit-password", "ClientAliveInterval 5", "Subsystem sftp internal-sftp", ""]))
+            "PermitRootLogin prohibit-password", "ClientAliveInterval 5", "Subsystem sftp internal-sftp",
+            "SetEnv OMP_NUM_THREADS=1", ""]))  # single-threaded math as in every test process: figures compare exactly
         Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory sshd insists on
         known = f"[127.0.0.1]:{self.port} {(workdir / 'host_key.pub').read_text().split()[0]} " \
                 f"{(workdir / 'host_key.pub').read_text().split()[1]}\n"

@@ -69,7 +69,7 @@ def reference(videos, tmp_path_factory) -> Path:
 
 def test_shards_validate_and_account_for_every_video(videos, reference):
     from data_shards.cli import validate
-    from data_shards.reader import open_shards
+    from data_shards import open_shards
 
     summary = validate(str(reference))
     assert "RANDOM-INIT" in summary and "2 videos failed" in summary
@@ -140,7 +140,7 @@ def assert_same_samples(a, b) -> None:
 def test_workers_together_or_apart_make_the_single_worker_set(videos, reference, tmp_path):
     from data_shards.errors import ShardError
     from data_shards.merge import merge_shard_sets
-    from data_shards.reader import open_shards
+    from data_shards import open_shards
 
     # ranks under accelerate launch share one directory; the last one to finish writes the manifest
     result = launch("local", "extract", "--accelerate-config", "cpu_ddp2", "--videos", str(videos), "--random-init", *TINY, cwd=tmp_path)

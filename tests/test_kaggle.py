@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import FAST_MLP, SMALL, TINY_EXTRACT, cli_env, launch_command, read_jsonl
+from contract import BackendContract, Target
 from kaggle_server import FAST, KEY, USER, kaggle_env, launch_kaggle, only_run_dir, packed
+
 
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory, shard_cache) -> Path:
@@ -20,6 +22,39 @@ def shard_dir(tmp_path_factory, shard_cache) -> Path:
     out = tmp_path_factory.mktemp("shards") / "msrvtt-small"
     generate(SyntheticSpec.from_url(SMALL), out, progress=False)
     return out
+
+
+class KaggleTarget(Target):
+    """The loopback Kaggle; its status calls fail for a while (5xx, a dropped connection). No continuation kernels: the
+    contract resumes by hand."""
+
+    backend, stops = "kaggle", False
+    SENDING = ("SaveKernel", "CreateDataset", "CreateDatasetVersion", "StartBlobUpload")
+
+    def __init__(self, kaggle, shards: Path, tmp_path: Path):
+        super().__init__({**kaggle_env(kaggle, USER, KEY, tmp_path / "kaggle-config"), "STREAMAPPROX_KAGGLE_ATTEMPTS": "2"}, shards)
+        self.kaggle = kaggle
+
+    def options(self, tmp_path: Path) -> list[str]:
+        return [*FAST, "--max-continuations", "0"]
+
+    def sent(self, tmp_path: Path) -> list:
+        return [method for method, _ in self.kaggle.requests if method in self.SENDING]
+
+    def trouble(self) -> None:
+        self.kaggle.faults["GetKernelSessionStatus"] = [503, "drop", 503, 503]
+
+    def troubled(self, output: str) -> bool:
+        return not self.kaggle.faults["GetKernelSessionStatus"] and "retrying" in output and "reached again" in output
+
+
+@pytest.fixture
+def target(kaggle, shard_dir, tmp_path) -> KaggleTarget:
+    return KaggleTarget(kaggle, shard_dir, tmp_path)
+
+
+class TestContract(BackendContract):
+    pass
 
 
 def test_train_mlp_end_to_end_then_unchanged_launch_uploads_nothing(tmp_path, kaggle, shard_dir):

@@ -116,7 +116,7 @@ def test_a_broken_transfer_is_resumed_and_one_that_stays_broken_says_how_to_cont
     broken = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, *settings, env_extra={"STREAMAPPROX_KAGGLE_ATTEMPTS": "3"})
     assert broken.returncode == 3, broken.stdout[-3000:] + broken.stderr[-3000:]
     second = next(p for p in (tmp_path / "runs").iterdir() if p != run)
-    assert "Traceback" not in broken.stderr and f"Continue with: launch pull {Path('runs') / second.name}" in broken.stderr
+    assert "Traceback" not in broken.stderr and f"Bring it back with: launch pull {Path('runs') / second.name}" in broken.stderr
     assert "checkpoints/best.pt: the download broke off" in broken.stderr
     kaggle.blob_faults = {}
     pulled = launch_kaggle(kaggle, tmp_path, "pull", second.name)

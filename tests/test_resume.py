@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from conftest import SMALL, cli_env, launch, launch_command, read_jsonl
+from conftest import SMALL, cli_env, launch, launch_command, read_jsonl, tensorboard_scalars
 
 ARGS = [f"data.shards={SMALL}", "train.epochs=4", "data.batch_size=16", "model.hidden=[512,512]", "train.log_every=1",
         "train.checkpoint_every=10"]
@@ -51,6 +51,10 @@ def test_killed_mid_epoch_resumes_to_identical_results(tmp_path, small_shards):
     assert final_state(killed) == final_state(tmp_path / "ref")
     steps = [r["step"] for r in read_jsonl(killed / "metrics.jsonl") if r["kind"] == "step"]
     assert steps == list(range(1, 4 * STEPS_PER_EPOCH + 1))  # the killed epoch's partial log was replaced
+    # TensorBoard (through Accelerate's tracker) tells the same story: each step once, the same curves as the uninterrupted run
+    assert [step for step, _ in tensorboard_scalars(killed, "train/loss")] == steps
+    assert tensorboard_scalars(killed, "val/s2t_r1") == tensorboard_scalars(tmp_path / "ref", "val/s2t_r1")
+    assert len(tensorboard_scalars(killed, "val/s2t_r1")) == 4
 
 
 def test_time_budget_stops_with_a_resumable_checkpoint(tmp_path, small_shards):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli_env, launch_command, read_jsonl
+from contract import BackendContract, Target
 from servers import SshServer, free_port, ssh_config
 
 TINY = ["train.epochs=6", "data.batch_size=64", "model.hidden=[64]", "train.audit=true"]
@@ -69,6 +70,37 @@ def run_state(run: Path):
     return records, weights, json.loads((run / "eval" / "results.json").read_text())["metrics"]
 
 
+class SshTarget(Target):
+    """Both nodes (no shared disk): a run trains with a process on each; node0 drops off the network for a while."""
+
+    backend, processes = "ssh", 2
+
+    def __init__(self, sshd: Nodes, shards: Path):
+        super().__init__(cli_env(), shards)
+        self.sshd = sshd
+
+    def options(self, tmp_path: Path) -> list[str]:
+        return ssh_args(self.sshd, self.sshd.remote / tmp_path.name, "node0", "node1")
+
+    def sent(self, tmp_path: Path) -> list:
+        return sorted(str(p) for p in (self.sshd.remote / tmp_path.name).rglob("*"))
+
+    def trouble(self) -> None:
+        self.sshd.node0.outage(4)
+
+    def troubled(self, output: str) -> bool:
+        return "retrying" in output and "reached again" in output
+
+
+@pytest.fixture
+def target(sshd, shards) -> SshTarget:
+    return SshTarget(sshd, shards)
+
+
+class TestContract(BackendContract):
+    pass
+
+
 def test_two_nodes_that_share_no_disk_train_as_one_survive_a_dropped_connection_and_resume(sshd, shards, tmp_path):
     """node1 sees none of node0's files: it gets code, shards and (to resume) the run directory itself, and the pulled
     run holds both ranks' logs and audit. The first launch stops resumably (train.session_steps); the resume on both
@@ -97,8 +129,8 @@ def test_two_nodes_that_share_no_disk_train_as_one_survive_a_dropped_connection_
     assert status.returncode == 0 and "succeeded" in status.stdout, status.stdout + status.stderr
     assert not list(remote.glob("runs/*/logs/*rank1*"))  # node1's files are on node1 only
     pulled = launch_ssh(sshd, tmp_path, "pull", str(run))
-    assert pulled.returncode == 0 and "status: incomplete" in pulled.stdout, pulled.stdout + pulled.stderr
-    assert f"launch ssh train_mlp --resume {run}" in pulled.stdout
+    assert pulled.returncode == 3 and "status: incomplete" in pulled.stdout, pulled.stdout + pulled.stderr  # incomplete: exit 3
+    assert f"launch ssh train_mlp --resume {run}" in pulled.stdout + pulled.stderr
     assert (run / "logs" / "audit-rank1.jsonl").is_file() and (run / "logs" / "unit-a0-rank1.log").is_file()  # node1's own
 
     resumed = launch_ssh(sshd, tmp_path, "ssh", "train_mlp", "--resume", str(run), *ssh_args(sshd, remote, "node0", "node1"))
@@ -124,7 +156,7 @@ def test_two_nodes_that_share_no_disk_train_as_one_survive_a_dropped_connection_
 def test_extract_runs_on_a_host_and_the_shards_come_back(sshd, tmp_path, capsys):
     from conftest import TINY_EXTRACT
 
-    from data_shards.reader import open_shards
+    from data_shards import open_shards
     from data_shards.synthetic_videos import write_collection
 
     listing = write_collection(tmp_path / "videos", 4, seconds=2.0)
@@ -185,3 +217,30 @@ def test_sweep_runs_on_a_host_and_its_best_run_comes_back(sshd, shards, tmp_path
     run = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("index"))
     assert json.loads((run / "run.json").read_text())["index"]["videos"] == 920 and (run / "index").is_dir()
     assert any(p.name.startswith("file-") for p in (tmp_path / "remote" / "data").iterdir())
+
+
+def test_a_run_kaggle_left_incomplete_continues_over_ssh_to_the_figures_of_an_uninterrupted_run(sshd, shards, kaggle, tmp_path):
+    """Past Kaggle's wall (here: the session's steps spent, no continuation kernels left) onto a rented box: the run
+    directory is the same everywhere, so `launch ssh --resume` takes it on and ends where a run never interrupted does."""
+    from kaggle_server import FAST, launch_kaggle
+
+    settings = [f"data.shards={shards}", *TINY]
+    first = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, "--max-continuations", "0", "--set", *settings,
+                          "train.session_steps=20")
+    assert first.returncode == 3, first.stdout[-3000:] + first.stderr[-3000:]
+    run = next((tmp_path / "runs").iterdir()).relative_to(tmp_path)
+    assert f"launch kaggle train_mlp --resume {run}" in first.stderr
+    assert json.loads((tmp_path / run / "run.json").read_text())["global_step"] == 20
+
+    moved = launch_ssh(sshd, tmp_path, "ssh", "train_mlp", "--resume", str(run), *ssh_args(sshd, sshd.remote / tmp_path.name, "node0"),
+                       "--set", "train.session_steps=null")
+    assert moved.returncode == 0 and "status: complete" in moved.stdout, moved.stdout[-3000:] + moved.stderr[-3000:]
+    info, record = (json.loads((tmp_path / run / name).read_text()) for name in ("run.json", "launch.json"))
+    assert info["backend"] == "ssh" and len(info["resumed_at"]) == 1
+    assert record["backend"] == "ssh" and [old["backend"] for old in record["history"]] == ["kaggle"]
+
+    reference = launch_ssh(sshd, tmp_path, "local", "train_mlp", "--run-dir", str(tmp_path / "ref"), "--set", *settings)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    (records, weights, results), (ref_records, ref_weights, ref_results) = run_state(tmp_path / run), run_state(tmp_path / "ref")
+    assert records == ref_records and results == ref_results
+    assert all((weights[k] == ref_weights[k]).all() for k in weights)

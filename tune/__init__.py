@@ -1,1 +1,1 @@
-"""Ray Tune sweeps over the training job's config (search spaces, runner, best-trial export): issue #5."""
+"""Ray Tune sweeps over the training job's config: search spaces, the runner, trials as training runs, the best trial exported."""

@@ -22,7 +22,7 @@ from data_shards.files import cache_root
 from jobs import JOBS
 from launch.accelerate import PRECISIONS
 from launch.backends.base import Backend, Job, Run
-from launch.compute.ray_entry import RAY_STATE
+from launch.compute.ray_storage import RAY_STATE
 from launch.errors import Incomplete, LaunchError
 from launch.record import Unit
 from launch.transports.ray_jobs import RayJobs

@@ -20,14 +20,10 @@ import sys
 import threading
 from pathlib import Path
 
+from launch.compute.ray_storage import without_ray_state
 from sync import SyncError, sync
 
 MIRROR_EVERY_S = 300  # a long run's directory reaches storage meanwhile, not only at the end
-RAY_STATE = ("tune/", "ray-train/")  # what Ray itself keeps in the run's storage (experiments, checkpoints)
-
-
-def without_ray_state(entries: dict) -> dict:
-    return {rel: entry for rel, entry in entries.items() if not rel.startswith(RAY_STATE)}
 
 
 def mirror(run_dir: str, storage: str) -> None:

@@ -58,7 +58,7 @@ def worker_loop(config: dict) -> None:
         checkpoint.to_directory(str(run_dir))
         argv = ["--resume", str(run_dir)]
     elif config.get("restore"):  # a run continued on this cluster: every rank starts from its copy in storage
-        from launch.compute.ray_entry import without_ray_state
+        from launch.compute.ray_storage import without_ray_state
         from sync import sync
 
         sync(config["restore"], str(run_dir), select=without_ray_state)
