@@ -53,7 +53,7 @@ def run_status(args: argparse.Namespace) -> int:
             unit.see(*asked(lambda unit=unit: backend.poll(run, unit)))
         part = f"part {unit.part} " if run.record.parts > 1 else ""
         print(f"{part}{unit.name}: {unit.state}{' - ' + unit.detail if unit.detail else ''}"
-              + (" (not pulled yet)" if unit.finished and unit.pulled is not True else ""))
+              + (" (not pulled yet)" if backend.sends_code and unit.finished and unit.pulled is not True else ""))
     waiting = [part for part in range(run.record.parts) if not run.record.chain(part)]
     if waiting:
         print(f"{len(waiting)} part(s) not started yet: launch {run.record.backend} {run.record.job} --resume {run_dir}")

@@ -213,6 +213,15 @@ sys.meta_path[:] = [finder for finder in sys.meta_path if not getattr(finder, "_
 """
 
 
+def private_tmp_mount() -> str:
+    """Shell that puts an empty tmpfs over /tmp -- keeping this environment (sys.prefix) in place when it lives under
+    /tmp itself (a checkout cloned there), since a node of a real cluster has its own copy of the environment."""
+    env = Path(sys.prefix).resolve()
+    if not env.is_relative_to("/tmp"):
+        return "mount -t tmpfs tmpfs /tmp"
+    return f"mount --bind {env} /mnt && mount -t tmpfs tmpfs /tmp && mkdir -p {env} && mount --bind /mnt {env}"  # /mnt: this namespace's
+
+
 class RayNode:
     """One real Ray node on 127.0.0.1 (``ray start --block``): the head, or a worker joining ``head_port``. With
     ``private_tmp`` the node runs in its own mount namespace with a tmpfs on /tmp, so it shares no files with the
@@ -238,7 +247,7 @@ class RayNode:
         site = "/tmp/site" if private_tmp else tempfile.mkdtemp(prefix="raysite", dir="/tmp")
         setup = f"mkdir -p {site} && printf %s {shlex.quote(NO_PROJECT_SITECUSTOMIZE)} > {site}/sitecustomize.py"
         if private_tmp:
-            setup = f"mount -t tmpfs tmpfs /tmp && mkdir -p {temp} && {setup}"
+            setup = f"{private_tmp_mount()} && mkdir -p {temp} && {setup}"
         command = ["sh", "-c", f"{setup} && exec {shlex.join(args)}"]
         if private_tmp:
             command = ["unshare", "--mount", "--propagation", "private", *command]

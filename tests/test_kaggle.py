@@ -81,7 +81,7 @@ def test_train_mlp_end_to_end_then_unchanged_launch_uploads_nothing(tmp_path, ka
     logs = launch_kaggle(kaggle, tmp_path, "logs", str(run))  # later, from another shell
     assert logs.returncode == 0 and "epoch 2 done" in logs.stdout
     again = launch_kaggle(kaggle, tmp_path, "pull", run.name)
-    assert again.returncode == 0 and "copied 0 files" in again.stdout and "9 unchanged" in again.stdout, again.stdout + again.stderr
+    assert again.returncode == 0 and "copied 0 files" in again.stdout and "10 unchanged" in again.stdout, again.stdout + again.stderr
 
     second = launch_kaggle(kaggle, tmp_path, *args)
     assert second.returncode == 0, second.stderr[-3000:]

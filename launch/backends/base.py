@@ -82,7 +82,7 @@ def unit_arguments(spec: JobSpec, plan: dict, parts: int, unit: Unit, there: str
 class Backend(ABC):
     name: ClassVar[str]
     help: ClassVar[str]
-    sends_code: ClassVar[bool] = True  # needs the code bundle (every backend but local)
+    sends_code: ClassVar[bool] = True  # runs elsewhere: needs the code bundle, and its run comes back by pull (all but local)
     poll_interval: ClassVar[float] = 5.0  # seconds between polls unless --poll-interval says otherwise
 
     def __init__(self, options: argparse.Namespace):
