@@ -77,8 +77,9 @@ def probe(path: str | Path) -> VideoInfo:
         return VideoInfo(str(path), duration, fps, frames, stream.width, stream.height, has_audio)
 
 
-def decode_frames(info: VideoInfo, indices: list[int], seek_gap: int | None = None) -> dict[int, np.ndarray]:
-    """RGB uint8 [H, W, 3] for each wanted frame index.
+def decode_frames(info: VideoInfo, indices: list[int], seek_gap: int | None = None, threads: int = 0) -> dict[int, np.ndarray]:
+    """RGB uint8 [H, W, 3] for each wanted frame index; ``threads`` decoder threads (0: FFmpeg's choice; a decode
+    worker among several takes 1 -- the frames are the same either way).
 
     Wanted frames are visited in order; the decoder seeks (to the keyframe before) only when the next
     one is more than ``seek_gap`` frames ahead (default: one second), else it decodes forward. An
@@ -90,7 +91,9 @@ def decode_frames(info: VideoInfo, indices: list[int], seek_gap: int | None = No
     try:
         with _open(info.path) as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            stream.thread_type = "AUTO" if threads != 1 else "NONE"
+            if threads:
+                stream.codec_context.thread_count = threads
             start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
             frames, position, current = None, None, None  # decoder, index of ``current``, last decoded frame
             for target in wanted:

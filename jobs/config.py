@@ -57,6 +57,12 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(0, ge=0)  # steps between mid-epoch last.pt saves; 0 = epoch ends only
     evaluate_test: bool = True
     audit: bool = False  # per-rank sample ids + parameter digests per step in logs/audit-rank*.jsonl
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _no_is_not_false(cls, value: Any) -> Any:
+        """YAML reads a bare ``no`` (``--set train.mixed_precision=no``) as false: it meant the string."""
+        return "no" if value is False else value
+
     # steps per session (the first run and each resume): stop resumably after this many, like a time budget
     # that does not depend on how fast the machine is; None = no limit
     session_steps: Optional[int] = Field(None, ge=1)

@@ -27,7 +27,7 @@ from jobs import now
 from jobs.config import ConfigError, apply_override, format_validation_error
 from model.encoders import EncoderError
 from model.metrics import RECALL_AT
-from search.store import SearchIndexError, VectorIndex, is_server
+from search.store import SearchIndexError, Snapshot, is_server
 
 DEFAULT_QUERIES = (
     "a person cooking in a kitchen", "a dog playing outside", "a car driving on a road", "people dancing to music",
@@ -125,9 +125,8 @@ def evaluate_index(args: argparse.Namespace) -> dict:
     from search.query import encoders_config
 
     texts, labels = read_queries(args.queries)
-    with VectorIndex(args.index, args.name) as index:
-        state = index.state() or {}
-        ids, student, teacher = index.matrices()
+    snapshot = Snapshot.open(args.index, args.name)
+    state, ids, student, teacher = snapshot.state(), snapshot.ids, np.asarray(snapshot.student), np.asarray(snapshot.teacher)
     result = {"index": args.index, "videos": len(ids), "student": state.get("student"), "evaluated_at": now(),
               "video_to_video": video_to_video(student, teacher, args.max_queries)}
     if args.no_text:

@@ -20,8 +20,9 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -118,8 +119,29 @@ def mean_image(frames: dict[int, np.ndarray], group: list[int]) -> np.ndarray:
     return np.mean([frames[i] for i in group], axis=0).round().astype(np.uint8)
 
 
+@dataclass
+class Prepared:
+    """One video decoded and made ready for the encoders -- all the CPU work, done in a decode worker ahead of them --
+    or the reason it cannot become a sample."""
+
+    entry: VideoEntry
+    meta: dict = field(default_factory=dict)
+    student: torch.Tensor | None = None  # CLIP's input pixels of the student frames
+    teacher: Any = None  # the teacher's prepared inputs
+    audio: torch.Tensor | None = None  # VGGish examples; None without usable audio
+    failure: str | None = None
+
+    def pin_memory(self) -> Prepared:
+        """Page-locked tensors, so the copies to the GPU overlap the encoders (the DataLoader calls this)."""
+        pin = lambda x: x.pin_memory() if isinstance(x, torch.Tensor) else x  # noqa: E731
+        self.student, self.audio = pin(self.student), pin(self.audio)
+        self.teacher = {k: pin(v) for k, v in self.teacher.items()} if isinstance(self.teacher, dict) else pin(self.teacher)
+        return self
+
+
 class Extractor:
-    """The encoders, built once per worker, and what one video becomes."""
+    """The encoders, built once per worker, and what a video becomes: ``prepare`` (decode and preprocess, CPU only:
+    a decode worker runs it) then ``encode`` (the models, on several videos at once)."""
 
     def __init__(self, cfg: ExtractConfig, device):
         from model.encoders import ClipImageEncoder, VGGishEncoder
@@ -132,6 +154,7 @@ class Extractor:
         self.dims = Dims(frames=cfg.student.frames, clip=self.clip.dim, audio=128, teacher=self.teacher.dim,
                          audio_examples=cfg.audio_examples())
         self.device, self.precision = torch.device(device), resolve_precision(cfg.precision, torch.device(device))
+        self.encoding_s = 0.0  # time spent in the encoders (their share of the wall time says whether they wait)
 
     def encoders(self) -> dict:
         return {"clip": self.clip.describe(), "audio": self.vggish.describe(), "teacher": self.teacher.describe(),
@@ -141,48 +164,76 @@ class Extractor:
         """Encoders run in ``precision`` (autocast); outputs are stored as the schema says either way."""
         return autocast(self.device, self.precision)
 
-    def audio(self, path: str) -> tuple[np.ndarray, Audio | None, str]:
-        """(audio.npy, the audio the teacher hears -- every channel, its own rate -- or None, status)."""
-        shape = (128,) if self.dims.audio_examples is None else (self.dims.audio_examples, 128)
-        audio = decode_audio(path)
-        if audio is None:
-            return np.zeros(shape, np.float32), None, "no audio stream"
-        if not np.any(audio.samples):
-            return np.zeros(shape, np.float32), None, "silent: every sample is zero"
-        audio_cfg = self.cfg.student.audio
-        try:
-            features = self.vggish.encode(audio.segment(audio_cfg.segment_s, audio_cfg.position))
-        except ValueError as exc:
-            return np.zeros(shape, np.float32), None, f"audio too short: {exc}"
-        if self.dims.audio_examples is None:
-            return features.mean(0), audio, "ok"
-        padded = np.zeros(shape, np.float32)
-        padded[: min(len(features), shape[0])] = features[: shape[0]]
-        return padded, audio, "ok"
-
-    def sample(self, entry: VideoEntry) -> dict:
+    def prepare(self, entry: VideoEntry, threads: int = 0) -> Prepared:
+        """Probe, sample, decode, preprocess: everything before the models. ``threads``: decoder threads (a worker
+        among several takes 1)."""
         if not Path(entry.path).is_file():
-            raise VideoFailure(f"file not found: {entry.path}")
+            return Prepared(entry, failure=f"file not found: {entry.path}")
         try:
             info = probe(entry.path)
             rng = video_rng(self.cfg.seed, entry.video_id)
             student = sample_frames(self.cfg.student.sampling, info.frame_count, self.cfg.student.frames, rng)
             teacher = self.teacher.frame_groups(info, rng)
-            frames = decode_frames(info, [i for group in student + teacher for i in group])
-            with self.autocast():
-                audio, waveform, audio_status = self.audio(entry.path)
+            frames = decode_frames(info, [i for group in student + teacher for i in group], threads=threads)
+            examples, waveform, audio_status = self.audio(entry.path)
         except (DecodeError, ValueError) as exc:  # ValueError: a window or strategy that this video cannot fill
-            raise VideoFailure(f"too short: {exc}" if isinstance(exc, TooShort) else str(exc)) from None
-        with self.autocast():
-            clip = self.clip.encode([mean_image(frames, group) for group in student])
-            target = self.teacher.embed([mean_image(frames, group) for group in teacher], waveform)
+            return Prepared(entry, failure=f"too short: {exc}" if isinstance(exc, TooShort) else str(exc))
         meta = {"video_id": entry.video_id, "split": entry.split, "has_audio": waveform is not None,
                 "audio_status": audio_status, "duration_s": round(info.duration_s, 4),
                 "frame_times_s": [round(float(np.mean(group)) / info.fps, 4) for group in student],
                 "sampling": self.cfg.student.sampling, "teacher_sampling": self.cfg.teacher.sampling}
+        return Prepared(entry, meta, self.clip.pixels([mean_image(frames, group) for group in student]),
+                        self.teacher.prepare([mean_image(frames, group) for group in teacher], waveform), examples)
+
+    def audio(self, path: str) -> tuple[torch.Tensor | None, Audio | None, str]:
+        """(VGGish's examples, the audio the teacher hears -- every channel, its own rate -- or None, status)."""
+        audio = decode_audio(path)
+        if audio is None:
+            return None, None, "no audio stream"
+        if not np.any(audio.samples):
+            return None, None, "silent: every sample is zero"
+        audio_cfg = self.cfg.student.audio
+        try:
+            return self.vggish.examples(audio.segment(audio_cfg.segment_s, audio_cfg.position)), audio, "ok"
+        except ValueError as exc:
+            return None, None, f"audio too short: {exc}"
+
+    def audio_features(self, features: np.ndarray | None) -> np.ndarray:
+        """audio.npy: the examples' mean, or the first ``audio_examples`` of them (zeros without usable audio)."""
+        shape = (128,) if self.dims.audio_examples is None else (self.dims.audio_examples, 128)
+        if features is None:
+            return np.zeros(shape, np.float32)
+        if self.dims.audio_examples is None:
+            return features.mean(0)
+        padded = np.zeros(shape, np.float32)
+        padded[: min(len(features), shape[0])] = features[: shape[0]]
+        return padded
+
+    def encode(self, batch: list[Prepared]) -> list[dict]:
+        """The encoders on several prepared videos at once (one call per model), as sample records in order. One video
+        a call gives the bytes the sequential extractor always wrote; several may differ from them in the last bit."""
         from data_shards.writer import sample_record
 
-        return sample_record(self.dims, entry.video_id, clip, audio, target, meta)
+        began = time.monotonic()
+        with self.autocast():
+            clip = self.clip.embed(torch.cat([p.student for p in batch]))
+            heard = [p for p in batch if p.audio is not None]
+            sounds = dict(zip(map(id, heard), np.split(self.vggish.embed(torch.cat([p.audio for p in heard])),
+                                                       np.cumsum([len(p.audio) for p in heard])[:-1]))) if heard else {}
+            targets = self.teacher.embed_prepared([p.teacher for p in batch])
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.encoding_s += time.monotonic() - began
+        frames = np.split(clip, np.cumsum([len(p.student) for p in batch])[:-1])
+        return [sample_record(self.dims, p.entry.video_id, part, self.audio_features(sounds.get(id(p))), target, p.meta)
+                for p, part, target in zip(batch, frames, targets)]
+
+    def sample(self, entry: VideoEntry) -> dict:
+        """One video, start to end, in this process."""
+        prepared = self.prepare(entry)
+        if prepared.failure:
+            raise VideoFailure(prepared.failure)
+        return self.encode([prepared])[0]
 
 
 class Progress:
@@ -239,7 +290,55 @@ def worker_share(args: argparse.Namespace) -> tuple[int, int, object | None]:
     return index, count, None
 
 
-def run_worker(cfg: ExtractConfig, out: Path, index: int, count: int, state, time_budget: float | None) -> tuple[dict, bool]:
+class PreparedVideos(torch.utils.data.Dataset):
+    """The videos to do, in plan order, as a decode worker prepares them."""
+
+    def __init__(self, extractor: Extractor, entries: list[VideoEntry], threads: int):
+        self.extractor, self.entries, self.threads = extractor, entries, threads
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> Prepared:
+        return self.extractor.prepare(self.entries[index], self.threads)
+
+
+def as_is(item):
+    return item
+
+
+def default_workers(device: torch.device) -> int:
+    """Decode workers: enough to keep a GPU fed (one per core, up to 8); on a CPU the encoders need cores too."""
+    cores = max(len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)  # this rank's share
+    return min(cores, 8) if device.type == "cuda" else max(cores - 1, 1)
+
+
+def default_batch(device: torch.device) -> int:
+    """Videos per encoder call: on a GPU as many as its memory comfortably holds (about one per 2 GiB, up to 16); on
+    a CPU one -- batching buys nothing there, and one video a call writes the sequential extractor's exact bytes."""
+    if device.type != "cuda":
+        return 1
+    return max(1, min(16, torch.cuda.get_device_properties(device).total_memory // 2**31))
+
+
+def prepared_stream(extractor: Extractor, entries: list[VideoEntry], workers: int, batch: int):
+    """Prepared videos in plan order, in lists of up to ``batch``; ``workers`` processes decode ahead of the encoders
+    (0: decode here, one video after the other)."""
+    loader = torch.utils.data.DataLoader(PreparedVideos(extractor, entries, 1 if workers > 1 else 0), batch_size=None,
+                                         num_workers=workers, collate_fn=as_is, pin_memory=extractor.device.type == "cuda",
+                                         prefetch_factor=max(2, 2 * batch // workers) if workers else None)
+    pending: list[Prepared] = []
+    for prepared in loader:
+        pending.append(prepared)
+        if len(pending) == batch:
+            yield pending
+            pending = []
+    if pending:
+        yield pending
+
+
+def run_worker(cfg: ExtractConfig, out: Path, index: int, count: int, state, time_budget: float | None, workers: int | None = None,
+               batch: int | None = None) -> tuple[dict, bool]:
     """Extract this worker's shards of the plan into ``out``; returns (summary, finished)."""
     started = time.monotonic()
     device = state.device if state is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -252,17 +351,12 @@ def run_worker(cfg: ExtractConfig, out: Path, index: int, count: int, state, tim
     ledger = Ledger(out, plan)
     mine = plan.for_worker(index, count)
     todo = [shard for shard in mine if ledger.record(shard) is None]
-    log.info("worker %d/%d: %d of its %d shards to do (%d videos), %d done before", index, count, len(todo), len(mine),
-             sum(len(s.videos) for s in todo), len(mine) - len(todo))
+    workers = default_workers(extractor.device) if workers is None else workers
+    batch = default_batch(extractor.device) if batch is None else batch
+    log.info("worker %d/%d: %d of its %d shards to do (%d videos), %d done before; %d decode workers, %d videos per encoder call",
+             index, count, len(todo), len(mine), sum(len(s.videos) for s in todo), len(mine) - len(todo), workers, batch)
     progress = Progress(sum(len(s.videos) for s in todo), f"extract {index}/{count}")
-    finished, slowest = True, 0.0
-    for shard in todo:
-        if time_budget is not None and time.monotonic() - started + slowest > time_budget:
-            finished = False
-            break
-        shard_started = time.monotonic()
-        write_shard(ledger, shard, extractor, progress)
-        slowest = max(slowest, time.monotonic() - shard_started)
+    finished, began = write_shards(ledger, todo, extractor, progress, workers, batch, time_budget, started)
     progress.close()
     if state is not None:
         state.wait_for_everyone()
@@ -271,19 +365,44 @@ def run_worker(cfg: ExtractConfig, out: Path, index: int, count: int, state, tim
     manifest = None
     if state is None or state.is_main_process:
         manifest = ledger.finish(extractor.dims, encoders, source)
-    return {"manifest": manifest, "out": str(out), "seconds": round(time.monotonic() - started, 1)}, finished
+    wall = time.monotonic() - began
+    log.info("worker %d/%d: %d videos in %.1f s (%.2f videos/s); encoders busy %.0f %% of that time", index, count, progress.done,
+             wall, progress.done / wall if wall > 0 else 0.0, 100 * extractor.encoding_s / wall if wall > 0 else 0.0)
+    return {"manifest": manifest, "out": str(out), "seconds": round(time.monotonic() - started, 1), "videos": progress.done,
+            "extract_s": wall, "encoders_busy": extractor.encoding_s / wall if wall > 0 else None}, finished
 
 
-def write_shard(ledger: Ledger, shard: PlannedShard, extractor: Extractor, progress: Progress) -> None:
-    samples, failures = [], []
-    for entry in shard.videos:
-        try:
-            samples.append(extractor.sample(entry))
-        except VideoFailure as failure:
-            failures.append({"video_id": entry.video_id, "split": entry.split, "file": Path(entry.path).name, "reason": str(failure)})
-            log.warning("%s: %s", entry.video_id, failure)
-        progress.update(failed=bool(failures) and failures[-1]["video_id"] == entry.video_id)
-    ledger.write(shard, samples, failures)
+def write_shards(ledger: Ledger, todo: list[PlannedShard], extractor: Extractor, progress: Progress, workers: int, batch: int,
+                 time_budget: float | None, started: float) -> tuple[bool, float]:
+    """Each shard written (atomically, then recorded) as soon as its last video is encoded; no new shard is begun past
+    the time budget. Returns (finished, when the work began)."""
+    shards = iter(todo)
+    current = next(shards, None)
+    samples, failures, slowest, shard_began = [], [], 0.0, time.monotonic()
+    began = time.monotonic()
+    stream = prepared_stream(extractor, [entry for shard in todo for entry in shard.videos], workers, batch)
+    try:
+        for prepared in stream:
+            ready = [p for p in prepared if not p.failure]
+            encoded = dict(zip(map(id, ready), extractor.encode(ready))) if ready else {}
+            for item in prepared:
+                if item.failure:
+                    failures.append({"video_id": item.entry.video_id, "split": item.entry.split, "file": Path(item.entry.path).name,
+                                     "reason": item.failure})
+                    log.warning("%s: %s", item.entry.video_id, item.failure)
+                else:
+                    samples.append(encoded[id(item)])
+                progress.update(failed=bool(item.failure))
+                if len(samples) + len(failures) == len(current.videos):
+                    ledger.write(current, samples, failures)
+                    slowest = max(slowest, time.monotonic() - shard_began)
+                    samples, failures, shard_began = [], [], time.monotonic()
+                    current = next(shards, None)
+                    if current is not None and time_budget is not None and time.monotonic() - started + slowest > time_budget:
+                        return False, began
+    finally:
+        stream.close()  # its decode workers end with it
+    return True, began
 
 
 def report(manifest) -> str:
@@ -325,6 +444,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--merge-slices", metavar="RUN", help="join RUN/slices/*/shards into RUN/shards, then exit")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue a run with its recorded config (the same as rerunning it)")
     parser.add_argument("--time-budget", type=float, metavar="SECONDS", help="start no new shard after this much time; resumable")
+    parser.add_argument("--decode-workers", type=int, metavar="N",
+                        help="processes that decode and preprocess videos ahead of the encoders (0: in turn, here); "
+                        "default: one per core up to 8 on a GPU, cores - 1 on a CPU. The shards are the same either way")
+    parser.add_argument("--encode-batch", type=int, metavar="V",
+                        help="videos per encoder call (default: 1 on a CPU, by GPU memory up to 16 on a GPU); more than one "
+                        "may change the features' last bit")
     parser.add_argument("--check", action="store_true", help="validate config and inputs, then exit")
     parser.add_argument("--check-report", metavar="FILE", help="with --check: write the inputs for remote launchers")
     return parser.parse_args(argv)
@@ -387,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
                 write_check_report(Path(args.check_report), cfg, entries)
             print(f"check ok: {len(entries)} videos, {cfg.teacher.kind} teacher, student sampling {cfg.student.sampling}")
             return 0
+        if args.decode_workers is not None and args.decode_workers < 0 or args.encode_batch is not None and args.encode_batch < 1:
+            raise ConfigError("--decode-workers takes N >= 0 and --encode-batch V >= 1")
         index, count, state = worker_share(args)
         if run is not None and (state is None or state.is_main_process):
             owned.enter_context(RunLock(run, "extract"))
@@ -402,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def extract_and_record(args, cfg: ExtractConfig, out: Path, run: Path | None, index: int, count: int, state) -> int:
     try:
-        summary, finished = run_worker(cfg, out, index, count, state, args.time_budget)
+        summary, finished = run_worker(cfg, out, index, count, state, args.time_budget, args.decode_workers, args.encode_batch)
     except BaseException as exc:
         if state is None or state.is_main_process:
             record_run(run, cfg, status="failed", error=f"{type(exc).__name__}: {exc}", ended_at=now())

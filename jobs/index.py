@@ -2,10 +2,12 @@
 
 Every video is embedded by the run's trained student (its ``best.pt``) and stored in a Qdrant index
 with its teacher embedding and metadata; every sampled frame's CLIP embedding is stored with its
-timestamp, so a query can land on a moment. The work is done and committed shard by shard: a rerun
-over an unchanged shard set does nothing, an interrupted one picks up at the first shard not yet
-recorded, and a changed shard set re-indexes only the shards that changed (and drops the ones that
-left). An index belongs to one student: another one is refused rather than mixed in.
+timestamp, so a query can land on a moment. An embedded index also gets the snapshot ``launch serve``
+maps (``search.store.Snapshot``): retracted before the index changes, rewritten once it is complete.
+The work is done and committed shard by shard: a rerun over an unchanged shard set does nothing, an
+interrupted one picks up at the first shard not yet recorded, and a changed shard set re-indexes only
+the shards that changed (and drops the ones that left). An index belongs to one student: another one
+is refused rather than mixed in.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from jobs.rundir import RunDir, launched_by, shards_record
 from jobs.embedding import embed_indices
 from jobs.shard_checks import check_dims, shards_input, warn_random_init
 from model.config import Strict
-from search.store import STATE_FORMAT, SearchIndexError, VectorIndex, is_server
+from search.store import STATE_FORMAT, SearchIndexError, VectorIndex, is_server, read_pointer, retract_snapshot, write_snapshot
 
 log = logging.getLogger("streamapprox.index")
 
@@ -140,6 +142,11 @@ def build_index(cfg: IndexConfig) -> dict:
     with index:
         state["shards"] = shards_record(cfg.shards, shard_set)
         wanted = {entry.name: entry for entry in shard_set.manifest.shards}
+        embedded = not is_server(cfg.index)
+        changes = [n for n in state["done"] if n not in wanted] + [e.name for e in shard_set.manifest.shards
+                                                                  if (state["done"].get(e.name) or {}).get("sha256") != e.sha256]
+        if changes and embedded:
+            retract_snapshot(cfg.index, cfg.name)  # no server starts on a snapshot the index no longer matches
         for name in [n for n in state["done"] if n not in wanted]:  # left the shard set
             index.delete_shard(name)
             del state["done"][name]
@@ -159,6 +166,11 @@ def build_index(cfg: IndexConfig) -> dict:
         counts = index.count()
         state.update(counts=counts, sources=bool(sources), updated_at=now())
         index.save_state(state)
+        pointer = read_pointer(cfg.index, cfg.name) if embedded else None
+        if embedded and (pointer is None or pointer.get("done") != state["done"]
+                         or pointer.get("student") != state["student"]["checkpoint_sha256"]):
+            write_snapshot(cfg.index, cfg.name, index.export())  # what `launch serve` maps: written only when the index changed
+            log.info("wrote the search snapshot (%s)", Path(cfg.index) / "arrays" / cfg.name)
     seconds = time.monotonic() - started
     summary = {"index": cfg.index, "name": cfg.name, "shards_indexed": indexed, "shards_unchanged": unchanged, **counts,
                "seconds": round(seconds, 2), "student": state["student"], "thumbnails": bool(sources)}

@@ -168,6 +168,13 @@ class Trainer:
         if acc.state.deepspeed_plugin is not None:  # our batches come from TrainBatches, not a DataLoader
             acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = d.batch_size
         self.model, self.optimizer = acc.prepare(distiller, optimizer)
+        # DeepSpeed in bf16/fp16 keeps the weights in that type and casts no inputs: the batches must come in it too, and
+        # so must the float buffers it leaves behind (BatchNorm's running statistics)
+        self.input_dtype = next(self.model.parameters()).dtype if self.deepspeed else None
+        if self.input_dtype in (torch.bfloat16, torch.float16):
+            for buffer in self.model.buffers():
+                if buffer.is_floating_point():
+                    buffer.data = buffer.data.to(self.input_dtype)
         set_seed(cfg.train.seed + 1 + acc.process_index)  # per-rank dropout streams
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.session_steps = 0  # steps taken by this process (train.session_steps caps them)
@@ -274,7 +281,7 @@ class Trainer:
 
     def validate(self) -> dict:
         began = time.monotonic()
-        embeddings = embed_split(self.model, self.val, self.accelerator, self.cfg.data.eval_batch_size)
+        embeddings = embed_split(self.model, self.val, self.accelerator, self.cfg.data.eval_batch_size, self.input_dtype)
         metrics = retrieval_metrics(embeddings, self.val.teacher)
         self.reserve_seconds = max(self.reserve_seconds, 2 * (time.monotonic() - began) + 2)
         return metrics
@@ -286,7 +293,8 @@ class Trainer:
             if self._out_of_time():
                 return False
             began = time.monotonic()
-            terms = train_step(self.model, to_device(batch, acc.device), self.optimizer, self.scheduler, acc, cfg.optim.grad_clip)
+            terms = train_step(self.model, to_device(batch, acc.device, self.input_dtype), self.optimizer, self.scheduler, acc,
+                               cfg.optim.grad_clip)
             self.step_seconds = 0.9 * self.step_seconds + 0.1 * (time.monotonic() - began) if self.step_seconds else time.monotonic() - began
             self.step_in_epoch += 1
             self.global_step += 1

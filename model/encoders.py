@@ -108,12 +108,18 @@ class ClipImageEncoder:
         self.model = model.visual.to(self.device).eval()
         self.dim = int(model.visual.output_dim)
 
-    @torch.inference_mode()
     def encode(self, images: list[np.ndarray]) -> np.ndarray:
+        return self.embed(self.pixels(images))
+
+    def pixels(self, images: list[np.ndarray]) -> torch.Tensor:
+        """CLIP's own preprocessing on the CPU (what a decode worker can do ahead of the model): [N, 3, S, S]."""
         from PIL import Image
 
-        batch = torch.stack([self.preprocess(Image.fromarray(image)) for image in images]).to(self.device)
-        features = self.model(batch).float()
+        return torch.stack([self.preprocess(Image.fromarray(image)) for image in images])
+
+    @torch.inference_mode()
+    def embed(self, pixels: torch.Tensor) -> np.ndarray:
+        features = self.model(pixels.to(self.device, non_blocking=True)).float()
         return torch.nn.functional.normalize(features, dim=-1).cpu().numpy()
 
     def describe(self) -> dict:
@@ -156,14 +162,21 @@ class VGGishEncoder:
         processor._pca_means = torch.as_tensor(params["pca_means"]).reshape(-1, 1).float().to(self.device)
         return processor
 
-    @torch.inference_mode()
     def encode(self, audio) -> np.ndarray:
         """[S, 128] for the S whole 0.96 s examples in ``audio`` (a ``data_shards.video.Audio``: every channel, its own
-        rate), prepared by torchvggish itself: the channel mean, resampy to 16 kHz, its log-mel examples."""
-        examples = self._to_examples(audio.samples.T.astype(np.float64), audio.rate, return_tensor=True).float().to(self.device)
+        rate)."""
+        return self.embed(self.examples(audio))
+
+    def examples(self, audio) -> torch.Tensor:
+        """torchvggish's own preparation on the CPU: the channel mean, resampy to 16 kHz, its log-mel examples."""
+        examples = self._to_examples(audio.samples.T.astype(np.float64), audio.rate, return_tensor=True).detach().float()
         if examples.shape[0] == 0:
             raise ValueError(f"audio of {audio.seconds:.2f} s is shorter than one VGGish example ({VGGISH_EXAMPLE_S} s)")
-        features = self.model(examples)
+        return examples
+
+    @torch.inference_mode()
+    def embed(self, examples: torch.Tensor) -> np.ndarray:
+        features = self.model(examples.to(self.device, non_blocking=True))
         if self.postprocessor is not None:
             features = self.postprocessor.postprocess(features).reshape(-1, 128)
         return features.float().cpu().numpy()

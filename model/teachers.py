@@ -52,8 +52,16 @@ class DenseClipTeacher:
         return sample_frames(self.config.sampling, info.frame_count, self.config.frames, rng)
 
     def embed(self, frames: list[np.ndarray], audio: Audio | None) -> np.ndarray:
-        features = torch.from_numpy(self.encoder.encode(frames))
-        return _unit(features.mean(0)).numpy()
+        return self.embed_prepared([self.prepare(frames, audio)])[0]
+
+    def prepare(self, frames: list[np.ndarray], audio: Audio | None) -> torch.Tensor:
+        """The CPU part (a decode worker's): CLIP's preprocessing of the frames."""
+        return self.encoder.pixels(frames)
+
+    def embed_prepared(self, prepared: list[torch.Tensor]) -> list[np.ndarray]:
+        """Several videos' frames in one encoder call; each video's embedding is the unit mean of its frames'."""
+        features = torch.from_numpy(self.encoder.embed(torch.cat(prepared)))
+        return [_unit(part.mean(0)).numpy() for part in features.split([len(p) for p in prepared])]
 
     def describe(self) -> dict:
         return {"kind": "dense_clip", "sampling": self.config.sampling, "frames": self.config.frames, "clip": self.encoder.describe()}
@@ -106,19 +114,36 @@ class ImageBindTeacher:
         clips = video_frame_indices(info.frame_count, info.fps, IMAGEBIND_CLIP_S, IMAGEBIND_CLIPS)
         return [[index] for clip in clips for index in clip]
 
-    @torch.inference_mode()
     def embed(self, frames: list[np.ndarray], audio: Audio | None) -> np.ndarray:
+        return self.embed_prepared([self.prepare(frames, audio)])[0]
+
+    def prepare(self, frames: list[np.ndarray], audio: Audio | None) -> dict[str, torch.Tensor]:
+        """The CPU part (a decode worker's): ImageBind's views of the frames and, with audio, its fbank clips."""
         from model.imagebind_inputs import audio_clips, vision_views
 
         clips = torch.from_numpy(np.stack(frames)).reshape(IMAGEBIND_CLIPS, 2, *frames[0].shape)
-        inputs = {"vision": vision_views(clips)[None].to(self.device)}
+        inputs = {"vision": vision_views(clips)}
         if audio is not None:
             # every channel at the file's rate, as official ImageBind loads it: audio_clips resamples with torchaudio
             # and makes the fbank of channel 0
-            inputs["audio"] = audio_clips(torch.from_numpy(audio.samples), audio.rate, IMAGEBIND_CLIP_S)[None].to(self.device)
-        outputs = self.model(inputs)
-        parts = [_unit(outputs[modality][0].cpu()) for modality in ("vision", "audio") if modality in outputs]
-        return _unit(torch.stack(parts).mean(0)).numpy()
+            inputs["audio"] = audio_clips(torch.from_numpy(audio.samples), audio.rate, IMAGEBIND_CLIP_S)
+        return inputs
+
+    @torch.inference_mode()
+    def embed_prepared(self, prepared: list[dict[str, torch.Tensor]]) -> list[np.ndarray]:
+        """Several videos in one call per modality (one video: both in one call, as before batching existed)."""
+        if len(prepared) == 1:
+            outputs = self.model({name: x[None].to(self.device, non_blocking=True) for name, x in prepared[0].items()})
+            per_video = [{name: value[0] for name, value in outputs.items()}]
+        else:
+            per_video = [{} for _ in prepared]
+            for modality in ("vision", "audio"):
+                having = [i for i, inputs in enumerate(prepared) if modality in inputs]
+                if having:
+                    batch = torch.stack([prepared[i][modality] for i in having]).to(self.device, non_blocking=True)
+                    for i, value in zip(having, self.model({modality: batch})[modality]):
+                        per_video[i][modality] = value
+        return [_unit(torch.stack([_unit(out[m].cpu()) for m in ("vision", "audio") if m in out]).mean(0)).numpy() for out in per_video]
 
     def describe(self) -> dict:
         return {"kind": "imagebind", "architecture": self.config.imagebind.architecture, "sampling": self.config.sampling,

@@ -1,14 +1,13 @@
 """The search service (FastAPI): ``/search``, ``/videos/{id}``, thumbnails, ``/health``, Prometheus
 ``/metrics``, OpenAPI at ``/docs``, and a web page at ``/``.
 
-One engine serves every request under a lock: the embedded index and the text towers are shared
-state, and one process answers in milliseconds; users who need more run a Qdrant server and several
-service processes.
+One engine serves every request: its index snapshot is read-only (requests run side by side in the
+thread pool; the numpy products release the GIL) and only the text towers take turns, so one process
+answers a request in milliseconds; users who need more run several service processes.
 """
 from __future__ import annotations
 
 import io
-import threading
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -27,7 +26,6 @@ def create_app(engine: SearchEngine) -> FastAPI:
     app = FastAPI(title="StreamApprox search", version="1",
                   description="Search a video collection indexed by a cheap StreamApprox student: text or video queries, "
                               "top-k videos and their best-matching frames with timestamps.")
-    lock = threading.Lock()
     registry = CollectorRegistry()
     requests = Counter("streamapprox_requests", "HTTP requests", ["method", "route", "status"], registry=registry)
     latency = Histogram("streamapprox_request_seconds", "request latency", ["route"], registry=registry,
@@ -58,21 +56,18 @@ def create_app(engine: SearchEngine) -> FastAPI:
                                                          "dense reference, for comparison)")) -> dict:
         if q is not None and video is not None:
             raise QueryError("give either q (text) or video (an indexed video id), not both")
-        with lock:
-            if video is not None:
-                return engine.search_video(video, k, frames, space)
-            return engine.search_text(q or "", k, frames, space)
+        if video is not None:
+            return engine.search_video(video, k, frames, space)
+        return engine.search_text(q or "", k, frames, space)
 
     @app.get("/videos/{video_id}", summary="an indexed video's metadata and frame timestamps")
     def video(video_id: str) -> dict:
-        with lock:
-            return engine.video(video_id)
+        return engine.video(video_id)
 
     @app.get("/videos/{video_id}/frame", summary="a JPEG thumbnail of the video at t seconds (needs the source file)",
              response_class=Response, responses={200: {"content": {"image/jpeg": {}}}})
     def frame(video_id: str, t: float = Query(0.0, ge=0)) -> Response:
-        with lock:
-            source = engine.source(video_id)
+        source = engine.source(video_id)
         if not source or not Path(source).is_file():
             raise QueryError(f"video {video_id!r}: its source file is not on this machine; index with --videos DIR for "
                              "thumbnails", status=404)
@@ -80,8 +75,7 @@ def create_app(engine: SearchEngine) -> FastAPI:
 
     @app.get("/health", summary="liveness and what is being served")
     def health() -> dict:
-        with lock:
-            counts = engine.index.count()
+        counts = engine.index.count()
         encoders = engine.encoders.describe() if engine.encoders else {}
         return {"status": "ok", **counts, "student": engine.state.get("student"), "text": bool(encoders), "encoders": encoders,
                 "random_init": any(e["random_init"] for e in encoders.values()),

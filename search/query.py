@@ -7,13 +7,16 @@ frame embedding ranks each result's frames.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jobs.config import deep_merge
-from model.text import QueryEncoders, QueryEncodersConfig
-from search.store import VectorIndex
+from search.store import Snapshot, unit
+
+if TYPE_CHECKING:
+    from model.text import QueryEncoders, QueryEncodersConfig
 
 MAX_K = 100
 MAX_FRAMES = 20
@@ -30,6 +33,9 @@ class QueryError(ValueError):
 
 def encoders_config(state: dict, overrides: dict) -> QueryEncodersConfig:
     """The text towers that match the index: those the shard set was extracted with, then ``overrides``."""
+    from jobs.config import deep_merge
+    from model.text import QueryEncodersConfig
+
     extracted = (state.get("shards") or {}).get("encoders_config") or {}
     data: dict = {}
     teacher = extracted.get("teacher") or {}
@@ -49,11 +55,13 @@ def encoders_config(state: dict, overrides: dict) -> QueryEncodersConfig:
 
 
 class SearchEngine:
-    def __init__(self, index: VectorIndex, encoders: QueryEncoders | None, sources: dict[str, str] | None = None):
+    def __init__(self, index: Snapshot, encoders: QueryEncoders | None, sources: dict[str, str] | None = None):
         """``encoders`` None: video queries only (no text towers, e.g. synthetic shards or no weights here).
-        ``sources``: video id -> file here, overriding where the indexing machine found them (thumbnails)."""
+        ``sources``: video id -> file here, overriding where the indexing machine found them (thumbnails).
+        Requests may run concurrently: the snapshot is read-only; the text towers take turns."""
         self.index, self.encoders, self.sources = index, encoders, sources or {}
         self.state = index.state() or {}
+        self._towers = threading.Lock()
         dims = self.state.get("dims", {})
         if encoders is not None:
             encoders.check_dims(dims.get("video"), dims.get("frame"))
@@ -65,43 +73,45 @@ class SearchEngine:
         _check_range(k, frames, space)
         if self.encoders is None:
             raise QueryError("text search is off: this service runs without text towers (--no-text); query by video=ID", status=400)
-        video_query = self.encoders.videos.encode([text])[0]
-        frame_query = self.encoders.frames.encode([text])[0]
-        hits = self.index.search_videos(video_query, k, using=space)
+        with self._towers:
+            video_query = self.encoders.videos.encode([text])[0]
+            frame_query = unit(self.encoders.frames.encode([text])[0])
+        hits = self.index.top_videos(video_query, k, space)
         return {"query": {"text": text, "k": k, "space": space}, "results": [self._result(h, frame_query, frames) for h in hits]}
 
     def search_video(self, video_id: str, k: int = 10, frames: int = 3, space: str = "student") -> dict:
         _check_range(k, frames, space)
-        point = self.index.video(video_id, vectors=True)
-        if point is None:
-            raise QueryError(f"video {video_id!r} is not in the index", status=404)
-        frame_points = self.index.frames_of(video_id, vectors=True)
-        frame_query = np.mean([p.vector["clip"] for p in frame_points], axis=0) if frame_points else None
-        hits = self.index.search_videos(np.array(point.vector[space]), k, using=space, exclude=video_id)
+        row = self._row(video_id)
+        matrix = self.index.student if space == "student" else self.index.teacher
+        hits = self.index.top_videos(matrix[row], k, space, exclude=row)
+        frame_query = self.index.mean_frame(row)
         return {"query": {"video": video_id, "k": k, "space": space}, "results": [self._result(h, frame_query, frames) for h in hits]}
 
-    def _result(self, hit, frame_query: np.ndarray | None, frames: int) -> dict:
-        payload = dict(hit.payload)
-        best = [] if frame_query is None or frames == 0 else self.index.best_frames(frame_query, payload["video_id"], frames)
+    def _row(self, video_id: str) -> int:
+        row = self.index.position.get(video_id)
+        if row is None:
+            raise QueryError(f"video {video_id!r} is not in the index", status=404)
+        return row
+
+    def _result(self, hit: tuple[int, float], frame_query: np.ndarray | None, frames: int) -> dict:
+        row, score = hit
+        payload = dict(self.index.rows[row])
+        best = [] if frame_query is None or frames == 0 else self.index.best_frames(frame_query, row, frames)
         payload.pop("shard", None)
         source = self.sources.get(payload["video_id"], payload.get("source"))
         payload["source"] = bool(source) and Path(source).is_file()  # whether a thumbnail can be made here
-        return {**payload, "score": float(hit.score),
-                "frames": [{"frame": f.payload["frame"], "t": f.payload["t"], "score": float(f.score)} for f in best]}
+        return {**payload, "score": score, "frames": best}
 
     def video(self, video_id: str) -> dict:
-        point = self.index.video(video_id)
-        if point is None:
-            raise QueryError(f"video {video_id!r} is not in the index", status=404)
-        payload = dict(point.payload)
-        payload["frames"] = [p.payload for p in self.index.frames_of(video_id)]
+        row = self._row(video_id)
+        payload = dict(self.index.rows[row])
+        span = self.index.frames(row)
+        payload["frames"] = [{"video_id": video_id, "frame": int(self.index.frame_numbers[i]), "t": self.index.frame_time(i),
+                              "shard": payload.get("shard")} for i in range(span.start, span.stop)]
         return payload
 
     def source(self, video_id: str) -> str | None:
-        point = self.index.video(video_id)
-        if point is None:
-            raise QueryError(f"video {video_id!r} is not in the index", status=404)
-        return self.sources.get(video_id, point.payload.get("source"))
+        return self.sources.get(video_id, self.index.rows[self._row(video_id)].get("source"))
 
 
 def _check_range(k: int, frames: int, space: str) -> None:

@@ -1,4 +1,5 @@
-"""The vector index: Qdrant through ``qdrant-client``, embedded on disk (a directory) or a server (a URL).
+"""The vector index: Qdrant through ``qdrant-client``, embedded on disk (a directory) or a server (a URL), is the
+record the index job writes; queries read a ``Snapshot`` of it as arrays.
 
 Three collections share a name prefix:
 - ``<name>_videos``: one point per video, named vectors ``student`` (what the cheap pipeline indexes)
@@ -10,9 +11,18 @@ Three collections share a name prefix:
   index lives.
 Point ids are UUIDs derived from the video id (and frame number), so re-upserting a shard after an
 interruption overwrites rather than duplicates.
+
+Why a snapshot: the embedded mode reads every point back when it opens (a minute at 100k videos) and
+answers a frame lookup by one video with a filtered scan of every frame, so a request cost one scan
+per result. The index job therefore also writes ``DIR/arrays/<name>/``: memory-mapped numpy arrays
+(vectors, frame offsets per video) and the payloads, committed by an atomic pointer; a server opens
+them in a second and ranks exactly (brute force) in a few matrix products per request.
 """
 from __future__ import annotations
 
+import json
+import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 STATE_FORMAT = 1
+SNAPSHOT_FORMAT = 1
 UPSERT_BATCH = 256
 _NAMESPACE = uuid.UUID("6f1c9a52-3f0e-4b7e-9a55-2d1b5c1e0a11")
 
@@ -115,7 +126,7 @@ class VectorIndex:
 
         points = [models.PointStruct(id=video_point_id(row["video_id"]), payload=row,
                                      vector={"student": s.tolist(), "teacher": t.tolist()})
-                  for row, s, t in zip(rows, _unit(student), _unit(teacher))]
+                  for row, s, t in zip(rows, unit(student), unit(teacher))]
         for start in range(0, len(points), UPSERT_BATCH):
             self.client.upsert(self.videos, points=points[start : start + UPSERT_BATCH], wait=True)
 
@@ -123,7 +134,7 @@ class VectorIndex:
         from qdrant_client import models
 
         points = [models.PointStruct(id=frame_point_id(row["video_id"], row["frame"]), payload=row, vector={"clip": c.tolist()})
-                  for row, c in zip(rows, _unit(clip))]
+                  for row, c in zip(rows, unit(clip))]
         for start in range(0, len(points), UPSERT_BATCH):
             self.client.upsert(self.frames, points=points[start : start + UPSERT_BATCH], wait=True)
 
@@ -139,44 +150,157 @@ class VectorIndex:
         return {"videos": self.client.count(self.videos, exact=True).count,
                 "frames": self.client.count(self.frames, exact=True).count}
 
-    def search_videos(self, vector: np.ndarray, k: int, using: str = "student", exclude: str | None = None) -> list:
-        from qdrant_client import models
-
-        flt = models.Filter(must_not=[models.HasIdCondition(has_id=[video_point_id(exclude)])]) if exclude else None
-        return self.client.query_points(self.videos, query=_unit(vector).tolist(), using=using, limit=k,
-                                        query_filter=flt, with_payload=True).points
-
-    def best_frames(self, vector: np.ndarray, video_id: str, n: int) -> list:
-        return self.client.query_points(self.frames, query=_unit(vector).tolist(), using="clip", limit=n,
-                                        query_filter=_match("video_id", video_id), with_payload=True).points
-
-    def video(self, video_id: str, vectors: bool = False):
-        points = self.client.retrieve(self.videos, ids=[video_point_id(video_id)], with_payload=True,
-                                      with_vectors=["student", "teacher"] if vectors else False)
-        return points[0] if points else None
-
-    def frames_of(self, video_id: str, vectors: bool = False) -> list:
-        """A video's frame points in time order (payload frame, t; vector ``clip`` when asked)."""
-        points, _ = self.client.scroll(self.frames, scroll_filter=_match("video_id", video_id), limit=10_000, with_payload=True,
-                                       with_vectors=vectors)
-        return sorted(points, key=lambda p: p.payload["frame"])
-
-    def scroll_videos(self, batch: int = 1024) -> Iterator:
+    def _scroll(self, collection: str, vectors, batch: int = 1024) -> Iterator:
         offset = None
         while True:
-            points, offset = self.client.scroll(self.videos, limit=batch, offset=offset, with_payload=True,
-                                                with_vectors=["student", "teacher"])
+            points, offset = self.client.scroll(collection, limit=batch, offset=offset, with_payload=True, with_vectors=vectors)
             yield from points
             if offset is None:
                 return
 
-    def matrices(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Every video's id and (unit) student and teacher vectors, sorted by id: for exact evaluation."""
-        points = sorted(self.scroll_videos(), key=lambda p: p.payload["video_id"])
-        ids = [p.payload["video_id"] for p in points]
-        student = np.array([p.vector["student"] for p in points], np.float32)
-        teacher = np.array([p.vector["teacher"] for p in points], np.float32)
-        return ids, student, teacher
+    def export(self) -> Snapshot:
+        """Everything queries need, read back once: what the index job writes next to an embedded index, and what
+        ``launch serve`` loads from a server at start."""
+        state = self.state() or {}
+        dims = state.get("dims") or {}
+        videos = sorted(self._scroll(self.videos, ["student", "teacher"]), key=lambda p: p.payload["video_id"])
+        rows = [dict(p.payload) for p in videos]
+        position = {row["video_id"]: i for i, row in enumerate(rows)}
+        student = np.array([p.vector["student"] for p in videos], np.float32).reshape(len(rows), dims.get("video", 0))
+        teacher = np.array([p.vector["teacher"] for p in videos], np.float32).reshape(len(rows), dims.get("video", 0))
+        del videos
+        owner, number, times, blocks, block = [], [], [], [], []
+        for point in self._scroll(self.frames, ["clip"], batch=4096):
+            if point.payload["video_id"] in position:
+                owner.append(position[point.payload["video_id"]])
+                number.append(point.payload["frame"])
+                times.append(np.nan if point.payload.get("t") is None else point.payload["t"])
+                block.append(point.vector["clip"])
+            if len(block) == 4096:
+                blocks.append(np.array(block, np.float32))
+                block = []
+        blocks.append(np.array(block, np.float32).reshape(len(block), dims.get("frame", 0)))
+        order = np.lexsort((np.array(number, np.int64), np.array(owner, np.int64)))
+        offsets = np.searchsorted(np.array(owner, np.int64)[order], np.arange(len(rows) + 1)).astype(np.int64)
+        return Snapshot(state, rows, student, teacher, np.concatenate(blocks)[order], np.array(number, np.int32)[order],
+                        np.array(times, np.float64)[order], offsets)
+
+
+class Snapshot:
+    """What queries read, as arrays: per video (sorted by id) its payload and unit student and teacher vectors;
+    per frame, grouped by video in frame order, its unit CLIP vector, number and time (``offsets[i]:offsets[i + 1]``
+    are video i's). Read-only, so concurrent requests need no lock. Memory-mapped from an index directory, where
+    the index job writes it (start-up reads no points); loaded from a Qdrant server once at start."""
+
+    def __init__(self, state: dict, rows: list[dict], student: np.ndarray, teacher: np.ndarray, clip: np.ndarray,
+                 frame_numbers: np.ndarray, frame_times: np.ndarray, offsets: np.ndarray):
+        self._state, self.rows, self.student, self.teacher = state, rows, student, teacher
+        self.clip, self.frame_numbers, self.frame_times, self.offsets = clip, frame_numbers, frame_times, offsets
+        self.ids = [row["video_id"] for row in rows]
+        self.position = {video_id: i for i, video_id in enumerate(self.ids)}
+
+    @classmethod
+    def open(cls, location: str | Path, name: str = "streamapprox") -> Snapshot:
+        if is_server(str(location)):
+            with VectorIndex(location, name) as index:
+                return index.export()
+        path = Path(location).expanduser()
+        if not path.is_dir():
+            raise SearchIndexError(f"{path}: no index there; build one with `launch local index --run RUN --shards PATH --index {path}`")
+        pointer = read_pointer(path, name)
+        if pointer is None:
+            raise SearchIndexError(f"{path}: no complete StreamApprox index named {name!r} there (none was built, or an index run "
+                                   "is under way or was interrupted); build or finish it with `launch local index`")
+        folder = snapshot_root(path, name) / pointer["generation"]
+        try:
+            arrays = {key: np.load(folder / f"{key}.npy", mmap_mode="r") for key in ARRAYS}
+            rows = json.loads((folder / "videos.json").read_text())
+            state = json.loads((folder / "state.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise SearchIndexError(f"{folder}: unreadable index snapshot ({exc}); rerun `launch local index` to rewrite it") from None
+        return cls(state, rows, **arrays)
+
+    def state(self) -> dict:
+        return self._state
+
+    def count(self) -> dict:
+        return {"videos": len(self.rows), "frames": len(self.clip)}
+
+    def close(self) -> None:
+        """Nothing to release: the maps go with the object."""
+
+    def top_videos(self, vector: np.ndarray, k: int, space: str = "student", exclude: int | None = None) -> list[tuple[int, float]]:
+        """Exact top-k by cosine: (row, score), best first, ties by row (as a stable sort of all scores)."""
+        scores = (self.student if space == "student" else self.teacher) @ unit(vector)
+        if exclude is not None:
+            scores[exclude] = -np.inf
+        k = min(k, len(scores) - (exclude is not None))
+        if k <= 0:
+            return []
+        candidates = np.arange(len(scores))
+        if k < len(scores):
+            candidates = np.flatnonzero(scores >= np.partition(scores, len(scores) - k)[len(scores) - k])
+        best = candidates[np.lexsort((candidates, -scores[candidates]))][:k]
+        return [(int(row), float(scores[row])) for row in best]
+
+    def frames(self, row: int) -> slice:
+        return slice(int(self.offsets[row]), int(self.offsets[row + 1]))
+
+    def best_frames(self, vector: np.ndarray, row: int, n: int) -> list[dict]:
+        span = self.frames(row)
+        scores = self.clip[span] @ vector
+        best = np.lexsort((np.arange(len(scores)), -scores))[:n]
+        return [{"frame": int(self.frame_numbers[span.start + i]), "t": self.frame_time(span.start + i), "score": float(scores[i])}
+                for i in best]
+
+    def frame_time(self, i: int) -> float | None:
+        t = float(self.frame_times[i])
+        return None if np.isnan(t) else t
+
+    def mean_frame(self, row: int) -> np.ndarray | None:
+        span = self.frames(row)
+        return None if span.start == span.stop else unit(np.asarray(self.clip[span]).mean(axis=0))
+
+
+ARRAYS = ("student", "teacher", "clip", "frame_numbers", "frame_times", "offsets")
+
+
+def snapshot_root(index: str | Path, name: str) -> Path:
+    return Path(index).expanduser() / "arrays" / name
+
+
+def read_pointer(index: str | Path, name: str) -> dict | None:
+    """The committed snapshot's record (generation, shards in it), or None: none written, or one being replaced."""
+    try:
+        return json.loads((snapshot_root(index, name) / "CURRENT").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def retract_snapshot(index: str | Path, name: str) -> None:
+    """Before the index changes: no server may start on a snapshot that no longer matches it."""
+    (snapshot_root(index, name) / "CURRENT").unlink(missing_ok=True)
+
+
+def write_snapshot(index: str | Path, name: str, snapshot: Snapshot) -> None:
+    """Write the arrays into a new generation folder, then commit it by replacing CURRENT atomically; older
+    generations go after (a running server keeps reading the maps it holds)."""
+    from data_shards.files import atomic_destination, atomic_write_text
+
+    root = snapshot_root(index, name)
+    generation = f"{time.time_ns():x}"
+    folder = root / generation
+    for key in ARRAYS:
+        with atomic_destination(folder / f"{key}.npy") as handle:
+            np.save(handle, np.ascontiguousarray(getattr(snapshot, key)))
+    atomic_write_text(folder / "videos.json", json.dumps(snapshot.rows))
+    atomic_write_text(folder / "state.json", json.dumps(snapshot.state()))
+    state = snapshot.state()
+    atomic_write_text(root / "CURRENT", json.dumps({"format": SNAPSHOT_FORMAT, "generation": generation, "done": state.get("done"),
+                                                    "student": (state.get("student") or {}).get("checkpoint_sha256")}))
+    for old in root.iterdir():
+        if old.is_dir() and old.name != generation:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _match(key: str, value: str):
@@ -185,6 +309,6 @@ def _match(key: str, value: str):
     return models.Filter(must=[models.FieldCondition(key=key, match=models.MatchValue(value=value))])
 
 
-def _unit(x) -> np.ndarray:
+def unit(x) -> np.ndarray:
     x = np.asarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)

@@ -62,16 +62,19 @@ def index_job(*args: str) -> subprocess.Popen:
 
 
 def snapshot(location: Path) -> dict:
-    from search.store import VectorIndex
+    """What `launch serve` maps: the snapshot the job exported from its Qdrant collections."""
+    from search.store import Snapshot
 
-    with VectorIndex(location) as opened:
-        ids, student, teacher = opened.matrices()
-        frames = {video_id: [(p.payload["t"], tuple(np.round(p.vector["clip"], 5))) for p in opened.frames_of(video_id, vectors=True)]
-                  for video_id in ids[::50]}
-        return {"ids": ids, "student": student, "teacher": teacher, "frames": frames, "count": opened.count()}
+    opened = Snapshot.open(location)
+    frames = {video_id: [(opened.frame_time(i), tuple(np.round(opened.clip[i], 5))) for i in range(*opened.frames(row).indices(len(opened.clip)))]
+              for row, video_id in list(enumerate(opened.ids))[::50]}
+    return {"ids": opened.ids, "student": np.asarray(opened.student), "teacher": np.asarray(opened.teacher), "frames": frames,
+            "count": opened.count()}
 
 
 def test_interrupted_index_resumes_and_an_unchanged_one_is_a_noop(student, index, tmp_path):
+    from search.store import SearchIndexError
+
     target = tmp_path / "index"
     process = index_job("--run", str(student), "--shards", SHARDS, "--index", str(target))
     for line in process.stdout:
@@ -80,6 +83,8 @@ def test_interrupted_index_resumes_and_an_unchanged_one_is_a_noop(student, index
             break
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
+    with pytest.raises(SearchIndexError, match="no complete StreamApprox index"):  # a server refuses the half-built index
+        snapshot(target)
     resumed = subprocess.run([sys.executable, "-m", "jobs.index", "--run", str(student), "--shards", SHARDS, "--index", str(target)],
                              env=cli_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
