@@ -1,13 +1,16 @@
 """Shard sets: writer + manifest, validation errors that name the file, rank splitting with equal
-batch counts on uneven shards, the in-memory cache, and the synthetic generator's properties."""
+batch counts on uneven shards, the in-memory cache, streaming that serves exactly the cached samples, and the
+synthetic generator's properties."""
 import json
 
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 
-from data_shards import Dims, ShardError, ShardSetWriter, open_shards
+from data_shards import Dims, Manifest, ShardError, ShardSetWriter, open_shards
 from data_shards.cli import main as shards_cli
+from data_shards.manifest import sha256_file
 from data_shards.reader import TrainBatches
 from data_shards.synthetic import SyntheticSpec, generate
 
@@ -99,6 +102,61 @@ def test_memory_epochs_are_seeded_permutations_and_resume_mid_epoch(small_shards
 def test_streaming_needs_a_shard_per_reader(small_shards):
     with pytest.raises(ShardError, match="at least one per reader"):
         TrainBatches(open_shards(small_shards), "val", 16, world_size=2, mode="stream")
+
+
+def test_streamed_epoch_is_the_in_memory_split_and_a_bad_member_names_its_shard(tmp_path):
+    """2 ranks x 2 workers, one shard each way round (8 shards of 8, batches of 4): one streamed epoch holds every sample of
+    the split once, each exactly as the in-memory path decodes it, in batches with the same fields; a resumed epoch replays
+    it. Extracted-set tar layout included: a pax header on every member (float mtime) and a long non-ASCII key."""
+    root = tmp_path / "set"
+    dims = Dims(frames=2, clip=8, audio=4, teacher=6)
+    rng = np.random.default_rng(1)
+    with ShardSetWriter(root, dims, samples_per_shard=8) as writer:
+        for i in range(64):
+            key = f"vidéo-{i:02d}-" + "x" * 120 if i == 37 else f"v{i}"
+            teacher = rng.standard_normal(6)
+            meta = {"video_id": key, "split": "train", "has_audio": i % 3 != 0, "duration_s": 1.0, "frame_times_s": [0.1, 0.9],
+                    "sampling": "uniform"}
+            writer.write("train", key, rng.standard_normal((2, 8)), rng.standard_normal(4), teacher / np.linalg.norm(teacher), meta)
+    shards = open_shards(root)
+    memory = shards.load_split("train")
+
+    def rows(batches, keys):
+        return [(keys[i], c.numpy().tobytes(), a.numpy().tobytes(), bool(h), t.numpy().tobytes())
+                for b in batches for i, c, a, h, t in zip(b["index"].tolist(), b["clip"], b["audio"], b["has_audio"], b["teacher"])]
+
+    everything = rows([memory.batch(torch.arange(len(memory)))], memory.keys)
+    fields = {name: (value.dtype, value.shape[1:]) for name, value in memory.batch(torch.arange(4)).items()}
+    streamed = []
+    for rank in range(2):
+        loader = TrainBatches(shards, "train", 4, rank=rank, world_size=2, seed=7, mode="stream", num_workers=2)
+        epoch0 = list(loader.epoch(0))
+        assert len(epoch0) == len(loader) == 8
+        assert all({name: (value.dtype, value.shape[1:]) for name, value in b.items()} == fields for b in epoch0)
+        streamed += rows(epoch0, memory.keys)
+        resumed = list(loader.epoch(0, start=5))
+        assert all(torch.equal(b[name], a[name]) for a, b in zip(epoch0[5:], resumed, strict=True) for name in fields)
+        epoch1 = list(loader.epoch(1))
+        assert set(rows(epoch1, memory.keys)) == set(rows(epoch0, memory.keys))  # the rank's shards again...
+        assert [b["index"].tolist() for b in epoch1] != [b["index"].tolist() for b in epoch0]  # ...in another order
+    assert len(streamed) == len(set(streamed)) == 64 and set(streamed) == set(everything)
+    assert any(key.startswith("vidéo-37-") for key, *_ in streamed)
+
+    shard = root / "train-000001.tar"
+    samples = list(wds.WebDataset(str(shard), shardshuffle=False, empty_check=False))
+    samples[2]["clip.npy"] = np.zeros((3, 8), np.float16)  # one member of the wrong shape, in a set whose manifest matches
+    with wds.TarWriter(str(shard)) as writer:
+        for sample in samples:
+            writer.write(sample)
+    manifest = Manifest.read(root)
+    entry = next(entry for entry in manifest.shards if entry.name == shard.name)
+    entry.bytes, entry.sha256 = shard.stat().st_size, sha256_file(shard)
+    manifest.write(root)
+    bad = r"train-000001\.tar: sample 'v10' clip\.npy has shape \(3, 8\), manifest dims say \(2, 8\)"
+    with pytest.raises(ShardError, match=bad):
+        list(TrainBatches(open_shards(root), "train", 4, mode="stream", num_workers=2).epoch(0))
+    with pytest.raises(ShardError, match=bad):
+        open_shards(root).load_split("train")
 
 
 def test_synthetic_is_deterministic_msrvtt_shaped_and_both_modalities_matter(tmp_path):
