@@ -109,10 +109,6 @@ class ExtractConfig(EncodersConfig):
         return None if self.student.audio.pooling == "mean" else vggish_examples(self.student.audio.segment_s)
 
 
-class VideoFailure(Exception):
-    """This video cannot become a sample; the message is the reason recorded in the manifest."""
-
-
 def mean_image(frames: dict[int, np.ndarray], group: list[int]) -> np.ndarray:
     if len(group) == 1:
         return frames[group[0]]
@@ -227,13 +223,6 @@ class Extractor:
         frames = np.split(clip, np.cumsum([len(p.student) for p in batch])[:-1])
         return [sample_record(self.dims, p.entry.video_id, part, self.audio_features(sounds.get(id(p))), target, p.meta)
                 for p, part, target in zip(batch, frames, targets)]
-
-    def sample(self, entry: VideoEntry) -> dict:
-        """One video, start to end, in this process."""
-        prepared = self.prepare(entry)
-        if prepared.failure:
-            raise VideoFailure(prepared.failure)
-        return self.encode([prepared])[0]
 
 
 class Progress:
