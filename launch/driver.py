@@ -150,7 +150,7 @@ class Follower:
         """One poll of a running unit, its new log printed; True when something happened."""
         changed = unit.see(*self.backend.poll(self.run, unit))
         if changed:
-            self.say(f"{unit.name}: {unit.state}{' - ' + unit.detail if unit.detail else ''}")
+            self.say(unit.standing)
         if not self.backend.echoes(unit):
             key = (unit.part, unit.attempt)
             text, self.offsets[key] = self.backend.log(self.run, unit, self.offsets.get(key, 0))

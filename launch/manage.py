@@ -52,7 +52,7 @@ def run_status(args: argparse.Namespace) -> int:
         if not unit.finished:
             unit.see(*asked(lambda unit=unit: backend.poll(run, unit)))
         part = f"part {unit.part} " if run.record.parts > 1 else ""
-        print(f"{part}{unit.name}: {unit.state}{' - ' + unit.detail if unit.detail else ''}"
+        print(f"{part}{unit.standing}"
               + (" (not pulled yet)" if backend.sends_code and unit.finished and unit.pulled is not True else ""))
     waiting = [part for part in range(run.record.parts) if not run.record.chain(part)]
     if waiting:
@@ -82,7 +82,7 @@ def run_logs(args: argparse.Namespace) -> int:
             if unit.finished:  # what it wrote between the last read and its end
                 text, offsets[key] = backend.log(run, unit, offsets[key])
                 sys.stdout.write(text)
-                say(backend.name, f"{unit.name}: {unit.state}{' - ' + unit.detail if unit.detail else ''}")
+                say(backend.name, unit.standing)
 
     def retried(what) -> None:
         """With --follow, trouble is waited out under the retry policy; without it, one try."""

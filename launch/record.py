@@ -41,6 +41,11 @@ class Unit(BaseModel):
     def finished(self) -> bool:
         return self.state in FINISHED
 
+    @property
+    def standing(self) -> str:
+        """``name: state - detail``, as every command says how a unit stands."""
+        return f"{self.name}: {self.state}{' - ' + self.detail if self.detail else ''}"
+
     def see(self, state: str, detail: str) -> bool:
         """Take the state its backend reports; one asked to stop that then ended without success was stopped, whatever
         the backend calls it (a signalled process fails, a Ray job stops). True when the state changed."""
