@@ -58,12 +58,12 @@ def main() -> int:
             total = sum(p.stat().st_size for p in data.iterdir())
             ours, theirs = [], []
             for r in range(args.repeats):  # each run to a fresh prefix; who goes first alternates
-                run_ours = lambda: ours.append(timed([sys.executable, "-m", "launch.cli", "sync", str(data), f"s3://bench/ours-{r}",
-                                                      "--endpoint-url", server.endpoint], env))
-                run_aws = lambda: theirs.append(timed([aws, "--endpoint-url", server.endpoint, "s3", "sync", str(data),
-                                                       f"s3://bench/aws-{r}", "--only-show-errors"], env))
-                for run in (run_ours, run_aws) if r % 2 == 0 else (run_aws, run_ours):
-                    run()
+                commands = [(ours, [sys.executable, "-m", "launch.cli", "sync", str(data), f"s3://bench/ours-{r}",
+                                    "--endpoint-url", server.endpoint]),
+                            (theirs, [aws, "--endpoint-url", server.endpoint, "s3", "sync", str(data), f"s3://bench/aws-{r}",
+                                      "--only-show-errors"])]
+                for times, command in commands if r % 2 == 0 else reversed(commands):
+                    times.append(timed(command, env))
             second = sync(str(data), "s3://bench/ours-0", endpoint_url=server.endpoint)
     finally:
         server.stop()

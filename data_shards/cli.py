@@ -35,7 +35,8 @@ def validate(location: str) -> str:
         lines.append(f"  {split:<6} {count:>7} videos in {shard_count} shards, {silent} silent ({100 * silent / count:.1f} %){note}")
     failures = shards.manifest.source.get("failures", [])
     if failures:
-        lines.append(f"  {len(failures)} videos failed extraction (manifest.json 'failures'), e.g. {failures[0]['video_id']}: {failures[0]['reason']}")
+        first = failures[0]
+        lines.append(f"  {len(failures)} videos failed extraction (manifest.json 'failures'), e.g. {first['video_id']}: {first['reason']}")
     if shards.manifest.encoders.get("random_init"):
         lines.append("  RANDOM-INIT encoders: these features are for tests and benchmarks only")
     lines.append("  ok: every shard matches manifest.json and every sample decodes")

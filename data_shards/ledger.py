@@ -40,7 +40,7 @@ class Plan:
     settings: dict  # everything that changes the bytes: config, encoders, sampling
 
     @classmethod
-    def build(cls, entries: list[VideoEntry], samples_per_shard: int, settings: dict) -> "Plan":
+    def build(cls, entries: list[VideoEntry], samples_per_shard: int, settings: dict) -> Plan:
         shards = []
         for split in dict.fromkeys(e.split for e in entries):
             videos = [e for e in entries if e.split == split]

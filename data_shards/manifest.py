@@ -65,7 +65,7 @@ class Manifest:
         return path
 
     @classmethod
-    def read(cls, root: Path) -> "Manifest":
+    def read(cls, root: Path) -> Manifest:
         path = Path(root) / MANIFEST_NAME
         if not path.is_file():
             raise ShardError(

@@ -430,7 +430,8 @@ def open_root(root: Path, verify: bool = True, splits: tuple[str, ...] | None = 
     way, so the test split cannot influence model selection. An unfinished extraction (one worker's
     slice) opens only with ``partial`` (for merging): nobody trains on part of a dataset by mistake."""
     if not root.is_dir():
-        raise ShardError(f"{root}: shard directory not found. Generate one with `data_shards synthetic --out {root}` or point data.shards at an existing set.")
+        raise ShardError(f"{root}: shard directory not found. Generate one with `data_shards synthetic --out {root}` "
+                         "or point data.shards at an existing set.")
     manifest = Manifest.read(root)
     if not partial and not manifest.source.get("complete", True):
         done, planned = len(manifest.source["done"]), len(manifest.source["plan"]["shards"])

@@ -30,7 +30,7 @@ class Dims:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Dims":
+    def from_dict(cls, data: dict) -> Dims:
         return cls(**data)
 
     def decoded_bytes_per_sample(self) -> int:

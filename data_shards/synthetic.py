@@ -56,7 +56,7 @@ class SyntheticSpec:
     samples_per_shard: int = 1000
 
     @classmethod
-    def from_url(cls, url: str) -> "SyntheticSpec":
+    def from_url(cls, url: str) -> SyntheticSpec:
         """``synthetic://msrvtt?train=600&val=100&test=200&seed=1`` -> spec (unknown keys are errors)."""
         parsed = urlparse(url)
         if parsed.netloc != "msrvtt":

@@ -127,7 +127,7 @@ class Audio:
     def seconds(self) -> float:
         return self.samples.shape[1] / self.rate
 
-    def segment(self, seconds: float, position: str) -> "Audio":
+    def segment(self, seconds: float, position: str) -> Audio:
         """``seconds`` of it from the start, or from the middle."""
         length = int(seconds * self.rate)
         start = 0 if position == "start" else max((self.samples.shape[1] - length) // 2, 0)

@@ -101,7 +101,7 @@ class ShardSetWriter:
     def abort(self) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
 
-    def __enter__(self) -> "ShardSetWriter":
+    def __enter__(self) -> ShardSetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

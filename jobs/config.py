@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
@@ -51,7 +51,7 @@ class OptimConfig(Strict):
 class TrainConfig(Strict):
     epochs: int = Field(20, ge=1)
     seed: int = 0
-    mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = None  # None: as the accelerate config says
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None  # None: as the accelerate config says
     log_every: int = Field(20, ge=1)
     select_metric: str = "s2t_r1"
     checkpoint_every: int = Field(0, ge=0)  # steps between mid-epoch last.pt saves; 0 = epoch ends only
@@ -65,7 +65,7 @@ class TrainConfig(Strict):
 
     # steps per session (the first run and each resume): stop resumably after this many, like a time budget
     # that does not depend on how fast the machine is; None = no limit
-    session_steps: Optional[int] = Field(None, ge=1)
+    session_steps: int | None = Field(None, ge=1)
 
     @field_validator("select_metric")
     @classmethod

@@ -43,7 +43,7 @@ class RunLock:
         self._fd: int | None = None
         self._stop = threading.Event()
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:

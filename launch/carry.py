@@ -102,7 +102,7 @@ def write(dest: Path, index: dict, members: list[tuple[str, Path]]) -> Path:
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(MAGIC + str(len(text)).encode() + b"\n" + text)
-            for entry, (name, path) in zip(index["files"], members):
+            for entry, (_, path) in zip(index["files"], members):
                 digest = hashlib.sha256()
                 with open(path, "rb") as handle:
                     while block := handle.read(BLOCK):

@@ -137,10 +137,10 @@ def run_pull(args: argparse.Namespace) -> int:
             raise Incomplete(f"part {part} was never started; launch {run.record.backend} {run.record.job} --resume {run_dir} starts it")
         unit = chain[-1]
         if not unit.finished:
-            unit.see(*asked(lambda: backend.poll(run, unit)))
+            unit.see(*asked(lambda: backend.poll(run, unit)))  # noqa: B023 (called at once)
         if not unit.finished:
             raise Incomplete(f"{unit.name} is {unit.state}; what it makes comes back once it ends: launch logs {run_dir} --follow")
-        asked(lambda: follower.settle(unit))
+        asked(lambda: follower.settle(unit))  # noqa: B023 (called at once)
         run.save()
     pulled = all(run.record.chain(part)[-1].pulled for part in range(run.record.parts))
     if pulled and run.record.makes_run:

@@ -2,7 +2,7 @@
 (strict mode, ``extra='forbid'``), so a typo in ``--set model.dpeth=2`` fails before training."""
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -41,7 +41,7 @@ class TransformerStudentConfig(StudentIO):
     modality_dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> "TransformerStudentConfig":
+    def _heads_divide_width(self) -> TransformerStudentConfig:
         if self.width % self.heads:
             raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
         return self
@@ -56,7 +56,7 @@ class ZeroShotStudentConfig(StudentIO):
 
 
 STUDENT_CONFIGS = (MLPStudentConfig, TransformerStudentConfig, ZeroShotStudentConfig)
-StudentConfig = Annotated[Union[STUDENT_CONFIGS], Field(discriminator="kind")]
+StudentConfig = Annotated[STUDENT_CONFIGS, Field(discriminator="kind")]
 
 
 class LossConfig(Strict):

@@ -9,7 +9,6 @@ weights, or that there were none.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -49,14 +48,14 @@ class EncoderError(RuntimeError):
 class ClipConfig(Strict):
     model: str = "ViT-B-32"
     pretrained: str = "openai"  # an open_clip pretrained tag (downloaded to / read from its cache)
-    weights: Optional[str] = None  # a checkpoint file instead of the tag
-    architecture: Optional[str] = None  # a JSON architecture file for open_clip (custom or tiny models)
+    weights: str | None = None  # a checkpoint file instead of the tag
+    architecture: str | None = None  # a JSON architecture file for open_clip (custom or tiny models)
 
 
 class VGGishConfig(Strict):
-    weights: Optional[str] = None  # default: torchvggish's release file through the torch hub cache
+    weights: str | None = None  # default: torchvggish's release file through the torch hub cache
     postprocess: bool = False  # AudioSet's PCA whitening + 8-bit quantization (values 0..255)
-    pca_weights: Optional[str] = None  # default: torchvggish's PCA params through the torch hub cache
+    pca_weights: str | None = None  # default: torchvggish's PCA params through the torch hub cache
 
 
 def _load_state(path: str | Path, what: str) -> dict:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import zipfile
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ class TowerConfig(Strict):
     mlp_ratio: int = Field(4, ge=1)
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> "TowerConfig":
+    def _heads_divide_width(self) -> TowerConfig:
         if self.embed_dim % self.heads:
             raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by heads ({self.heads})")
         return self
@@ -104,7 +104,7 @@ class ImageBindConfig(Strict):
     audio: AudioTowerConfig = Field(default_factory=AudioTowerConfig)
 
     @classmethod
-    def huge(cls) -> "ImageBindConfig":
+    def huge(cls) -> ImageBindConfig:
         return cls()
 
 

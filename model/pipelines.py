@@ -40,7 +40,7 @@ class Pipeline:
         unique = {id(m): m for m in self.modules}
         return sum(count_parameters(m) for m in unique.values())
 
-    def to(self, device: torch.device) -> "Pipeline":
+    def to(self, device: torch.device) -> Pipeline:
         for module in self.modules:
             module.to(device).eval()
         return self
@@ -157,7 +157,7 @@ def measure(pipeline: Pipeline, devices: list[torch.device], batches: tuple[int,
         mode = resolve_precision(precision, device)
         cost.precision[device.type] = mode
 
-        def runner(batch: int) -> Callable[[], torch.Tensor]:
+        def runner(batch: int, device: torch.device = device, mode: str = mode) -> Callable[[], torch.Tensor]:
             inputs = pipeline.make_inputs(batch, device)
 
             def call() -> torch.Tensor:

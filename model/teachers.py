@@ -10,7 +10,7 @@ Each says which frames it needs (``frame_groups``) so the decoder seeks to exact
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ IMAGEBIND_CLIPS, IMAGEBIND_CLIP_S = 5, 2.0
 
 
 class ImageBindTeacherConfig(Strict):
-    weights: Optional[str] = None  # default: .checkpoints/imagebind_huge.pth, where the official code keeps it
+    weights: str | None = None  # default: .checkpoints/imagebind_huge.pth, where the official code keeps it
     architecture: str = "huge"  # "huge", or a JSON file of ImageBindConfig fields (reduced sizes for tests)
 
 
@@ -35,7 +35,7 @@ class TeacherConfig(Strict):
     sampling: str = "imagebind"  # "imagebind": its own 5 clips x 2 frames; or any frame strategy (data_shards.sampling)
     frames: int = Field(10, ge=1)  # frames a frame strategy picks (ImageBind pairs them into clips of 2)
     imagebind: ImageBindTeacherConfig = Field(default_factory=ImageBindTeacherConfig)
-    clip: Optional[ClipConfig] = None  # dense_clip's image model; default: the student's CLIP
+    clip: ClipConfig | None = None  # dense_clip's image model; default: the student's CLIP
 
 
 def _unit(vector: torch.Tensor) -> torch.Tensor:

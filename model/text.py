@@ -7,7 +7,7 @@ embeddings, so frame-level text queries go through that CLIP's text tower.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ class QueryEncodersConfig(Strict):
     video_text: Literal["imagebind", "clip"] = "imagebind"  # the teacher's family: its text tower embeds video queries
     imagebind: ImageBindTeacherConfig = Field(default_factory=ImageBindTeacherConfig)
     clip: ClipConfig = Field(default_factory=ClipConfig)  # the student's frame CLIP
-    video_clip: Optional[ClipConfig] = None  # a dense-CLIP teacher's own CLIP, when it is not the student's
+    video_clip: ClipConfig | None = None  # a dense-CLIP teacher's own CLIP, when it is not the student's
     random_init: bool = False  # seeded random weights: for tests only, results are meaningless
     seed: int = 0
 

@@ -79,7 +79,7 @@ class VectorIndex:
     def close(self) -> None:
         self.client.close()
 
-    def __enter__(self) -> "VectorIndex":
+    def __enter__(self) -> VectorIndex:
         return self
 
     def __exit__(self, *exc) -> None:

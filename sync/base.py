@@ -35,7 +35,7 @@ class Entry:
     md5: str | None = None
     etag: str | None = None
 
-    def same_content(self, other: "Entry") -> bool:
+    def same_content(self, other: Entry) -> bool:
         if self.size is None or self.size != other.size:
             return False
         if self.sha256 and other.sha256:

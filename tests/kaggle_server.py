@@ -93,7 +93,7 @@ def unpack_into(folder: Path, data: bytes) -> None:
 
 
 class Kernel:
-    def __init__(self, owner: str, slug: str, body: dict, version: int, previous: "Kernel | None"):
+    def __init__(self, owner: str, slug: str, body: dict, version: int, previous: Kernel | None):
         self.owner, self.slug, self.body, self.version = owner, slug, body, version
         self.status, self.failure = "QUEUED", ""
         self.log: list[dict] = []
@@ -396,7 +396,8 @@ class FakeKaggle(_Server):
             env["STREAMAPPROX_CACHE"] = os.environ["STREAMAPPROX_CACHE"]
         site = root.parent / "site"
         site.mkdir()
-        (site / "sitecustomize.py").write_text(NO_PROJECT_SITECUSTOMIZE + (P100_SITECUSTOMIZE if kernel.body.get("machineShape") == "NvidiaTeslaP100" else ""))
+        p100 = kernel.body.get("machineShape") == "NvidiaTeslaP100"
+        (site / "sitecustomize.py").write_text(NO_PROJECT_SITECUSTOMIZE + (P100_SITECUSTOMIZE if p100 else ""))
         env["PYTHONPATH"] = str(site)
         kernel.status = "RUNNING"
         kernel.process = subprocess.Popen([sys.executable, str(script)], cwd=working, env=env, stdout=subprocess.PIPE,

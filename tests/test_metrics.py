@@ -10,7 +10,9 @@ def naive(student, teacher):
     n = len(student)
     s = [[float(x) for x in row / row.norm()] for row in student.double()]
     t = [[float(x) for x in row / row.norm()] for row in teacher.double()]
-    dot = lambda a, b: sum(x * y for x, y in zip(a, b))
+    def dot(a, b):
+        return sum(x * y for x, y in zip(a, b))
+
     out = {}
     for name, queries, items in (("s2t", s, t), ("t2s", t, s)):
         ranks, gaps = [], []

@@ -21,7 +21,8 @@ def write_tiny(root, n=10, samples_per_shard=4):
     with ShardSetWriter(root, dims, samples_per_shard=samples_per_shard) as writer:
         for i in range(n):
             teacher = rng.standard_normal(6)
-            meta = {"video_id": f"v{i}", "split": "train", "has_audio": i % 3 != 0, "duration_s": 1.0, "frame_times_s": [0.1, 0.9], "sampling": "uniform"}
+            meta = {"video_id": f"v{i}", "split": "train", "has_audio": i % 3 != 0, "duration_s": 1.0, "frame_times_s": [0.1, 0.9],
+                    "sampling": "uniform"}
             writer.write("train", f"v{i}", rng.standard_normal((2, 8)), rng.standard_normal(4), teacher / np.linalg.norm(teacher), meta)
     return writer.manifest
 

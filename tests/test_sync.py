@@ -100,7 +100,8 @@ def test_s3_errors_name_the_url(tmp_path, s3_endpoint):
     result = sync_cli(str(tmp_path), "s3://no-such-bucket/x", "--endpoint-url", s3_endpoint, cwd=tmp_path)
     assert result.returncode == 2 and "s3://no-such-bucket/x: the bucket does not exist" in result.stderr
     env = {k: v for k, v in cli_env().items() if not k.startswith("AWS_")}
-    env.update(HOME=str(tmp_path), AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_EC2_METADATA_DISABLED="true")
+    env.update(HOME=str(tmp_path), AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               AWS_EC2_METADATA_DISABLED="true")
     result = sync_cli(str(tmp_path), "s3://b/x", "--endpoint-url", s3_endpoint, cwd=tmp_path, env=env)
     assert result.returncode == 2 and "s3://b/x: no AWS credentials found" in result.stderr
     assert "testing" not in result.stderr + result.stdout

@@ -18,7 +18,8 @@ def test_train_mlp_end_to_end_then_evaluate(tmp_path, small_shards):
     result = launch("local", "train_mlp", "--set", f"data.shards={SMALL}", *FAST_MLP, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = only_run(tmp_path)
-    for name in ("run.json", "metrics.jsonl", "checkpoints/best.pt", "checkpoints/last.pt", "eval/results.json", "eval/results.csv", "logs/train.log"):
+    for name in ("run.json", "metrics.jsonl", "checkpoints/best.pt", "checkpoints/last.pt", "eval/results.json", "eval/results.csv",
+                 "logs/train.log"):
         assert (run / name).is_file(), name
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "complete" and info["job"] == "train_mlp" and info["backend"] == "local"

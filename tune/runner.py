@@ -50,7 +50,7 @@ class Experiment:
     filesystem: object | None = None
 
     @classmethod
-    def of(cls, sweep_dir: Path, alias: str, storage: RayStorage | None) -> "Experiment":
+    def of(cls, sweep_dir: Path, alias: str, storage: RayStorage | None) -> Experiment:
         return cls(storage.child(EXPERIMENT), storage.filesystem) if storage else cls(str(experiment_dir(sweep_dir, alias)))
 
     @property
@@ -169,7 +169,7 @@ class Deadline:
     def __init__(self, seconds: float | None):
         self._timer = threading.Timer(seconds, stop_session, args=("time budget reached",)) if seconds else None
 
-    def __enter__(self) -> "Deadline":
+    def __enter__(self) -> Deadline:
         _STOPPING.clear()
         # Tune installs its own SIGUSR1 handler when fit() starts; until then the signal must not kill the sweep.
         signal.signal(signal.SIGUSR1, lambda *_: None)
