@@ -56,7 +56,7 @@ class ZeroShotStudentConfig(StudentIO):
 
 
 STUDENT_CONFIGS = (MLPStudentConfig, TransformerStudentConfig, ZeroShotStudentConfig)
-StudentConfig = Annotated[STUDENT_CONFIGS, Field(discriminator="kind")]
+StudentConfig = Annotated[MLPStudentConfig | TransformerStudentConfig | ZeroShotStudentConfig, Field(discriminator="kind")]
 
 
 class LossConfig(Strict):
