@@ -80,7 +80,7 @@ def collect(root: str | Path, max_mb: float = DEFAULT_MAX_MB) -> Bundle:
         files[rel], sizes[rel] = hashlib.sha256(data).hexdigest(), len(data)
     total = sum(sizes.values())
     if total > max_mb * 1e6:
-        largest = ", ".join(f"{rel} ({sizes[rel] / 1e6:.1f} MB)" for rel in sorted(sizes, key=sizes.get, reverse=True)[:5])
+        largest = ", ".join(f"{rel} ({sizes[rel] / 1e6:.1f} MB)" for rel in sorted(sizes, key=sizes.__getitem__, reverse=True)[:5])
         raise BundleError(f"the code bundle is {total / 1e6:.1f} MB, over the {max_mb:g} MB guard. Largest tracked files: {largest}. "
                           "Untrack data and checkpoints (they travel as datasets or through sync) or raise --max-bundle-mb")
     status = _git(root, "status", "--porcelain", "--untracked-files=no")

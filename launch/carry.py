@@ -46,7 +46,8 @@ def plan(files: list[tuple[str, Path]], max_packs: int, target_bytes: int) -> di
     """Files (name, path) cut, in order, into at most ``max_packs`` packs of about ``target_bytes``: pack name -> members."""
     total = sum(path.stat().st_size for _, path in files)
     count = max(1, min(max_packs, len(files), -(-total // target_bytes)))
-    share, packs, size = total / count, [[]], 0
+    packs: list[list[tuple[str, Path]]] = [[]]
+    share, size = total / count, 0
     for name, path in files:
         if packs[-1] and size >= share * len(packs) and len(packs) < count:
             packs.append([])

@@ -22,6 +22,7 @@ from jobs.contract import read_run
 from launch import bundle as code_bundle
 from launch.accelerate import REPO_ROOT
 from launch.backends import Backend, Job, Run, registry
+from launch.backends.base import BackendOptions
 from launch.errors import Busy, Incomplete, LaunchError, Unreachable
 from launch.inputs import job_check
 from launch.job_args import assignments, option_value, without_option
@@ -32,15 +33,17 @@ LOG_TAIL_LINES = 40
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every backend has (the driver's)."""
-    parser.add_argument("--runs-dir", default="runs", help="where run directories are made and come back to (default: ./runs)")
+    """The options every backend has (the driver's; ``BackendOptions`` holds them typed, with these defaults)."""
+    defaults = BackendOptions()
+    parser.add_argument("--runs-dir", default=defaults.runs_dir, help="where run directories are made and come back to (default: ./runs)")
     parser.add_argument("--detach", action="store_true",
                         help="start and return; then launch logs RUN --follow | launch status RUN | launch pull RUN")
-    parser.add_argument("--poll-interval", type=float, default=None,
-                        help="seconds between status polls (default: the backend's; backs off to 6x while nothing happens)")
-    parser.add_argument("--patience", type=float, default=600,
+    parser.add_argument("--poll-interval", type=float, default=defaults.poll_interval,
+                        help="the most seconds between status polls while a unit runs (default: the backend's); the first "
+                        "poll comes within a second, the wait grows to this, and to 6x while nothing happens")
+    parser.add_argument("--patience", type=float, default=defaults.patience,
                         help="seconds of lost connection or failing API calls to retry before the run goes on without "
-                        "this launcher (exit 3; default 600)")
+                        f"this launcher (exit 3; default {defaults.patience:g})")
 
 
 def say(backend: str, message: str, error: bool = False) -> None:
@@ -84,11 +87,12 @@ class Follower:
     """Starts a run's units as the compute lets it, follows them side by side, pulls and settles each one as it ends,
     and continues a part whose run came back incomplete while continuations are left."""
 
-    def __init__(self, backend: Backend, run: Run, options: argparse.Namespace, interval: float, resuming: bool = False,
-                 resume_args: list[str] | None = None):
-        self.backend, self.run, self.options, self.interval = backend, run, options, interval
+    def __init__(self, backend: Backend, run: Run, patience: float, resuming: bool = False, resume_args: list[str] | None = None):
+        self.backend, self.run = backend, run
+        self.interval = backend.options.poll_interval or backend.poll_interval
         self.resume_args = resume_args or []  # what the user gave with --resume: the units it starts now get it
-        self.retry = Retry(backend.name, run.dir, options.patience)
+        self.retry = Retry(backend.name, run.dir, patience)
+        self.started = False  # a unit was started since the last wait: the next poll comes soon
         self.offsets: dict[tuple[int, int], int] = {}
         self.codes: dict[int, int] = {}  # part -> exit code, once settled
         self.next: dict[int, bool] = {}  # part -> its last unit came back incomplete: continue it
@@ -129,6 +133,7 @@ class Follower:
                 return
             self.retry.ok()
             self.busy_since = None
+            self.started = True
             self.next.pop(part, None)
             record.units.append(unit)
             self.run.save()
@@ -212,8 +217,14 @@ class Follower:
             self.next[part] = True
 
     def failed(self, unit: Unit) -> None:
-        code = unit.exit_code if unit.exit_code in (1, 2) else 1
+        """A unit that did not succeed: its part ends with the job's code, or incomplete (3) when the backend found the
+        run can be continued from what was kept -- said in one line with the command that continues it."""
+        code = unit.exit_code if unit.exit_code in (1, 2, Incomplete.code) else 1
         self.codes[unit.part] = code
+        if code == Incomplete.code:
+            self.say(f"{unit.name} ended {unit.state}: {unit.detail}. Continue the run with: launch {self.backend.name} "
+                     f"{self.run.record.job} --resume {self.run.dir}", error=True)
+            return
         if self.backend.echoes(unit):
             return  # its own error line is on this terminal already
         try:
@@ -242,9 +253,15 @@ class Follower:
                 self.next[part] = True
 
     def follow(self) -> int:
-        delay = self.interval
+        """Poll until every part has settled. The first poll after a start comes after ``first_poll`` seconds; the wait
+        grows by half each time up to the poll interval while units run, and on to 6x it while nothing happens -- so a
+        short job is seen to end at once and a long one is not asked after more than it needs."""
+        first = min(self.backend.first_poll, self.interval)
+        delay = first
         while True:
             self.start_waiting()
+            if self.started:
+                delay, self.started = first, False
             if not self.active() and not self.waiting():
                 break
             changed = False
@@ -261,11 +278,9 @@ class Follower:
                     except Unreachable as exc:
                         unit.pulled = None
                         self.retry.failed(exc)
-            if changed:
-                delay = self.interval
-            elif self.active() or self.busy_since is not None:
-                time.sleep(delay)
-                delay = min(delay * 1.5, self.interval * 6)
+            if self.active() or self.busy_since is not None:
+                self.backend.wait(self.run, self.active(), delay)
+                delay = min(delay * 1.5, self.interval if changed else self.interval * 6)
         return self.finish()
 
     def finish(self) -> int:
@@ -284,7 +299,7 @@ class Follower:
 
 
 # -- launch BACKEND JOB -------------------------------------------------------------------------------
-def run_directory(name: str, job_args: list[str], options: argparse.Namespace) -> tuple[list[str], Path, bool]:
+def run_directory(name: str, job_args: list[str], options: BackendOptions) -> tuple[list[str], Path, bool]:
     """The job's arguments less --run-dir/--resume, the run directory here, and whether it continues one."""
     resume, given = option_value(job_args, "--resume"), option_value(job_args, "--run-dir")
     args = without_option(without_option(job_args, "--resume"), "--run-dir")
@@ -343,50 +358,47 @@ def still_elsewhere(record: LaunchRecord, run_dir: Path) -> None:
         raise LaunchError(f"{run_dir}: what {record.backend} last ran has not come back here; bring it first: launch pull {run_dir}")
 
 
-def launch(backend_name: str, name: str, job_args: list[str], options: argparse.Namespace) -> int:
+def launch(backend_name: str, name: str, job_args: list[str], namespace: argparse.Namespace) -> int:
     backend_class = registry()[backend_name]
-    backend = backend_class(options)
+    backend = backend_class(backend_class.Options.from_namespace(namespace))
+    options = backend.options
     spec = JOBS[name]
-    interval = options.poll_interval or backend_class.poll_interval
-    if not spec.makes_run and backend_name == "local":
-        if options.detach:
-            raise LaunchError(f"--detach: {name} makes no run directory to follow; run it in the foreground")
-        return backend.run_here(name, job_args)
+    if not spec.makes_run and (code := backend.run_here(name, job_args)) is not None:
+        return code
     args, run_dir, resume = run_directory(name, job_args, options)
     previous = LaunchRecord.read(run_dir) if resume and LaunchRecord.exists(run_dir) else None
     if previous and previous.job != name:
         raise LaunchError(f"{run_dir} is a {previous.job} run; this is {name}: continue it with the job that made it "
                           f"(launch {previous.backend} {previous.job} --resume {run_dir})")
     same_backend = previous is not None and previous.backend == backend_name
-    if same_backend and backend_name != "local" and unsettled(previous):  # it runs (or came back) there: follow it again
+    if previous is not None and same_backend and backend.sends_code and unsettled(previous):  # it runs there: follow it again
         say(backend_name, f"following {run_dir} again")
-        return follow(backend, Run(run_dir, previous), options, interval, resuming=spec.resumable, resume_args=args)
+        return follow(backend, Run(run_dir, previous), resuming=spec.resumable, resume_args=args)
     if resume and not spec.resumable:
         raise LaunchError(f"--resume: {name} does not continue runs; jobs that do: {', '.join(n for n, s in JOBS.items() if s.resumable)}")
-    job = Job(name, args, run_dir, resume=resume, carry_run=resume and run_dir.is_dir() and not same_backend and backend_name != "local")
+    job = Job(name, args, run_dir, resume=resume, carry_run=resume and run_dir.is_dir() and not same_backend and backend.sends_code)
     try:
         if previous is not None and not same_backend:
             still_elsewhere(previous, run_dir)
         if not same_backend:
             backend.prepare(job)
-        if spec.checkable and (backend_name == "local" or not same_backend):
+        if spec.checkable and (not backend.sends_code or not same_backend):
             report = job_check(spec, check_arguments(job, previous))
             for option, path in report.outputs.items() if backend.sends_code else ():
                 raise LaunchError(f"{option} {path}: on a remote backend a job writes only into its run directory, which comes back "
                                   f"here; drop {option}")
             job.inputs = report.inputs
-        if same_backend:
+        if previous is not None and same_backend:
             record = previous
         else:
-            bundle = code_bundle.collect(REPO_ROOT, getattr(options, "max_bundle_mb", code_bundle.DEFAULT_MAX_MB)) \
-                if backend.sends_code else None
+            bundle = code_bundle.collect(REPO_ROOT, options.max_bundle_mb) if backend.sends_code else None
             plan = backend.stage(job, bundle)
             if plan is None:
                 return 0
-            plan.setdefault("job_args", job.args)
+            plan.job_args = plan.job_args or job.args
             record = LaunchRecord(backend=backend_name, run_id=run_dir.name, job=name, makes_run=spec.makes_run,
                                   parts=backend.parts(job), continues=resume, inputs=previous.inputs if previous else job.inputs,
-                                  plan=plan, history=[*previous.history, previous.model_dump(exclude={"history"})] if previous else [])
+                                  plan=plan.model_dump(), history=[*previous.history, previous.model_dump(exclude={"history"})] if previous else [])
     except Unreachable as exc:
         raise LaunchError(f"{exc}; nothing was started") from None
     try:
@@ -397,16 +409,15 @@ def launch(backend_name: str, name: str, job_args: list[str], options: argparse.
     run = Run(run_dir, record)
     if not same_backend:
         say(backend_name, f"run {run_dir} on {backend.where(run)}")
-    return follow(backend, run, options, interval, resuming=resume, resume_args=args if resume else None)
+    return follow(backend, run, resuming=resume, resume_args=args if resume else None)
 
 
-def follow(backend: Backend, run: Run, options: argparse.Namespace, interval: float, resuming: bool = False,
-           resume_args: list[str] | None = None) -> int:
-    follower = Follower(backend, run, options, interval, resuming, resume_args)
+def follow(backend: Backend, run: Run, resuming: bool = False, resume_args: list[str] | None = None) -> int:
+    follower = Follower(backend, run, backend.options.patience, resuming, resume_args)
     try:
         if resuming:
             follower.resume()
-        if options.detach:
+        if backend.options.detach:
             follower.start_waiting()
             running = len(follower.active())
             say(backend.name, f"detached with {running} unit(s) running; follow with: launch logs {run.dir} --follow | "

@@ -130,7 +130,7 @@ def run_pull(args: argparse.Namespace) -> int:
     if not LaunchRecord.exists(run_dir):
         raise LaunchError(f"{run_dir}: no launch.json; a run made here has nothing to pull")
     backend, run = reattach(run_dir)
-    follower = Follower(backend, run, argparse.Namespace(patience=0), interval=1)
+    follower = Follower(backend, run, patience=0)
     for part in range(run.record.parts):
         chain = run.record.chain(part)
         if not chain:

@@ -66,12 +66,32 @@ def only_run(root: Path) -> Path:
     return runs[0]
 
 
+@pytest.fixture(scope="session")
+def kaggle_image(tmp_path_factory) -> Path:
+    """Kaggle's Python image for the loopback Kaggle's kernels: torch and a few of Kaggle's packages, not this project."""
+    from kaggle_image import build_image
+
+    image = tmp_path_factory.mktemp("kaggle-image") / "python"
+    build_image(image)
+    return image
+
+
+@pytest.fixture(scope="session")
+def wheel_server():
+    """The package index a Kaggle kernel with internet installs from (the wheelhouse ./setup.sh --dev filled)."""
+    from kaggle_image import WheelServer
+
+    server = WheelServer()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def kaggle(tmp_path):
+def kaggle(tmp_path, kaggle_image, wheel_server):
     """A loopback Kaggle (tests/kaggle_server.py) that behaves as the real one: archives unpacked, two GPU sessions, ..."""
     from kaggle_server import KEY, USER, FakeKaggle
 
-    server = FakeKaggle(USER, KEY, workdir=tmp_path / "kaggle-sandbox", page_cap=5)
+    server = FakeKaggle(USER, KEY, workdir=tmp_path / "kaggle-sandbox", image=kaggle_image, index_url=wheel_server.url, page_cap=5)
     yield server
     server.stop()
 

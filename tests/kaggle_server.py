@@ -15,16 +15,30 @@ of the caller's credentials. What it models:
 - **mount layouts**: ``layout="current"`` mounts ``input/datasets/<owner>/<slug>`` and
   ``input/notebooks/<owner>/<slug>``; ``layout="legacy"`` mounts ``input/<slug>``. ``input`` is read-only;
 - **at most ``max_gpu_sessions`` (2) GPU sessions at a time**: a third GPU push is refused as Kaggle refuses it;
-- **at most ``max_files`` (50) top-level files per dataset version**; a version is invisible (404), then
-  processing, for ``hidden_polls`` / ``processing_polls`` status polls; a new version meanwhile is refused with
-  Kaggle's misleading 403; each version holds exactly the files uploaded with it;
-- **kernel output listings** are paged (``page_cap``) and show the latest *finished* version only;
+- **at most ``max_files`` (50) top-level files per dataset version**; a new version is invisible (404) for
+  ``hidden_s`` seconds, then processing for ``processing_s`` more (by default 1.5 s and 2.5 s; ``hidden_polls`` /
+  ``processing_polls`` add status polls on top); a new version meanwhile is refused with Kaggle's misleading 403;
+  each version holds exactly the files uploaded with it;
+- **kernels queue** (``queue_s``, 1.5 s by default) before they run, **in Kaggle's image**: their own Python with torch
+  and a few of Kaggle's packages (``kaggle_image``), nothing of this project, each kernel on an overlay of its own;
+  pip installs from the wheelhouse on loopback -- the kernel's internet -- and a kernel with ``enable_internet: false``
+  runs in an empty network namespace (its own loopback only): it reaches nothing;
+- **the session wall**: a kernel still running ``session_limit_s`` after it started (12 h; scaled down in tests) is
+  killed and ends in ERROR, and what it wrote to ``/kaggle/working`` is not kept (``keep_at_wall=False``, the
+  pessimistic reading: Kaggle does not document it); ``slow_start[name]`` seconds pass in a session before its script
+  runs (a slow image, a stuck mount: a session that runs out of time);
+- **live logs** through the logs stream endpoint the official ``kaggle kernels logs --follow`` reads (server-sent events
+  ending with END_OF_LOG while a kernel runs, the whole log once it ended); ``stream_faults[name]`` (``"drop"``: the
+  stream breaks after its first event); the output listing's log and files are the latest *finished* version's only;
+- **kernel output listings** are paged (``page_cap``);
+- **the GPU quota call** (``GetAcceleratorQuotaStatistics``, undocumented) answers the account's GPU time this week when
+  ``answers_quota`` (the default), else 404;
 - **faults on request**: ``faults[method]`` (HTTP statuses, or ``"drop"``: the connection closes without an
   answer) for API calls; ``blob_faults[name]`` (``"truncate"``: the body stops halfway under a full
   ``Content-Length``; ``"reset"``; a status) for file downloads; ``upload_faults[name]`` (``"drop"``: the
   connection closes after half the body arrived) for uploads; ``broken`` blob names answer 403 (an expired URL).
-- ``fake_gpu``: a machine shape whose kernels see a P100 (a sitecustomize that makes torch report one);
-  ``kernel_env``: extra environment for every kernel (test knobs of the job itself).
+- a P100 machine shape's kernels see a P100 (a sitecustomize that makes torch report one);
+  ``kernel_env``: extra environment for every kernel.
 """
 from __future__ import annotations
 
@@ -40,7 +54,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tarfile
 import tempfile
 import threading
@@ -49,7 +62,7 @@ import zipfile
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from servers import NO_PROJECT_SITECUSTOMIZE, _Server
+from servers import _Server
 
 P100_SITECUSTOMIZE = """import torch
 torch.cuda.is_available = lambda: True
@@ -59,8 +72,10 @@ torch.cuda.get_device_capability = lambda index=0: (6, 0)
 torch.cuda.get_arch_list = lambda: ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
 """
 USER, KEY = "kaggle-user", "kgl-" + secrets.token_hex(12)  # made at run time: no key is written in any tracked file
-FAST = ["--accelerator", "none", "--poll-interval", "0.2", "--dataset-timeout", "60"]
+FAST = ["--accelerator", "none"]  # CPU kernels, as a user without GPU quota chooses; nothing is sped up
 GPU_SESSIONS_REFUSED = "Maximum batch GPU session count of {limit} reached."
+SESSION_LIMIT_S = 12 * 3600
+WALL_FAILURE = "Your notebook was stopped because it exceeded the maximum execution time"
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
@@ -96,11 +111,14 @@ class Kernel:
     def __init__(self, owner: str, slug: str, body: dict, version: int, previous: Kernel | None):
         self.owner, self.slug, self.body, self.version = owner, slug, body, version
         self.status, self.failure = "QUEUED", ""
-        self.log: list[dict] = []
+        self.log: list[dict] = []  # this version's, as it grows
         self.outputs: dict[str, bytes] = previous.outputs if previous else {}  # the latest finished version's
+        self.listed_log: list[dict] = previous.listed_log if previous else []  # ... and its log
         self.process: subprocess.Popen | None = None
         self.started = time.monotonic()
+        self.running_since: float | None = None
         self.ended: float | None = None
+        self.walled = False
         self.gpu = bool(body.get("enableGpu"))
 
     @property
@@ -109,20 +127,28 @@ class Kernel:
 
 
 class FakeKaggle(_Server):
-    def __init__(self, username: str, key: str, workdir: Path | None = None, page_cap: int = 3, layout: str = "current",
+    def __init__(self, username: str, key: str, workdir: Path, image: Path, index_url: str, page_cap: int = 3, layout: str = "current",
                  unpack: bool = True, max_gpu_sessions: int = 2, max_files: int = 50):
         self.auth = "Basic " + base64.b64encode(f"{username}:{key}".encode()).decode()
         self.workdir, self.page_cap, self.layout, self.unpack = workdir, page_cap, layout, unpack
+        self.image, self.index_url = image, index_url  # the kernels' Python image (a venv) and their package index
         self.max_gpu_sessions, self.max_files = max_gpu_sessions, max_files
         self.kernel_outputs: dict[tuple[str, str], dict[str, bytes]] = {}
         self.datasets: dict[tuple[str, str], dict[str, bytes]] = {}
         self.dataset_polls: dict[tuple[str, str], list[str]] = {}  # status answers still to give before READY
+        self.dataset_ready_at: dict[tuple[str, str], tuple[float, float]] = {}  # (visible at, ready at), monotonic
         self.kernels: dict[tuple[str, str], Kernel] = {}
         self.sessions: list[Kernel] = []  # every kernel version ever run, in push order
         self.blobs: dict[str, dict] = {}
         self.bytes_received = 0
         self.uploaded: list[tuple[str, bytes]] = []  # every completed blob and kernel script
         self.hidden_polls, self.processing_polls = 0, 0
+        self.hidden_s, self.processing_s, self.queue_s = 1.5, 2.5, 1.5
+        self.session_limit_s: float = SESSION_LIMIT_S
+        self.keep_at_wall = False
+        self.slow_start: dict[str, float] = {}
+        self.stream_faults: dict[str, list] = {}
+        self.answers_quota = True
         self.faults: dict[str, list] = {}
         self.blob_faults: dict[str, list] = {}
         self.upload_faults: dict[str, list] = {}
@@ -156,6 +182,8 @@ class FakeKaggle(_Server):
                 self.connection.shutdown(2)
 
             def do_GET(self):
+                if self.path.startswith(LOG_STREAM):
+                    return fake._stream_log(self, *self.path[len(LOG_STREAM):].split("/", 1))
                 _, _, kind, owner, slug, name = self.path.split("/", 5)
                 if name in fake.broken:
                     return self._send(403, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>", "application/xml")
@@ -237,6 +265,48 @@ class FakeKaggle(_Server):
 
         self.start(Handler)
 
+    def _stream_log(self, handler: BaseHTTPRequestHandler, owner: str, slug: str) -> None:
+        """``GET /api/v1/kernels/logs/stream/OWNER/SLUG``: while the session runs, server-sent events of its log lines as
+        they come, then END_OF_LOG; once it ended, its whole log as a JSON list."""
+        if handler.headers.get("Authorization") != self.auth:
+            return handler._send(401, {"code": 401, "message": "Unauthenticated"})
+        kernel = self.kernels.get((owner, slug))
+        if kernel is None:
+            return handler._send(404, {"code": 404, "message": "Kernel not found"})
+        if not kernel.active:
+            return handler._send(200, kernel.log)
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.close_connection = True
+        sent, fault = 0, self._take(self.stream_faults, slug)
+        try:
+            while True:
+                done = not kernel.active
+                for event in kernel.log[sent:]:
+                    handler.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                    sent += 1
+                    if fault == "drop":  # the stream breaks after its first event
+                        handler.wfile.flush()
+                        return handler._drop()
+                handler.wfile.flush()
+                if done:
+                    handler.wfile.write(b"data: END_OF_LOG\n\n")
+                    return
+                time.sleep(0.1)
+        except (BrokenPipeError, ConnectionResetError):
+            return
+
+    def _dataset_state(self, key: tuple[str, str], poll: bool = False) -> str:
+        """``hidden`` (404), a processing state, or READY: the polls still planned first, then the version's clock."""
+        pending = self.dataset_polls.get(key)
+        if pending:
+            return pending.pop(0) if poll else pending[0]
+        visible_at, ready_at = self.dataset_ready_at.get(key, (0.0, 0.0))
+        now = time.monotonic()
+        return "hidden" if now < visible_at else "BLOBS_RECEIVED" if now < ready_at else "READY"
+
     @staticmethod
     def _take(table: dict[str, list], name: str):
         """The next fault planned for ``name`` (an exact name, or a key contained in it), if any."""
@@ -277,7 +347,7 @@ class FakeKaggle(_Server):
             return 404, {"code": 404, "message": "Kernel not found"}, None
         names, token = self._page(sorted(outputs), body)
         files = [{"fileName": n, "url": f"{self.endpoint}/blob/kernel/{key[0]}/{key[1]}/{n}"} for n in names]
-        return 200, {"files": files, "log": json.dumps(kernel.log) if kernel else "", "nextPageToken": token}, None
+        return 200, {"files": files, "log": json.dumps(kernel.listed_log) if kernel else "", "nextPageToken": token}, None
 
     def _ListDatasetFiles(self, body):
         key = (body["ownerSlug"], body["datasetSlug"])
@@ -289,7 +359,7 @@ class FakeKaggle(_Server):
 
     def _DownloadDataset(self, body):
         key = (body["ownerSlug"], body["datasetSlug"])
-        if key not in self.datasets or body.get("fileName") not in self.datasets[key] or self.dataset_polls.get(key):
+        if key not in self.datasets or body.get("fileName") not in self.datasets[key] or self._dataset_state(key) != "READY":
             return 404, {"code": 404, "message": "Dataset file not found"}, None
         location = f"{self.endpoint}/blob/dataset/{key[0]}/{key[1]}/{body['fileName']}"
         return 302, b"", {"Location": location}
@@ -309,6 +379,8 @@ class FakeKaggle(_Server):
                                                       f"this one has {len(blobs)}. Use archives or folders"}, None
         self.datasets[key] = {b["name"]: b["data"] for b in blobs}
         self.dataset_polls[key] = ["hidden"] * self.hidden_polls + ["BLOBS_RECEIVED"] * self.processing_polls
+        now = time.monotonic()
+        self.dataset_ready_at[key] = (now + self.hidden_s, now + self.hidden_s + self.processing_s)
         return 200, {"ref": f"{key[0]}/{key[1]}", "url": f"{self.endpoint}/{key[0]}/{key[1]}", "status": "ok", "error": ""}, None
 
     def _CreateDataset(self, body):
@@ -321,7 +393,7 @@ class FakeKaggle(_Server):
         key = (body["ownerSlug"], body["datasetSlug"])
         if key not in self.datasets:
             return 404, {"code": 404, "message": "Dataset not found"}, None
-        if self.dataset_polls.get(key):  # Kaggle's answer while the previous version is processed: a misleading 403
+        if self._dataset_state(key) != "READY":  # Kaggle's answer while the previous version is processed: a misleading 403
             return 403, {"code": 403, "message": "Permission 'datasets.versions.create' was denied"}, None
         return self._new_version(key, (body.get("body") or {}).get("files") or [])
 
@@ -329,8 +401,7 @@ class FakeKaggle(_Server):
         key = (body["ownerSlug"], body["datasetSlug"])
         if key not in self.datasets:
             return 404, {"code": 404, "message": "Dataset not found"}, None
-        pending = self.dataset_polls.get(key)
-        answer = pending.pop(0) if pending else "READY"
+        answer = self._dataset_state(key, poll=True)
         if answer == "hidden":
             return 404, {"code": 404, "message": "Dataset not found"}, None
         return 200, {"status": answer}, None
@@ -342,7 +413,7 @@ class FakeKaggle(_Server):
             key = tuple(source.split("/"))
             if key not in self.datasets:
                 return 200, {"error": f"dataset {source} does not exist"}, None
-            if self.dataset_polls.get(key):
+            if self._dataset_state(key) != "READY":
                 return 200, {"error": f"dataset {source} is still being processed; try again when it is ready"}, None
         for source in body.get("kernelDataSources") or []:
             if tuple(source.split("/")) not in self.kernels:
@@ -358,6 +429,12 @@ class FakeKaggle(_Server):
         threading.Thread(target=self._execute, args=(kernel,), daemon=True).start()
         return 200, {"ref": f"/code/{owner}/{slug}", "url": f"{self.endpoint}/code/{owner}/{slug}", "versionNumber": kernel.version,
                      "error": None}, None
+
+    def _GetAcceleratorQuotaStatistics(self, body):
+        if not self.answers_quota:
+            return 404, {"code": 404, "message": "unknown method GetAcceleratorQuotaStatistics"}, None
+        used = sum(((k.ended or time.monotonic()) - k.running_since) for k in self.sessions if k.gpu and k.running_since)
+        return 200, {"gpuQuota": {"timeUsed": f"{used:.3f}s", "totalTimeAllowed": f"{30 * 3600}s"}}, None
 
     def _GetKernelSessionStatus(self, body):
         kernel = self.kernels.get((body["userName"], body["kernelSlug"]))
@@ -391,27 +468,56 @@ class FakeKaggle(_Server):
         script.write_text(kernel.body["text"])
         scratch = tempfile.mkdtemp(prefix="kgl", dir="/tmp")  # each kernel's own /tmp, short enough for Ray's socket paths
         env = {"PATH": os.environ["PATH"], "HOME": str(home), "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-               "STREAMAPPROX_KAGGLE_ROOT": str(root), "TMPDIR": scratch, **self.kernel_env}
+               "STREAMAPPROX_KAGGLE_ROOT": str(root), "TMPDIR": scratch, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1",
+               "PIP_FIND_LINKS": self.index_url, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **self.kernel_env}
         if os.environ.get("STREAMAPPROX_CACHE"):  # the image's cache of synthetic shards: only saves time
             env["STREAMAPPROX_CACHE"] = os.environ["STREAMAPPROX_CACHE"]
-        site = root.parent / "site"
-        site.mkdir()
-        p100 = kernel.body.get("machineShape") == "NvidiaTeslaP100"
-        (site / "sitecustomize.py").write_text(NO_PROJECT_SITECUSTOMIZE + (P100_SITECUSTOMIZE if p100 else ""))
-        env["PYTHONPATH"] = str(site)
-        kernel.status = "RUNNING"
-        kernel.process = subprocess.Popen([sys.executable, str(script)], cwd=working, env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        if kernel.body.get("machineShape") == "NvidiaTeslaP100":
+            site = root.parent / "site"
+            site.mkdir()
+            (site / "sitecustomize.py").write_text(P100_SITECUSTOMIZE)
+            env["PYTHONPATH"] = str(site)
+        # Kaggle's image, as an overlay of this kernel's own (what it installs is gone with it); no network without internet
+        layer = root.parent / "image-layer"
+        (layer / "upper").mkdir(parents=True)
+        (layer / "work").mkdir()
+        boot = f"mount -t overlay overlay -o lowerdir={self.image},upperdir={layer}/upper,workdir={layer}/work {self.image}"
+        internet = bool(kernel.body.get("enableInternet"))
+        if not internet:
+            boot += " && ip link set lo up"
+        delay = next((seconds for name, seconds in self.slow_start.items() if name in kernel.slug), 0.0)
+        command = ["unshare", "--mount", "--propagation", "private", *([] if internet else ["--net"]), "sh", "-c",
+                   f"{boot} && sleep {delay} && exec {self.image}/bin/python {script}"]
+        time.sleep(self.queue_s)
+        kernel.status, kernel.running_since = "RUNNING", time.monotonic()
+        kernel.process = subprocess.Popen(command, cwd=working, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                          start_new_session=True)
+        wall = threading.Timer(self.session_limit_s, self._wall, args=(kernel,))
+        wall.start()
+        assert kernel.process.stdout is not None
         for line in kernel.process.stdout:
             kernel.log.append({"stream_name": "stdout", "time": round(time.monotonic() - kernel.started, 3), "data": line})
         code = kernel.process.wait()
+        wall.cancel()
         shutil.rmtree(scratch, ignore_errors=True)
-        kernel.outputs = {p.relative_to(working).as_posix(): p.read_bytes() for p in sorted(working.rglob("*")) if p.is_file()}
+        if not kernel.walled or self.keep_at_wall:
+            kernel.outputs = {p.relative_to(working).as_posix(): p.read_bytes() for p in sorted(working.rglob("*")) if p.is_file()}
+        else:
+            kernel.outputs = {}
         for path in [inputs, *inputs.rglob("*")]:
             path.chmod(path.stat().st_mode | stat.S_IWUSR)
-        kernel.failure = "" if code == 0 else f"Your notebook tried to run but exited with code {code}"
+        kernel.failure = WALL_FAILURE if kernel.walled else "" if code == 0 else f"Your notebook tried to run but exited with code {code}"
+        kernel.listed_log = kernel.log
         kernel.ended = time.monotonic()
-        kernel.status = "COMPLETE" if code == 0 else "ERROR"
+        kernel.status = "COMPLETE" if code == 0 and not kernel.walled else "ERROR"
+
+    @staticmethod
+    def _wall(kernel: Kernel) -> None:
+        """The session limit: the kernel is stopped, whatever it was doing."""
+        if kernel.process and kernel.process.poll() is None:
+            kernel.walled = True
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(kernel.process.pid, signal.SIGKILL)
 
 
 def packed(files: dict[str, bytes]) -> dict[str, int]:
@@ -425,11 +531,14 @@ def packed(files: dict[str, bytes]) -> dict[str, int]:
     return members
 
 
+LOG_STREAM = "/api/v1/kernels/logs/stream/"
+
+
 def kaggle_env(fake: FakeKaggle, username: str, key: str, config_dir: Path) -> dict:
     """Environment for a process that should talk to ``fake`` with the kaggle package."""
     return {**os.environ, "STREAMAPPROX_KAGGLE_ENDPOINT": fake.endpoint, "KAGGLE_USERNAME": username, "KAGGLE_KEY": key,
             "KAGGLE_CONFIG_DIR": str(config_dir), "STREAMAPPROX_KAGGLE_BACKOFF_S": "0.05", "OMP_NUM_THREADS": "1",
-            "PYTHONUNBUFFERED": "1"}
+            "PYTHONUNBUFFERED": "1", "PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": fake.index_url}
 
 
 def launch_kaggle(kaggle: FakeKaggle, cwd: Path, *args: str, env_extra: dict | None = None, timeout: float = 300):

@@ -16,15 +16,66 @@ its one policy. Everything else is a ``LaunchError`` carrying the exit code it m
 from __future__ import annotations
 
 import argparse
+import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict
 
 from jobs import JOBS, JobSpec
 from jobs.contract import JobInput
-from launch.bundle import Bundle
+from launch.bundle import DEFAULT_MAX_MB, Bundle
 from launch.record import LaunchRecord, Unit
+
+OptionsT = TypeVar("OptionsT", bound="BackendOptions")
+PlanT = TypeVar("PlanT", bound="Plan")
+HandleT = TypeVar("HandleT", bound="Handle")
+
+
+@dataclass
+class BackendOptions:
+    """The options every backend has (the driver's); a backend's own options subclass it. Built once from the command
+    line, so that a missing value is ``None`` in a typed field, never an attribute looked up by name."""
+
+    runs_dir: str = "runs"
+    detach: bool = False
+    poll_interval: float | None = None  # None: the backend's own
+    patience: float = 600.0
+    max_bundle_mb: float = DEFAULT_MAX_MB
+
+    @classmethod
+    def from_namespace(cls: type[OptionsT], namespace: argparse.Namespace) -> OptionsT:
+        given = vars(namespace)
+        return cls(**{f.name: given[f.name] for f in fields(cls) if f.name in given})
+
+
+class Plan(BaseModel):
+    """What ``stage`` decided and a later shell needs to start, follow and bring back the run (``launch.json``'s
+    ``plan``): each backend's plan subclasses it. Keys a newer checkout dropped are ignored when an older record is read."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    job_args: list[str] = []  # the job's arguments (the launcher's taken out) for a new run
+    relocated: list[str] = []  # --set values that point the job at its inputs where they were sent
+
+    @classmethod
+    def of(cls: type[PlanT], run: Run) -> PlanT:
+        return cls.model_validate(run.record.plan)
+
+
+class Handle(BaseModel):
+    """A backend's own way back to a unit (``Unit.handle`` in ``launch.json``); each backend's subclasses it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    @classmethod
+    def of(cls: type[HandleT], unit: Unit) -> HandleT:
+        return cls.model_validate(unit.handle)
+
+    def store(self, unit: Unit) -> None:
+        unit.handle = self.model_dump()
 
 
 @dataclass
@@ -56,54 +107,63 @@ class Run:
     def spec(self) -> JobSpec:
         return JOBS[self.record.job]
 
-    @property
-    def plan(self) -> dict:
-        return self.record.plan
-
     def save(self) -> None:
         self.record.write(self.dir)
 
     def arguments(self, unit: Unit, there: str) -> list[str]:
-        return unit_arguments(self.spec, self.plan, self.record.parts, unit, there)
+        return unit_arguments(self.spec, Plan.of(self), self.record.parts, unit, there)
 
 
-def unit_arguments(spec: JobSpec, plan: dict, parts: int, unit: Unit, there: str) -> list[str]:
+def unit_arguments(spec: JobSpec, plan: Plan, parts: int, unit: Unit, there: str) -> list[str]:
     """The job's arguments for ``unit`` with its run directory at ``there`` on the compute: a new run gets the user's
-    arguments, a continuation ``--resume``; both get the inputs' places on the compute (``plan["relocated"]``), and a
+    arguments, a continuation ``--resume``; both get the inputs' places on the compute (``plan.relocated``), and a
     part of a fan-out its slice."""
-    moved = plan.get("relocated", [])
-    moved = ["--set", *moved] if moved else []
+    moved = ["--set", *plan.relocated] if plan.relocated else []
     if unit.resume:
         return ["--resume", there, *unit.args, *moved]
     sliced = ["--slice", f"{unit.part}/{parts}"] if parts > 1 else []
-    return [*plan.get("job_args", []), *moved, *sliced, *(["--run-dir", there] if spec.makes_run else [])]
+    return [*plan.job_args, *moved, *sliced, *(["--run-dir", there] if spec.makes_run else [])]
 
 
 class Backend(ABC):
     name: ClassVar[str]
     help: ClassVar[str]
+    Options: ClassVar[type[BackendOptions]] = BackendOptions  # this backend's options, as add_arguments declares them
     sends_code: ClassVar[bool] = True  # runs elsewhere: needs the code bundle, and its run comes back by pull (all but local)
-    poll_interval: ClassVar[float] = 5.0  # seconds between polls unless --poll-interval says otherwise
+    poll_interval: ClassVar[float] = 5.0  # the most seconds between polls while a unit runs, unless --poll-interval says
+    first_poll: ClassVar[float] = 0.5  # the first poll after a start or a change comes this soon; the wait grows from it
 
-    def __init__(self, options: argparse.Namespace):
+    def __init__(self, options: BackendOptions):
         self.options = options
 
     @classmethod
     @abstractmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """This backend's own options (the driver adds --detach, --runs-dir, --poll-interval, --patience)."""
+        """This backend's own options (the driver adds --detach, --runs-dir, --poll-interval, --patience), their
+        defaults taken from ``Options``."""
 
     @classmethod
     def reattach(cls, record: LaunchRecord) -> Backend:
-        """The backend again for a run it started, from the options its plan kept (``launch status/logs/stop/pull``)."""
-        return cls(argparse.Namespace(**record.plan.get("options", {})))
+        """The backend again for a run it started, with default options: everything about the run is in its plan
+        (``launch status/logs/stop/pull``)."""
+        return cls(cls.Options())
+
+    def wait(self, run: Run, units: list[Unit], seconds: float) -> None:
+        """Wait ``seconds`` before the next poll of ``units``; a backend that hears of a unit's progress (a log
+        stream) returns as soon as it does."""
+        time.sleep(seconds)
+
+    def run_here(self, name: str, job_args: list[str]) -> int | None:
+        """Run a job that makes no run directory in the foreground, here, and return its exit code; None: this backend
+        runs such jobs through the lifecycle like any other."""
+        return None
 
     def prepare(self, job: Job) -> None:
         """Reach the compute and refuse what it cannot run, before anything is sent. May take its own options out of
         ``job.args`` (Kaggle turns --time-budget into each kernel's budget)."""
 
     @abstractmethod
-    def stage(self, job: Job, bundle: Bundle | None) -> dict | None:
+    def stage(self, job: Job, bundle: Bundle | None) -> Plan | None:
         """Send the code and the job's inputs; return the plan kept in launch.json (None: a dry run, nothing to start)."""
 
     def parts(self, job: Job) -> int:

@@ -19,24 +19,30 @@ import json
 import logging
 import re
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from jobs import JOBS, JobSpec
 from launch import carry
 from launch.accelerate import PRECISIONS, REPO_ROOT
-from launch.backends.base import Backend, Job, Run
+from pydantic import BaseModel
+
+from launch.backends.base import Backend, BackendOptions, Handle, Job, Plan, Run
 from launch.bundle import Bundle
 from launch.compute.kaggle_kernel import KERNEL_RECORD
-from launch.errors import Incomplete, LaunchError
+from launch.errors import Incomplete, LaunchError, Unreachable
 from launch.job_args import option_value, without_option
-from launch.record import Unit
+from launch.record import LaunchRecord, Unit
 from launch.transports import kaggle_quota
-from launch.transports.kaggle_api import KaggleService
+from launch.transports.kaggle_api import TERMINAL, KaggleService, LogStream
 from launch.transports.kaggle_upload import Uploader, kernel_requirements
 
 ACCELERATORS = {"t4x2": "NvidiaTeslaT4", "p100": "NvidiaTeslaP100", "none": None}  # Kaggle machine shapes
 SESSION_LIMIT_S = 12 * 3600
 MAX_GPU_SESSIONS = 2  # Kaggle runs at most two GPU sessions of an account at a time
+LOG_END_WAIT_S = 30  # a kernel that ended: how long its log stream may take to deliver the last lines
 STATES = {"QUEUED": "queued", "RUNNING": "running", "COMPLETE": "succeeded", "ERROR": "failed", "CANCEL_REQUESTED": "running",
           "CANCEL_ACKNOWLEDGED": "stopped"}
 
@@ -72,15 +78,72 @@ sys.exit(main(PLAN, ROOT, CODE))
 """
 
 
-def entry_script(plan: dict) -> str:
+@dataclass
+class KaggleOptions(BackendOptions):
+    accelerator: str = "t4x2"
+    no_internet: bool = False
+    owner: str | None = None  # None: the credentials' user
+    max_continuations: int = 2
+    num_kernels: int = 1
+    max_gpu_sessions: int = MAX_GPU_SESSIONS
+    gpu_session_wait: float = 3600.0
+    quota_hours: float | None = None
+    dry_run: bool = False
+    session_limit: float = SESSION_LIMIT_S
+    margin: float = 1800.0
+    mixed_precision: str = "auto"
+    dataset_timeout: float = 1800.0
+
+
+class KernelPlan(BaseModel):
+    """What the kernel is told (``launch.compute.kaggle_kernel`` reads it as JSON): the run, the job, where its code and
+    inputs come from, what to install, its time budget; per kernel, its name, whether it continues, its slice."""
+
+    run_id: str
+    job: str
+    job_args: list[str]
+    bundle: dict[str, str]  # dataset, digest
+    inputs: dict[str, dict[str, Any]]  # key -> how the kernel finds it (a pack, or earlier kernels' outputs)
+    requirements: list[str]
+    internet: bool
+    wheels: dict[str, str] | None  # dataset, digest: the wheels dataset of a kernel without internet
+    time_budget_s: float
+    mixed_precision: str
+    restore: dict[str, str] | None  # dataset, pack: a run made elsewhere, to continue
+    kernel: str = ""
+    resume: bool = False
+    resume_args: list[str] = []
+    slice: list[int] | None = None
+
+
+class KagglePlan(Plan):
+    owner: str
+    kernel_base: str
+    accelerator: str
+    datasets: list[str]
+    kernel_sources: list[str]
+    kernel: KernelPlan
+    bytes_uploaded: int
+    planned_gpu_hours: float
+    session_limit: float = SESSION_LIMIT_S
+
+
+class KaggleHandle(Handle):
+    slug: str
+    url: str
+    status: str = "QUEUED"  # as Kaggle last said
+    pushed_at: float = 0.0  # time.time() of the push: a session cannot have run longer than since then
+
+
+def entry_script(plan: KernelPlan) -> str:
     """``entry.py``: the pack reader (``launch/carry.py`` as it is) followed by the few lines that unpack the code."""
-    return Path(carry.__file__).read_text() + ENTRY_MAIN.format(plan=json.dumps(plan, sort_keys=True))
+    return Path(carry.__file__).read_text() + ENTRY_MAIN.format(plan=json.dumps(plan.model_dump(), sort_keys=True))
 
 
-def write_kernel(folder: Path, owner: str, slug: str, plan: dict, accelerator: str, internet: bool, datasets: list[str],
+def write_kernel(folder: Path, owner: str, slug: str, plan: KernelPlan, accelerator: str, internet: bool, datasets: list[str],
                  kernels: list[str]) -> None:
     shape = ACCELERATORS[accelerator]
-    metadata = {
+    metadata: dict[str, Any] = {
         "id": f"{owner}/{slug}", "title": slug, "code_file": "entry.py", "language": "python", "kernel_type": "script",
         "is_private": True, "enable_gpu": shape is not None, "enable_internet": internet,
         "dataset_sources": datasets, "kernel_sources": kernels, "competition_sources": [], "model_sources": [],
@@ -91,30 +154,38 @@ def write_kernel(folder: Path, owner: str, slug: str, plan: dict, accelerator: s
     (folder / "entry.py").write_text(entry_script(plan))
 
 
-def pull_kernel(service: KaggleService, slug: str, run_id: str, run_dir: Path, whole: bool) -> tuple[str, dict | None]:
-    """The kernel's run directory through sync (every output page, sha256-checked, interrupted downloads resumed; with
-    ``whole``), its log and its record (``logs/kaggle-<slug>.log|json``); says what moved, returns the record."""
+def kernel_record(service: KaggleService, slug: str, run_dir: Path) -> dict[str, Any] | None:
+    """The kernel's log and its record (``logs/kaggle-<slug>.log|json``); None when the kernel left no record (it never
+    finished its own ending: Kaggle stopped it, or it died)."""
     from data_shards.files import atomic_write_text
-    from sync import SyncError, sync
+    from sync import SyncError
     from sync.kaggle import KaggleKernelOutputStore
 
-    said, kernel_record = "", None
+    record = None
     try:
-        if whole:
-            said = sync(f"kaggle://{service.owner}/{slug}/{run_id}", str(run_dir)).summary()
         outputs = KaggleKernelOutputStore(f"kaggle://{service.owner}/{slug}", service.owner, slug)
         listed = outputs.list()
         if KERNEL_RECORD in listed:
             target = run_dir / "logs" / f"kaggle-{slug}.json"
             outputs.download(KERNEL_RECORD, target, listed[KERNEL_RECORD], lambda n: None)
-            kernel_record = json.loads(target.read_text())
+            record = json.loads(target.read_text())
     except SyncError as exc:
         raise Incomplete(f"pulling the outputs of {service.owner}/{slug}: {exc}") from None
     atomic_write_text(run_dir / "logs" / f"kaggle-{slug}.log", service.kernel_log(slug))
-    return said, kernel_record
+    return record
 
 
-def bundled_file_arguments(job_args: list[str], bundle: Bundle, carried: set[str] = frozenset()) -> list[str]:
+def pull_run(service: KaggleService, slug: str, run_id: str, run_dir: Path) -> str:
+    """The kernel's run directory through sync (every output page, sha256-checked, interrupted downloads resumed)."""
+    from sync import SyncError, sync
+
+    try:
+        return sync(f"kaggle://{service.owner}/{slug}/{run_id}", str(run_dir)).summary()
+    except SyncError as exc:
+        raise Incomplete(f"pulling the outputs of {service.owner}/{slug}: {exc}") from None
+
+
+def bundled_file_arguments(job_args: list[str], bundle: Bundle, carried: frozenset[str] = frozenset()) -> list[str]:
     """A job argument naming a local file (a sweep's --space my.yaml, a --set key=my.json value)
     reaches the kernel only inside the code bundle: rewrite it relative to the project root, or refuse
     before anything is pushed. Inputs that travel as datasets (``carried`` locations) are left as they are."""
@@ -122,7 +193,7 @@ def bundled_file_arguments(job_args: list[str], bundle: Bundle, carried: set[str
         try:
             rel = Path(text).resolve().relative_to(REPO_ROOT).as_posix()
         except ValueError:
-            rel = None
+            rel = ""
         if rel not in bundle.files:
             raise LaunchError(f"{text}: a local file the job needs is not in the code bundle (only git-tracked files of "
                               f"{REPO_ROOT} travel); put it in the project and `git add` it, or use a bundled name")
@@ -145,42 +216,56 @@ def bundled_file_arguments(job_args: list[str], bundle: Bundle, carried: set[str
 class Kaggle(Backend):
     name = "kaggle"
     help = "Kaggle kernels (T4 x2 by default, at most 2 GPU sessions at a time); the run directory comes back to ./runs"
+    Options = KaggleOptions
+    options: KaggleOptions
     poll_interval = 10.0
+    first_poll = 1.0
+
+    def __init__(self, options: BackendOptions):
+        super().__init__(options)
+        self._service: KaggleService | None = None
+        self.streams: dict[str, LogStream] = {}  # kernel slug -> its live log
+        self.woken: set[str] = set()  # kernels whose log stream ended and woke the follower already
+        self.budget, self.planned = 0.0, 0.0
+        self.expected: kaggle_quota.Expected | None = None
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--accelerator", choices=sorted(ACCELERATORS), default="t4x2",
+        defaults = KaggleOptions()
+        parser.add_argument("--accelerator", choices=sorted(ACCELERATORS), default=defaults.accelerator,
                             help="Kaggle machine: t4x2 (2 x T4, fp16; the default), p100 (needs a torch with sm_60 kernels), none (CPU)")
         parser.add_argument("--no-internet", action="store_true",
                             help="run the kernel without internet: dependencies come from a wheels dataset built here once")
         parser.add_argument("--owner", help="Kaggle user that owns the datasets and kernels (default: your username)")
-        parser.add_argument("--max-continuations", type=int, default=2,
-                            help="continuation kernels allowed when the time budget stops a run (default 2)")
-        parser.add_argument("--num-kernels", type=int, default=1,
+        parser.add_argument("--max-continuations", type=int, default=defaults.max_continuations,
+                            help=f"continuation kernels allowed when the time budget stops a run (default {defaults.max_continuations})")
+        parser.add_argument("--num-kernels", type=int, default=defaults.num_kernels,
                             help="fan out: N kernels, each doing 1/N of a sliceable job; their outputs are merged here")
-        parser.add_argument("--max-gpu-sessions", type=int, default=MAX_GPU_SESSIONS,
+        parser.add_argument("--max-gpu-sessions", type=int, default=defaults.max_gpu_sessions,
                             help=f"GPU kernels running at once (Kaggle allows {MAX_GPU_SESSIONS}); more kernels run in waves")
-        parser.add_argument("--gpu-session-wait", type=float, default=3600,
-                            help="seconds to keep retrying a push Kaggle refuses for want of a free GPU session (default 3600)")
+        parser.add_argument("--gpu-session-wait", type=float, default=defaults.gpu_session_wait,
+                            help="seconds to keep retrying a push Kaggle refuses for want of a free GPU session "
+                            f"(default {defaults.gpu_session_wait:g})")
         parser.add_argument("--quota-hours", type=float,
                             help="refuse, before anything is pushed, a launch whose GPU hours could take this week's total past this")
         parser.add_argument("--dry-run", action="store_true",
                             help="print what would be uploaded and pushed, the kernels' waves and the GPU hours; do nothing")
-        parser.add_argument("--session-limit", type=float, default=SESSION_LIMIT_S,
-                            help=f"Kaggle's session limit in seconds (default {SESSION_LIMIT_S}); the job's time budget stays below it")
-        parser.add_argument("--margin", type=float, default=1800, help="seconds kept free for setup and saving outputs (default 1800)")
-        parser.add_argument("--mixed-precision", choices=PRECISIONS, default="auto",
+        parser.add_argument("--session-limit", type=float, default=defaults.session_limit,
+                            help=f"Kaggle's session limit in seconds (default {defaults.session_limit:g}); the job's time budget stays below it")
+        parser.add_argument("--margin", type=float, default=defaults.margin,
+                            help=f"seconds kept free for setup and saving outputs (default {defaults.margin:g})")
+        parser.add_argument("--mixed-precision", choices=PRECISIONS, default=defaults.mixed_precision,
                             help="auto: fp16 on GPUs without bf16 (T4, P100), bf16 on newer ones")
-        parser.add_argument("--dataset-timeout", type=float, default=1800, help="seconds to wait for an uploaded dataset to be ready")
+        parser.add_argument("--dataset-timeout", type=float, default=defaults.dataset_timeout,
+                            help=f"seconds to wait for an uploaded dataset to be ready (default {defaults.dataset_timeout:g})")
 
     @classmethod
-    def reattach(cls, record) -> Kaggle:
-        options = {"owner": record.plan["owner"], "max_continuations": 0, "max_gpu_sessions": MAX_GPU_SESSIONS, "gpu_session_wait": 0,
-                   "dataset_timeout": 1800, "poll_interval": None}
-        return cls(argparse.Namespace(**options))
+    def reattach(cls, record: LaunchRecord) -> Kaggle:
+        plan = KagglePlan.model_validate(record.plan)
+        return cls(KaggleOptions(owner=plan.owner, max_continuations=0, gpu_session_wait=0, session_limit=plan.session_limit))
 
     def service(self, owner: str | None = None) -> KaggleService:
-        if getattr(self, "_service", None) is None:
+        if self._service is None:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
             self._service = KaggleService(owner or self.options.owner)
         return self._service
@@ -203,11 +288,13 @@ class Kaggle(Backend):
             self.budget = float(given) if given else self.budget
             if self.budget <= 0 or self.budget > options.session_limit:
                 raise LaunchError(f"time budget {self.budget:.0f} s must be positive and within the session limit "
-                                  f"({options.session_limit:.0f} s)")
+                                  f"({options.session_limit:.0f} s); lower --margin ({options.margin:.0f} s) or give --time-budget")
         self.planned = self.planned_gpu_hours(spec)
+        if self.planned:
+            self.expected = kaggle_quota.expected_hours(service.owner, job.name, options.num_kernels, self.planned)
         if options.quota_hours is not None and kaggle_quota.used_hours(service.owner) + self.planned > options.quota_hours:
-            raise LaunchError(f"{kaggle_quota.usage_line(service.owner, self.planned, options.quota_hours)}: over the limit. Lower "
-                              "--time-budget, --max-continuations or --num-kernels, or raise --quota-hours; nothing was uploaded or pushed")
+            raise LaunchError(f"{self.quota_line(job.name)}: over the limit. Lower --time-budget, --max-continuations or "
+                              "--num-kernels, or raise --quota-hours; nothing was uploaded or pushed")
 
     def planned_gpu_hours(self, spec: JobSpec) -> float:
         """The most GPU hours a launch can use: every kernel to its budget plus the margin (capped by the session
@@ -219,11 +306,18 @@ class Kaggle(Backend):
         chain_length = 1 + options.max_continuations if spec.resumable else 1
         return options.num_kernels * chain_length * per_kernel / 3600
 
+    def quota_line(self, job: str) -> str:
+        """The week's GPU hours, this launch's expected and worst case, and Kaggle's own figures where it answers."""
+        kaggle = self.service().quota() if self.planned else None
+        return kaggle_quota.usage_line(self.service().owner, self.planned, self.options.quota_hours, self.expected, job,
+                                       (kaggle.used_hours, kaggle.allowed_hours) if kaggle else None)
+
     # -- sending ----------------------------------------------------------------------------------
-    def stage(self, job: Job, bundle: Bundle) -> dict | None:
+    def stage(self, job: Job, bundle: Bundle | None) -> KagglePlan | None:
+        assert bundle is not None  # sends_code
         options, service, spec = self.options, self.service(), job.spec
-        job_args = bundled_file_arguments(job.args, bundle, {value.location for value in job.inputs.values()})
-        uploader = Uploader(service, options, dry_run=options.dry_run)
+        job_args = bundled_file_arguments(job.args, bundle, frozenset(value.location for value in job.inputs.values()))
+        uploader = Uploader(service, options.dataset_timeout, dry_run=options.dry_run)
         code = uploader.code(bundle)
         carried = {key: value.model_dump() for key, value in job.inputs.items() if value.kind == "kaggle_outputs"}
         carried.update({key: uploader.carry(key, value) for key, value in job.inputs.items()
@@ -232,22 +326,21 @@ class Kaggle(Backend):
         requirements = kernel_requirements(spec)
         wheels = uploader.wheels(requirements) if options.no_internet else None
         if options.dry_run:
-            self.describe(uploader)
+            self.describe(uploader, job.name)
             return None
-        print(f"launch kaggle: {kaggle_quota.usage_line(service.owner, self.planned, options.quota_hours)}", flush=True)
+        print(f"launch kaggle: {self.quota_line(job.name)}", flush=True)
         print(f"launch kaggle: uploaded {uploader.bytes_uploaded} bytes of datasets", flush=True)
         datasets = [code["dataset"], *(c["dataset"] for c in carried.values() if "dataset" in c), *([wheels["dataset"]] if wheels else []),
                     *([restore["dataset"]] if restore else [])]
-        kernel = {"run_id": job.run_dir.name, "job": job.name, "job_args": job_args, "bundle": code, "inputs": carried,
-                  "requirements": requirements, "internet": not options.no_internet, "wheels": wheels,
-                  "time_budget_s": self.budget if spec.resumable else 0.0, "mixed_precision": options.mixed_precision,
-                  "restore": restore}
-        return {"options": {"poll_interval": options.poll_interval, "patience": options.patience}, "owner": service.owner,
-                "kernel_base": slugify(job.run_dir.name), "accelerator": options.accelerator, "datasets": datasets,
-                "kernel_sources": sorted({s["kernel"] for c in carried.values() for s in c.get("sources", [])}), "kernel": kernel,
-                "bytes_uploaded": uploader.bytes_uploaded, "planned_gpu_hours": round(self.planned, 2)}
+        kernel = KernelPlan(run_id=job.run_dir.name, job=job.name, job_args=job_args, bundle=code, inputs=carried,
+                            requirements=requirements, internet=not options.no_internet, wheels=wheels,
+                            time_budget_s=self.budget if spec.resumable else 0.0, mixed_precision=options.mixed_precision, restore=restore)
+        return KagglePlan(owner=service.owner, kernel_base=slugify(job.run_dir.name), accelerator=options.accelerator, datasets=datasets,
+                          kernel_sources=sorted({s["kernel"] for c in carried.values() for s in c.get("sources", [])}), kernel=kernel,
+                          bytes_uploaded=uploader.bytes_uploaded, planned_gpu_hours=round(self.planned, 2),
+                          session_limit=options.session_limit, job_args=job.args)
 
-    def describe(self, uploader: Uploader) -> None:
+    def describe(self, uploader: Uploader, job: str) -> None:
         """What ``--dry-run`` prints: uploads, kernels, waves, time and GPU hours."""
         options = self.options
         shape = ACCELERATORS[options.accelerator]
@@ -261,7 +354,7 @@ class Kaggle(Backend):
               + (f", at most {options.max_gpu_sessions} at a time: {waves} wave{'s' if waves > 1 else ''}" if shape else ""))
         print(f"  each kernel: a budget of {self.budget / 3600:.2f} h (session limit {options.session_limit / 3600:g} h), "
               f"up to {options.max_continuations} continuation(s)")
-        print(f"  {kaggle_quota.usage_line(self.service().owner, self.planned, options.quota_hours)}")
+        print(f"  {self.quota_line(job)}")
 
     def parts(self, job: Job) -> int:
         return self.options.num_kernels
@@ -270,65 +363,113 @@ class Kaggle(Backend):
         return self.options.max_continuations
 
     def slots(self, run: Run) -> int | None:
-        return self.options.max_gpu_sessions if ACCELERATORS[run.plan["accelerator"]] else None
+        return self.options.max_gpu_sessions if ACCELERATORS[KagglePlan.of(run).accelerator] else None
 
     def busy_wait(self) -> float:
         return self.options.gpu_session_wait
 
     # -- a unit -----------------------------------------------------------------------------------
     def start(self, run: Run, unit: Unit) -> None:
-        plan, record = run.plan, run.record
-        service = self.service(plan["owner"])
-        earlier = record.chain(unit.part)
-        slug = plan["kernel_base"] + (f"-s{unit.part}" if record.parts > 1 else "") + (f"-c{unit.attempt}" if unit.attempt else "")
-        kernel = {**plan["kernel"], "kernel": f"{service.owner}/{slug}", "resume": unit.resume,
-                  "resume_args": without_option(unit.args, "--time-budget"), "restore": plan["kernel"].get("restore") if not earlier else None,
-                  "slice": [unit.part, record.parts] if record.parts > 1 else None}
-        sources = [*plan["kernel_sources"], *([f"{service.owner}/{earlier[-1].handle['slug']}"] if earlier else [])]
-        for dataset in plan["datasets"]:
-            service.wait_dataset_ready(dataset.split("/", 1)[1], self.options.dataset_timeout, self.options.poll_interval or 10)
+        plan, record = KagglePlan.of(run), run.record
+        service = self.service(plan.owner)
+        saved = [earlier for earlier in record.chain(unit.part) if earlier.account.get("kernel_record")]  # sessions that ended cleanly
+        resume = unit.resume and bool(saved or plan.kernel.restore or record.continues)  # else nothing was kept: start anew
+        slug = plan.kernel_base + (f"-s{unit.part}" if record.parts > 1 else "") + (f"-c{unit.attempt}" if unit.attempt else "")
+        kernel = plan.kernel.model_copy(update={
+            "kernel": f"{service.owner}/{slug}", "resume": resume, "resume_args": without_option(unit.args, "--time-budget"),
+            "restore": None if saved else plan.kernel.restore, "slice": [unit.part, record.parts] if record.parts > 1 else None})
+        sources = [*plan.kernel_sources, *([f"{service.owner}/{KaggleHandle.of(saved[-1]).slug}"] if saved else [])]
+        for dataset in plan.datasets:
+            service.wait_dataset_ready(dataset.split("/", 1)[1], self.options.dataset_timeout)
         with tempfile.TemporaryDirectory(prefix="streamapprox-kernel-") as folder:
-            write_kernel(Path(folder), service.owner, slug, kernel, plan["accelerator"], kernel["internet"], plan["datasets"], sources)
+            write_kernel(Path(folder), service.owner, slug, kernel, plan.accelerator, kernel.internet, plan.datasets, sources)
             url = service.push_kernel(Path(folder))
-        unit.name, unit.handle = f"kernel {service.owner}/{slug}", {"slug": slug, "url": url}
+        unit.name = f"kernel {service.owner}/{slug}"
+        KaggleHandle(slug=slug, url=url, pushed_at=time.time()).store(unit)
 
     def poll(self, run: Run, unit: Unit) -> tuple[str, str]:
-        state = self.service(run.plan["owner"]).kernel_state(unit.handle["slug"])
-        unit.handle["status"] = state.status
+        handle = KaggleHandle.of(unit)
+        state = self.service(KagglePlan.of(run).owner).kernel_state(handle.slug)
+        handle.status = state.status
+        handle.store(unit)
+        if state.finished and handle.slug in self.streams:  # its last lines may still be on their way
+            self.streams[handle.slug].ended.wait(LOG_END_WAIT_S)
         return STATES.get(state.status, state.status.lower()), state.failure
 
     def log(self, run: Run, unit: Unit, offset: int) -> tuple[str, int]:
-        if unit.handle.get("status", "QUEUED") == "QUEUED":
-            return "", offset
-        text = self.service(run.plan["owner"]).kernel_log(unit.handle["slug"])
-        return text[offset:], max(len(text), offset)
+        """The kernel's log through Kaggle's logs stream, read as it grows by a thread of its own (the output listing
+        serves only a finished version's log)."""
+        handle = KaggleHandle.of(unit)
+        service = self.service(KagglePlan.of(run).owner)
+        if handle.status == "QUEUED":  # as last seen: ask again, it may have started since
+            handle.status = service.kernel_state(handle.slug).status
+            handle.store(unit)
+            if handle.status == "QUEUED":
+                return "", offset
+        stream = self.streams.get(handle.slug)
+        if stream is None:
+            stream = self.streams[handle.slug] = service.log_stream(handle.slug)
+            if handle.status in TERMINAL:
+                stream.ended.wait(LOG_END_WAIT_S)
+            else:
+                stream.grew.wait(2.0)  # what the kernel wrote so far comes first
+        if stream.ended.is_set() and stream.failure:
+            del self.streams[handle.slug]  # opened again at the next read
+            raise Unreachable(stream.failure)
+        return stream.read(offset)
+
+    def wait(self, run: Run, units: list[Unit], seconds: float) -> None:
+        """Until the next poll, or until a kernel's log stream ends (its session is over): then its state is asked at once."""
+        slugs = [KaggleHandle.of(unit).slug for unit in units]
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            ended = [slug for slug in slugs if slug in self.streams and self.streams[slug].ended.is_set() and slug not in self.woken]
+            if ended:
+                self.woken.update(ended)
+                return
+            time.sleep(min(0.2, left))
 
     def pull(self, run: Run, unit: Unit, target: Path) -> str:
-        said, unit.account["kernel_record"] = pull_kernel(self.service(run.plan["owner"]), unit.handle["slug"], run.record.run_id, target,
-                                                          whole=run.record.makes_run or unit.state != "succeeded")
+        """The kernel's run directory, log and record. A kernel that ended without its record (Kaggle stopped it at the
+        session wall, or it died before it saved) leaves nothing to trust: its outputs, kept or not, are not taken, and
+        the run stands as the last kernel that saved left it -- incomplete, to be continued from there."""
+        plan, handle = KagglePlan.of(run), KaggleHandle.of(unit)
+        service = self.service(plan.owner)
+        record = kernel_record(service, handle.slug, target)
+        if record is None and unit.state == "failed":
+            walled = time.time() - handle.pushed_at >= plan.session_limit
+            unit.exit_code = Incomplete.code
+            unit.detail = (f"Kaggle stopped it at the session limit ({plan.session_limit / 3600:g} h)" if walled else
+                           f"it ended ({unit.detail or 'ERROR'}) before it saved") + \
+                "; nothing of that session is kept: the run stands as the last kernel that saved left it"
+            return ""
+        said = pull_run(service, handle.slug, run.record.run_id, target) if run.record.makes_run or unit.state != "succeeded" else ""
+        unit.account["kernel_record"] = record
         return said
 
     def settle(self, run: Run, unit: Unit, target: Path) -> None:
         """A GPU kernel's hours into the quota ledger, once."""
-        if ACCELERATORS[run.plan["accelerator"]] and "gpu_hours" not in unit.account:
-            kernel = {"slug": unit.handle["slug"], "pushed_at": unit.started_at, "finished_at": unit.finished_at}
-            hours = kaggle_quota.record_kernel(run.plan["owner"], kernel, run.record.run_id, run.plan["accelerator"],
+        plan = KagglePlan.of(run)
+        if ACCELERATORS[plan.accelerator] and "gpu_hours" not in unit.account:
+            kernel = {"slug": KaggleHandle.of(unit).slug, "part": unit.part, "pushed_at": unit.started_at, "finished_at": unit.finished_at}
+            hours = kaggle_quota.record_kernel(plan.owner, kernel, run.record.run_id, run.record.job, plan.accelerator,
                                                unit.account.get("kernel_record"))
             unit.account["gpu_hours"] = round(hours, 4)
 
     def stop(self, run: Run, unit: Unit) -> str:
         raise LaunchError(f"Kaggle's API cannot stop a kernel (the kaggle package has no cancel; Kaggle's own CancelKernelSession "
-                          f"needs a session id no public answer gives): stop {unit.name} on its page, {unit.handle['url']}")
+                          f"needs a session id no public answer gives): stop {unit.name} on its page, {KaggleHandle.of(unit).url}")
 
     def finished(self, run: Run) -> None:
         """After an extraction: how to train on its shards where they are, without downloading them."""
         if run.record.job != "extract":
             return
-        last = [run.record.chain(part)[-1].handle["slug"] for part in range(run.record.parts)]
-        urls = ",".join(f"kaggle://{run.plan['owner']}/{slug}/{run.record.run_id}/shards" for slug in last)
+        plan = KagglePlan.of(run)
+        last = [KaggleHandle.of(run.record.chain(part)[-1]).slug for part in range(run.record.parts)]
+        urls = ",".join(f"kaggle://{plan.owner}/{slug}/{run.record.run_id}/shards" for slug in last)
         print(f"launch kaggle: train on these shards on Kaggle without moving them: launch kaggle train_mlp --set data.shards={urls}",
               flush=True)
 
     def where(self, run: Run) -> str:
-        plan = run.plan
-        return f"Kaggle as {plan['owner']} ({run.record.parts} x {plan['accelerator']})"
+        plan = KagglePlan.of(run)
+        return f"Kaggle as {plan.owner} ({run.record.parts} x {plan.accelerator})"

@@ -12,12 +12,13 @@ import platform
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from jobs import JOBS
 from launch.accelerate import Command, Devices, UnknownConfig, bundled_configs, job_command, resolve_config
-from launch.backends.base import Backend, Job, Run
-from launch.compute.unit import exit_code, restore_signals, run_supervised, supervise
+from launch.backends.base import Backend, BackendOptions, Handle, Job, Plan, Run
+from launch.compute.unit import Supervised, exit_code, restore_signals, run_supervised, supervise
 from launch.errors import LaunchError
 from launch.inputs import job_check
 from launch.record import Unit
@@ -25,7 +26,7 @@ from launch.record import Unit
 UNIT_MODULE = "launch.compute.unit"
 
 
-def unit_files(run_dir: Path, unit: Unit, rank: int = 0) -> str:
+def unit_files(run_dir: Path | str, unit: Unit, rank: int = 0) -> str:
     """Where a unit's log, exit code and pid go, in the run directory (a rank's own files: ``-rank<k>.``)."""
     return f"{run_dir}/logs/unit-a{unit.attempt}-rank{rank}"
 
@@ -40,6 +41,23 @@ def read_from(path: Path, offset: int) -> tuple[str, int]:
     return data.decode(errors="replace"), offset + len(data)
 
 
+@dataclass
+class LocalOptions(BackendOptions):
+    accelerate_config: str | None = None  # a file or bundled name; None: accelerate_config.yaml
+    num_processes: int | None = None  # None: as the accelerate config says
+
+
+class LocalPlan(Plan):
+    accelerate_config: str
+    num_processes: int | None = None
+
+
+class LocalHandle(Handle):
+    pid: int
+    host: str  # the machine whose process it is: only there can it be asked or stopped
+    files: str  # the prefix of its log, exit code and pid files (``unit_files``)
+
+
 def alive(pid: int) -> bool:
     """``pid`` is a unit runner on this machine."""
     try:
@@ -51,12 +69,14 @@ def alive(pid: int) -> bool:
 class Local(Backend):
     name = "local"
     help = "this machine, under accelerate launch (the default: one CPU process)"
+    Options = LocalOptions
+    options: LocalOptions
     sends_code = False
     poll_interval = 0.5
 
-    def __init__(self, options: argparse.Namespace):
+    def __init__(self, options: BackendOptions):
         super().__init__(options)
-        self.attached: dict[tuple[int, int], subprocess.Popen] = {}
+        self.attached: dict[tuple[int, int], Supervised] = {}
         self.echoed: set[tuple[int, int]] = set()  # units whose output went to this terminal as they ran
 
     @classmethod
@@ -68,12 +88,12 @@ class Local(Backend):
 
     def config(self) -> Path:
         try:
-            return resolve_config(getattr(self.options, "accelerate_config", None))
+            return resolve_config(self.options.accelerate_config)
         except UnknownConfig as exc:
             raise LaunchError(str(exc)) from None
 
     def command(self, module: str, args: list[str], distributed: bool) -> Command:
-        processes = getattr(self.options, "num_processes", None)
+        processes = self.options.num_processes
         return job_command(sys.executable, module, args, distributed, Devices(per_node=processes) if processes else None,
                            config_file=self.config())
 
@@ -81,8 +101,10 @@ class Local(Backend):
     def env(command: Command) -> dict:
         return {**os.environ, **command.env, "STREAMAPPROX_BACKEND": "local", "PYTHONUNBUFFERED": "1"}
 
-    def run_here(self, name: str, job_args: list[str]) -> int:
+    def run_here(self, name: str, job_args: list[str]) -> int | None:
         """A job that makes no run directory (evaluate) runs in the foreground, its output and exit code its own."""
+        if self.options.detach:
+            raise LaunchError(f"--detach: {name} makes no run directory to follow; run it in the foreground")
         spec = JOBS[name]
         job_check(spec, job_args)
         command = self.command(spec.module, job_args, spec.distributed)
@@ -91,15 +113,15 @@ class Local(Backend):
     def prepare(self, job: Job) -> None:
         self.config()
 
-    def stage(self, job: Job, bundle) -> dict:
-        return {"options": {"accelerate_config": str(self.config()), "num_processes": getattr(self.options, "num_processes", None)}}
+    def stage(self, job: Job, bundle: object) -> LocalPlan:
+        return LocalPlan(accelerate_config=str(self.config()), num_processes=self.options.num_processes, job_args=job.args)
 
     def start(self, run: Run, unit: Unit) -> None:
         spec = run.spec
         command = self.command(spec.module, run.arguments(unit, str(run.dir)), spec.distributed)
         files = unit_files(run.dir.resolve(), unit)
         print(f"launch local: {' '.join(command.argv)}", flush=True)
-        detach = getattr(self.options, "detach", False)
+        detach = self.options.detach
         wrapper = [sys.executable, "-m", UNIT_MODULE, "--files", files, *([] if detach else ["--echo"]), "--", *command.argv]
         if detach:  # on its own: a session of its own, no terminal, nothing tying it to this process
             process = subprocess.Popen(wrapper, env=self.env(command), start_new_session=True, stdin=subprocess.DEVNULL,
@@ -108,7 +130,19 @@ class Local(Backend):
             process = supervise(wrapper, self.env(command))
             self.attached[(unit.part, unit.attempt)] = process
             self.echoed.add((unit.part, unit.attempt))
-        unit.name, unit.handle = f"pid {process.pid}", {"pid": process.pid, "host": platform.node(), "files": files}
+        unit.name = f"pid {process.pid}"
+        LocalHandle(pid=process.pid, host=platform.node(), files=files).store(unit)
+
+    def wait(self, run: Run, units: list[Unit], seconds: float) -> None:
+        """A job started from this launcher is waited on itself: its end is seen at once."""
+        attached = [self.attached[key] for key in ((unit.part, unit.attempt) for unit in units) if key in self.attached]
+        if len(attached) != 1:
+            super().wait(run, units, seconds)
+            return
+        try:
+            attached[0].wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            pass
 
     def poll(self, run: Run, unit: Unit) -> tuple[str, str]:
         process = self.attached.get((unit.part, unit.attempt))
@@ -120,10 +154,11 @@ class Local(Backend):
             del self.attached[(unit.part, unit.attempt)]
             code = exit_code(code)
         else:
-            done = Path(unit.handle["files"] + ".exit")
+            handle = LocalHandle.of(unit)
+            done = Path(handle.files + ".exit")
             if done.is_file():
                 code = int(done.read_text().strip() or 1)
-            elif unit.handle.get("host") == platform.node() and alive(unit.handle["pid"]):
+            elif handle.host == platform.node() and alive(handle.pid):
                 return "running", ""
             else:
                 return "lost", "its process is gone and left no exit code"
@@ -131,7 +166,7 @@ class Local(Backend):
         return ("succeeded", "") if code == 0 else ("failed", f"exit {code}")
 
     def log(self, run: Run, unit: Unit, offset: int) -> tuple[str, int]:
-        return read_from(Path(unit.handle["files"] + ".log"), offset)
+        return read_from(Path(LocalHandle.of(unit).files + ".log"), offset)
 
     def echoes(self, unit: Unit) -> bool:
         return (unit.part, unit.attempt) in self.echoed
@@ -140,10 +175,10 @@ class Local(Backend):
         return ""  # the run directory is here already
 
     def stop(self, run: Run, unit: Unit) -> str:
-        pid = unit.handle.get("pid")
-        if unit.handle.get("host") != platform.node():
-            raise LaunchError(f"{unit.name} runs on {unit.handle.get('host')}, not this machine; stop it there")
-        if not pid or not alive(pid):
+        handle = LocalHandle.of(unit)
+        if handle.host != platform.node():
+            raise LaunchError(f"{unit.name} runs on {handle.host}, not this machine; stop it there")
+        if not alive(handle.pid):
             return "not running"
-        os.killpg(pid, signal.SIGTERM)  # the unit runner leads its group; it passes the signal on to the job
+        os.killpg(handle.pid, signal.SIGTERM)  # the unit runner leads its group; it passes the signal on to the job
         return f"stop requested (SIGTERM to {unit.name})"

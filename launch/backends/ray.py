@@ -16,12 +16,16 @@ import os
 import secrets
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from data_shards.files import cache_root
 from jobs import JOBS
 from launch.accelerate import PRECISIONS
-from launch.backends.base import Backend, Job, Run
+from pydantic import BaseModel
+
+from launch.backends.base import Backend, BackendOptions, Handle, Job, Plan, Run
+from launch.bundle import Bundle
 from launch.compute.ray_storage import RAY_STATE
 from launch.errors import Incomplete, LaunchError
 from launch.record import Unit
@@ -30,33 +34,81 @@ from launch.transports.ray_jobs import RayJobs
 PROBE_WAIT_S = 300
 
 
+@dataclass
+class RayOptions(BackendOptions):
+    address: str | None = None  # None: $RAY_JOBS_ADDRESS
+    storage: str | None = None
+    entrypoint_num_cpus: float | None = None  # None: the job's own
+    entrypoint_num_gpus: float = 0
+    num_workers: int | None = None  # None: no Ray Train
+    gpus_per_worker: float = 0
+    cpus_per_worker: float = 1
+    placement_strategy: str = "PACK"
+    max_failures: int = 2
+    mixed_precision: str = "auto"
+
+
+class RayTrain(BaseModel):
+    """Training across the cluster's nodes with Ray Train (``--num-workers``)."""
+
+    workers: int
+    gpus_per_worker: float
+    cpus_per_worker: float
+    placement_strategy: str
+    max_failures: int
+
+
+class RayPlan(Plan):
+    address: str
+    storage: str  # the run's own place in --storage
+    working_dir: str  # the code bundle as the jobs' runtime_env
+    bundle: str
+    cpus: float
+    gpus: float
+    precision: str
+    train: RayTrain | None = None
+
+
+class RayHandle(Handle):
+    submission_id: str
+
+
 class Ray(Backend):
     name = "ray"
     help = "a Ray cluster through Ray Jobs (--address http://HEAD:8265 --storage URL); the run comes back to ./runs"
+    Options = RayOptions
+    options: RayOptions
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        defaults = RayOptions()
         parser.add_argument("--address", default=os.environ.get("RAY_JOBS_ADDRESS"),
                             help="the cluster's dashboard / Jobs API, e.g. http://HEAD:8265 (default: $RAY_JOBS_ADDRESS)")
         parser.add_argument("--storage",
                             help="where the cluster writes the run directory: s3://BUCKET/PREFIX, or an absolute path every node "
                             "(and you) mount; sweeps and --num-workers persist through Ray there, from every node")
         parser.add_argument("--entrypoint-num-cpus", type=float, help="CPUs reserved for the job's driver (default: the job's)")
-        parser.add_argument("--entrypoint-num-gpus", type=float, default=0,
+        parser.add_argument("--entrypoint-num-gpus", type=float, default=defaults.entrypoint_num_gpus,
                             help="GPUs for the job's driver; a distributed job runs one process per GPU")
         parser.add_argument("--num-workers", type=int,
                             help="train across the cluster: N Ray Train workers (on several nodes if needed), one process each")
-        parser.add_argument("--gpus-per-worker", type=float, default=0, help="with --num-workers: GPUs per worker (default 0: CPU)")
-        parser.add_argument("--cpus-per-worker", type=float, default=1, help="with --num-workers: CPUs per worker (default 1)")
-        parser.add_argument("--placement-strategy", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"), default="PACK",
+        parser.add_argument("--gpus-per-worker", type=float, default=defaults.gpus_per_worker,
+                            help="with --num-workers: GPUs per worker (default 0: CPU)")
+        parser.add_argument("--cpus-per-worker", type=float, default=defaults.cpus_per_worker,
+                            help="with --num-workers: CPUs per worker (default 1)")
+        parser.add_argument("--placement-strategy", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"), default=defaults.placement_strategy,
                             help="with --num-workers: how Ray places the workers (PACK: as few nodes as possible; SPREAD: across nodes)")
-        parser.add_argument("--max-failures", type=int, default=2,
+        parser.add_argument("--max-failures", type=int, default=defaults.max_failures,
                             help="with --num-workers: restarts of the worker group (from the last epoch's checkpoint) after a failure")
-        parser.add_argument("--mixed-precision", choices=PRECISIONS, default="auto",
+        parser.add_argument("--mixed-precision", choices=PRECISIONS, default=defaults.mixed_precision,
                             help="auto: bf16 on GPUs that have it, fp16 on others, none on CPU")
 
+    def __init__(self, options: BackendOptions):
+        super().__init__(options)
+        self._jobs: RayJobs | None = None
+
     def jobs(self, address: str) -> RayJobs:
-        if getattr(self, "_jobs", None) is None or self._jobs.address != address:
+        if self._jobs is None or self._jobs.address != address:
             self._jobs = RayJobs(address)
         return self._jobs
 
@@ -75,8 +127,9 @@ class Ray(Backend):
         self.jobs(options.address)
 
     # -- sending ----------------------------------------------------------------------------------
-    def stage(self, job: Job, bundle) -> dict:
+    def stage(self, job: Job, bundle: Bundle | None) -> RayPlan:
         options = self.options
+        assert bundle is not None and options.address and options.storage  # sends_code; prepare refused them missing
         self.check_inputs(job)
         working_dir = bundle.write(cache_root() / "ray" / f"bundle-{bundle.digest[:16]}")
         storage_run = f"{options.storage.rstrip('/')}/{job.run_dir.name}"
@@ -92,12 +145,10 @@ class Ray(Backend):
         cpus = options.entrypoint_num_cpus
         if cpus is None:
             cpus = 0 if options.num_workers else job.spec.driver_cpus
-        return {"options": {"poll_interval": options.poll_interval, "patience": options.patience}, "address": options.address,
-                "storage": storage_run, "working_dir": str(working_dir), "bundle": bundle.digest, "cpus": cpus,
-                "gpus": options.entrypoint_num_gpus, "precision": options.mixed_precision, "job_args": job.args,
-                "train": {"workers": options.num_workers, "gpus_per_worker": options.gpus_per_worker,
-                          "cpus_per_worker": options.cpus_per_worker, "placement_strategy": options.placement_strategy,
-                          "max_failures": options.max_failures} if options.num_workers else None}
+        train = RayTrain(workers=options.num_workers, gpus_per_worker=options.gpus_per_worker, cpus_per_worker=options.cpus_per_worker,
+                         placement_strategy=options.placement_strategy, max_failures=options.max_failures) if options.num_workers else None
+        return RayPlan(address=options.address, storage=storage_run, working_dir=str(working_dir), bundle=bundle.digest, cpus=cpus,
+                       gpus=options.entrypoint_num_gpus, precision=options.mixed_precision, job_args=job.args, train=train)
 
     @staticmethod
     def check_inputs(job: Job) -> None:
@@ -115,6 +166,7 @@ class Ray(Backend):
         every node: a path there must be a filesystem every node mounts. A probe job writes a marker in the storage
         path and asks every alive node whether it sees it and the input paths, before the job itself is submitted."""
         options = self.options
+        assert options.address and options.storage  # prepare refused them missing
         storage = None if "://" in options.storage else options.storage.rstrip("/")
         paths = {key: spec.location for key, spec in job.inputs.items() if not spec.regenerable and "://" not in spec.location}
         if storage is None and not paths:
@@ -141,56 +193,56 @@ class Ray(Backend):
 
     # -- a unit -----------------------------------------------------------------------------------
     def entrypoint(self, run: Run, unit: Unit) -> str:
-        plan, spec = run.plan, run.spec
+        plan, spec = RayPlan.of(run), run.spec
         run_rel = f"runs/{run.record.run_id}"
         args = run.arguments(unit, run_rel)
         if spec.storage_arg:  # the job persists through Ray itself (a sweep), and restores from there on --resume
-            args += ["--storage", plan["storage"]]
-        entry = ["python", "-m", "launch.compute.ray_entry", "--run-dir", run_rel, "--storage", plan["storage"], "--module", spec.module,
-                 "--mixed-precision", plan["precision"], *(["--restore"] if unit.resume and not spec.storage_arg else [])]
-        train = plan.get("train")
+            args += ["--storage", plan.storage]
+        entry = ["python", "-m", "launch.compute.ray_entry", "--run-dir", run_rel, "--storage", plan.storage, "--module", spec.module,
+                 "--mixed-precision", plan.precision, *(["--restore"] if unit.resume and not spec.storage_arg else [])]
+        train = plan.train
         if train:
-            entry += ["--train-workers", str(train["workers"]), "--gpus-per-worker", str(train["gpus_per_worker"]),
-                      "--cpus-per-worker", str(train["cpus_per_worker"]), "--placement-strategy", train["placement_strategy"],
-                      "--max-failures", str(train["max_failures"])]
+            entry += ["--train-workers", str(train.workers), "--gpus-per-worker", str(train.gpus_per_worker),
+                      "--cpus-per-worker", str(train.cpus_per_worker), "--placement-strategy", train.placement_strategy,
+                      "--max-failures", str(train.max_failures)]
         elif spec.distributed:
-            entry += ["--distributed", "--processes", str(max(int(plan["gpus"]), 1))]
+            entry += ["--distributed", "--processes", str(max(int(plan.gpus), 1))]
         return " ".join(shlex.quote(a) for a in [*entry, "--", *args])
 
     def start(self, run: Run, unit: Unit) -> None:
-        plan = run.plan
-        if not Path(plan["working_dir"], "BUNDLE.json").is_file():
-            raise LaunchError(f"{plan['working_dir']}: the code bundle this run was sent with is gone from the cache; start a new run")
+        plan = RayPlan.of(run)
+        if not Path(plan.working_dir, "BUNDLE.json").is_file():
+            raise LaunchError(f"{plan.working_dir}: the code bundle this run was sent with is gone from the cache; start a new run")
         submission = run.record.run_id.replace("-", "_") + (f"_p{unit.part}" if run.record.parts > 1 else "") + \
             (f"_r{unit.attempt}" if unit.attempt else "")
-        unit.name = self.jobs(plan["address"]).submit(self.entrypoint(run, unit), submission, plan["cpus"], plan["gpus"],
-                                                      plan["working_dir"], {"streamapprox_job": run.record.job,
-                                                                            "bundle": plan["bundle"][:16]})
-        unit.handle = {"submission_id": unit.name}
+        unit.name = self.jobs(plan.address).submit(self.entrypoint(run, unit), submission, plan.cpus, plan.gpus, plan.working_dir,
+                                                   {"streamapprox_job": run.record.job, "bundle": plan.bundle[:16]})
+        RayHandle(submission_id=unit.name).store(unit)
 
     def poll(self, run: Run, unit: Unit) -> tuple[str, str]:
-        state, detail = self.jobs(run.plan["address"]).state(unit.handle["submission_id"])
-        return state, detail
+        return self.jobs(RayPlan.of(run).address).state(RayHandle.of(unit).submission_id)
 
     def log(self, run: Run, unit: Unit, offset: int) -> tuple[str, int]:
-        text = self.jobs(run.plan["address"]).logs(unit.handle["submission_id"])
+        text = self.jobs(RayPlan.of(run).address).logs(RayHandle.of(unit).submission_id)
         return text[offset:], len(text)
 
     def pull(self, run: Run, unit: Unit, target: Path) -> str:
         """The run directory from storage, without Ray's own state (``launch pull STORAGE_URL/<run-id> --only all`` brings it)."""
         from sync import SyncError, sync
 
+        storage = RayPlan.of(run).storage
         try:
-            return sync(run.plan["storage"], str(target), select=carried).summary()
+            return sync(storage, str(target), select=carried).summary()
         except SyncError as exc:
-            raise Incomplete(f"pulling {run.plan['storage']}: {exc}") from None
+            raise Incomplete(f"pulling {storage}: {exc}") from None
 
     def stop(self, run: Run, unit: Unit) -> str:
-        stopped = self.jobs(run.plan["address"]).stop(unit.handle["submission_id"])
+        stopped = self.jobs(RayPlan.of(run).address).stop(RayHandle.of(unit).submission_id)
         return "stop requested" if stopped else "already finished"
 
     def where(self, run: Run) -> str:
-        return f"{run.plan['address']} (the run goes to {run.plan['storage']})"
+        plan = RayPlan.of(run)
+        return f"{plan.address} (the run goes to {plan.storage})"
 
 
 def carried(entries: dict) -> dict:

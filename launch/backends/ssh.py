@@ -14,13 +14,16 @@ import json
 import os
 import shlex
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from data_shards.files import cache_root
 from jobs import JOBS
 from jobs.contract import rank_owner
 from launch.accelerate import PRECISIONS, Devices, job_command
-from launch.backends.base import Backend, Job, Run, unit_arguments
+from launch.backends.base import Backend, BackendOptions, Handle, Job, Plan, Run, unit_arguments
+from launch.bundle import Bundle
 from launch.backends.local import unit_files
 from launch.errors import Incomplete, LaunchError
 from launch.inputs import staged_form
@@ -30,31 +33,68 @@ from launch.transports.ssh import Host, find_python, prepare_python
 LEFT_BEHIND = ("launch.json", ".lock", "logs/heartbeat.json", "logs/unit-*")  # each machine's own, never carried
 
 
+@dataclass
+class SshOptions(BackendOptions):
+    host: list[str] = field(default_factory=list)
+    python: str = "python3"
+    venv: bool = False
+    venv_system_site_packages: bool = False
+    gpus_per_node: int | None = None  # None: the GPUs the node has (1 on CPU)
+    remote_dir: str = "streamapprox"
+    ssh_config: str | None = None
+    main_address: str | None = None  # None: the first host's HostName
+    main_port: int = 29500
+    mixed_precision: str = "auto"
+
+
+class SshPlan(Plan):
+    hosts: list[str]
+    ssh_config: str | None = None
+    root: str  # the remote directory, resolved on the hosts
+    code: str
+    pythons: list[str]  # each host's interpreter (a venv's, with --venv)
+    remote_run: str
+    gpus: list[dict[str, Any]]  # the first host's, as jobs.hardware reports them
+    per_node: int
+    precision: str
+    main: str
+    main_port: int
+    bundle: str
+
+
+class SshHandle(Handle):
+    pids: list[int]  # each node's unit runner
+    files: list[str]  # each node's log/exit/pid prefix
+
+
 class Ssh(Backend):
     name = "ssh"
     help = "machines over SSH (--host, repeat for more nodes; they need share no disk), one accelerate launch per node"
+    Options = SshOptions
+    options: SshOptions
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        defaults = SshOptions()
         parser.add_argument("--host", action="append", required=True, metavar="[USER@]HOST[:PORT]",
                             help="a machine (an alias from your SSH config works); repeat for more nodes, the first is the main one")
-        parser.add_argument("--python", default="python3", help="the remote interpreter (default: python3 on the PATH)")
+        parser.add_argument("--python", default=defaults.python, help="the remote interpreter (default: python3 on the PATH)")
         parser.add_argument("--venv", action="store_true",
                             help="create (once) and use a venv on each host from the project's pinned requirements")
         parser.add_argument("--venv-system-site-packages", action="store_true",
                             help="let that venv see the --python interpreter's packages (images that ship torch)")
         parser.add_argument("--gpus-per-node", type=int, help="processes per node (default: the GPUs the node has; 1 on CPU)")
-        parser.add_argument("--remote-dir", default="streamapprox", help="working directory on each host (relative to home)")
+        parser.add_argument("--remote-dir", default=defaults.remote_dir, help="working directory on each host (relative to home)")
         parser.add_argument("--ssh-config", help="an ssh_config file to use instead of ~/.ssh/config")
         parser.add_argument("--main-address", help="address the other nodes reach the first host at (default: its HostName)")
-        parser.add_argument("--main-port", type=int, default=29500, help="torch.distributed rendezvous port on the first host")
-        parser.add_argument("--mixed-precision", choices=PRECISIONS, default="auto",
+        parser.add_argument("--main-port", type=int, default=defaults.main_port, help="torch.distributed rendezvous port on the first host")
+        parser.add_argument("--mixed-precision", choices=PRECISIONS, default=defaults.mixed_precision,
                             help="auto: fp16 on GPUs without bf16, bf16 on newer ones, none on CPU")
 
-    def hosts(self, plan: dict) -> list[Host]:
-        if plan.get("ssh_config"):
-            os.environ["STREAMAPPROX_SSH_CONFIG"] = plan["ssh_config"]  # how sync's ssh:// store finds it
-        return [Host(name, plan.get("ssh_config")) for name in plan["hosts"]]
+    def hosts(self, plan: SshPlan) -> list[Host]:
+        if plan.ssh_config:
+            os.environ["STREAMAPPROX_SSH_CONFIG"] = plan.ssh_config  # how sync's ssh:// store finds it
+        return [Host(name, plan.ssh_config) for name in plan.hosts]
 
     # -- before anything is sent ------------------------------------------------------------------
     def prepare(self, job: Job) -> None:
@@ -76,7 +116,8 @@ class Ssh(Backend):
         self.root = roots[0]
 
     # -- sending ----------------------------------------------------------------------------------
-    def stage(self, job: Job, bundle) -> dict:
+    def stage(self, job: Job, bundle: Bundle | None) -> SshPlan:
+        assert bundle is not None  # sends_code
         options, root = self.options, self.root
         hosts = [Host(name, options.ssh_config) for name in options.host]
         staged = bundle.write(cache_root() / "ssh" / "bundle")
@@ -91,11 +132,10 @@ class Ssh(Backend):
             self.send_run(hosts, job.run_dir, remote_run)
         probe = hosts[0].run(f"cd {code} && PYTHONPATH={code} {pythons[0]} -m jobs.hardware", what="probing the hardware")
         gpus = json.loads(probe.strip().splitlines()[-1])["gpus"]
-        plan = {"options": {"poll_interval": options.poll_interval, "patience": options.patience}, "hosts": options.host,
-                "ssh_config": options.ssh_config, "root": root, "code": code, "pythons": pythons, "remote_run": remote_run,
-                "gpus": gpus, "per_node": options.gpus_per_node or max(len(gpus), 1), "precision": options.mixed_precision,
-                "main": options.main_address or hosts[0].address(), "main_port": options.main_port, "bundle": bundle.digest,
-                "relocated": relocated, "job_args": job.args}
+        plan = SshPlan(hosts=options.host, ssh_config=options.ssh_config, root=root, code=code, pythons=pythons, remote_run=remote_run,
+                       gpus=gpus, per_node=options.gpus_per_node or max(len(gpus), 1), precision=options.mixed_precision,
+                       main=options.main_address or hosts[0].address(), main_port=options.main_port, bundle=bundle.digest,
+                       relocated=relocated, job_args=job.args)
         if job.spec.checkable:  # the job's own check where it will run: its inputs as they arrived there
             args = unit_arguments(job.spec, plan, 1, Unit(resume=job.resume), remote_run)
             hosts[0].run(f"cd {code} && PYTHONPATH={code} {pythons[0]} -m {job.spec.module} {' '.join(map(shlex.quote, args))} --check",
@@ -132,29 +172,30 @@ class Ssh(Backend):
 
     # -- a unit -----------------------------------------------------------------------------------
     def start(self, run: Run, unit: Unit) -> None:
-        plan = run.plan
+        plan = SshPlan.of(run)
         hosts = self.hosts(plan)
         if unit.resume and unit.attempt:  # a continuation: every node gets the run as it came back here
-            self.send_run(hosts, run.dir, plan["remote_run"])
-        spec, args = run.spec, run.arguments(unit, plan["remote_run"])
+            self.send_run(hosts, run.dir, plan.remote_run)
+        spec, args = run.spec, run.arguments(unit, plan.remote_run)
         pids, files = [], []
-        for node, (host, python) in enumerate(zip(hosts, plan["pythons"])):
-            devices = Devices(plan["gpus"], plan["per_node"], len(hosts), node, plan["main"], plan["main_port"])
-            command = job_command(python, spec.module, args, spec.distributed, devices, plan["precision"])
-            prefix = unit_files(plan["remote_run"], unit, node * plan["per_node"])  # named by its first rank
-            env = {"STREAMAPPROX_BACKEND": "ssh", "PYTHONPATH": plan["code"], "PYTHONUNBUFFERED": "1", **command.env}
+        for node, (host, python) in enumerate(zip(hosts, plan.pythons)):
+            devices = Devices(plan.gpus, plan.per_node, len(hosts), node, plan.main, plan.main_port)
+            command = job_command(python, spec.module, args, spec.distributed, devices, plan.precision)
+            prefix = unit_files(plan.remote_run, unit, node * plan.per_node)  # named by its first rank
+            env = {"STREAMAPPROX_BACKEND": "ssh", "PYTHONPATH": plan.code, "PYTHONUNBUFFERED": "1", **command.env}
             runner = [python, "-m", "launch.compute.unit", "--files", prefix, "--", *command.argv]
-            pid = host.run(f"mkdir -p {plan['remote_run']}/logs && cd {plan['code']} || exit 1; "
+            pid = host.run(f"mkdir -p {plan.remote_run}/logs && cd {plan.code} || exit 1; "
                            f"env {' '.join(f'{k}={shlex.quote(v)}' for k, v in env.items())} setsid nohup "
                            f"{' '.join(map(shlex.quote, runner))} > /dev/null 2>&1 < /dev/null & echo $!", what="starting the job")
             pids.append(int(pid.strip().splitlines()[-1]))
             files.append(prefix)
-        unit.name = f"{'+'.join(plan['hosts'])}:{plan['remote_run']} (attempt {unit.attempt})"
-        unit.handle = {"pids": pids, "files": files}
+        unit.name = f"{'+'.join(plan.hosts)}:{plan.remote_run} (attempt {unit.attempt})"
+        SshHandle(pids=pids, files=files).store(unit)
 
     def poll(self, run: Run, unit: Unit) -> tuple[str, str]:
         states = []
-        for host, pid, prefix in zip(self.hosts(run.plan), unit.handle["pids"], unit.handle["files"]):
+        handle = SshHandle.of(unit)
+        for host, pid, prefix in zip(self.hosts(SshPlan.of(run)), handle.pids, handle.files):
             states.append(host.run(f"cat {prefix}.exit 2>/dev/null | sed 's/^/exit /' | grep . || "
                                    f"(kill -0 {pid} 2>/dev/null && echo running || echo lost)", what="asking for status").strip())
         if "running" in states:
@@ -166,8 +207,8 @@ class Ssh(Backend):
         return ("succeeded", "") if not unit.exit_code else ("failed", ", ".join(f"node {r}: exit {c}" for r, c in enumerate(codes)))
 
     def log(self, run: Run, unit: Unit, offset: int) -> tuple[str, int]:
-        host = self.hosts(run.plan)[0]
-        text = host.run(f"tail -c +{offset + 1} {unit.handle['files'][0]}.log 2>/dev/null || true", what="reading the log")
+        host = self.hosts(SshPlan.of(run))[0]
+        text = host.run(f"tail -c +{offset + 1} {SshHandle.of(unit).files[0]}.log 2>/dev/null || true", what="reading the log")
         return text, offset + len(text.encode())
 
     def pull(self, run: Run, unit: Unit, target: Path) -> str:
@@ -176,25 +217,26 @@ class Ssh(Backend):
         from sync import SyncError, sync
 
         reports = []
-        self.hosts(run.plan)
-        for node, name in enumerate(run.plan["hosts"]):
+        plan = SshPlan.of(run)
+        self.hosts(plan)
+        for node, name in enumerate(plan.hosts):
             def select(entries: dict, node: int = node) -> dict:  # what this node's processes wrote themselves
-                return {rel: entry for rel, entry in entries.items() if rank_owner(rel) // run.plan["per_node"] == node}
+                return {rel: entry for rel, entry in entries.items() if rank_owner(rel) // plan.per_node == node}
 
             try:
-                reports.append(sync(f"ssh://{name}{run.plan['remote_run']}", str(target), select=select).summary())
+                reports.append(sync(f"ssh://{name}{plan.remote_run}", str(target), select=select).summary())
             except SyncError as exc:
-                raise Incomplete(f"pulling {name}:{run.plan['remote_run']}: {exc}") from None
+                raise Incomplete(f"pulling {name}:{plan.remote_run}: {exc}") from None
         return "\n".join(reports)
 
     def stop(self, run: Run, unit: Unit) -> str:
         """SIGTERM to each node's unit runner (setsid made it a group leader); it passes it on to the job."""
         said = []
-        for host, pid in zip(self.hosts(run.plan), unit.handle["pids"]):
+        for host, pid in zip(self.hosts(SshPlan.of(run)), SshHandle.of(unit).pids):
             said.append(f"{host.name}: " + host.run(f"kill -TERM -- -{pid} 2>/dev/null && echo 'stop requested' || echo 'not running'").strip())
         return "; ".join(said)
 
     def where(self, run: Run) -> str:
-        plan = run.plan
-        return f"{', '.join(plan['hosts'])} ({len(plan['hosts']) * plan['per_node']} processes; run directory {plan['remote_run']})"
+        plan = SshPlan.of(run)
+        return f"{', '.join(plan.hosts)} ({len(plan.hosts) * plan.per_node} processes; run directory {plan.remote_run})"
 

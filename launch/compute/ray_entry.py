@@ -59,7 +59,7 @@ def check_reach(storage: str | None, inputs: list[str]) -> int:
     blind: dict[str, list[str]] = {}
     for node, lacking in zip(nodes, answers):
         for path in lacking:
-            blind.setdefault(storage if marker and path == str(marker) else path, []).append(node)
+            blind.setdefault(storage if storage and path == str(marker) else path, []).append(node)
     print(json.dumps({"nodes": len(nodes), "blind": blind}), flush=True)
     return 0
 

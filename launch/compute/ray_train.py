@@ -108,10 +108,13 @@ def fit(module: str, argv: list[str], run_dir: Path, storage, workers: int, gpus
     result = trainer.fit()
     if result.error:
         raise RuntimeError(f"Ray Train: {result.error}")
+    checkpoint = result.checkpoint
+    if checkpoint is None:
+        raise RuntimeError("Ray Train: the workers ended without reporting a checkpoint")
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    result.checkpoint.to_directory(str(run_dir))
+    checkpoint.to_directory(str(run_dir))
     (run_dir / "logs").mkdir(exist_ok=True)
     (run_dir / "logs" / "ray-train.json").write_text(json.dumps({"workers": workers, "placement_strategy": placement_strategy,
-                                                                 "checkpoint": result.checkpoint.path}, indent=2) + "\n")
+                                                                 "checkpoint": checkpoint.path}, indent=2) + "\n")
     return run_dir

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any, BinaryIO
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -30,10 +31,16 @@ def die_with_parent() -> None:
         pass
 
 
-def supervise(command: list[str], env: dict | None = None, **popen) -> subprocess.Popen:
+class Supervised(subprocess.Popen):
+    """A process this one passes its signals on to, with the handlers it replaced (``restore_signals`` puts them back)."""
+
+    previous_handlers: dict[int, Any] = {}
+
+
+def supervise(command: list[str], env: dict | None = None, **popen: Any) -> Supervised:
     """Start ``command`` as the leader of its own process group and pass on every Ctrl-C, SIGTERM and SIGHUP this
     process gets, once; returns the process (wait on it, then call ``restore_signals``)."""
-    process = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=die_with_parent, **popen)
+    process = Supervised(command, env=env, start_new_session=True, preexec_fn=die_with_parent, **popen)
 
     def forward(signum, frame) -> None:
         try:
@@ -45,8 +52,8 @@ def supervise(command: list[str], env: dict | None = None, **popen) -> subproces
     return process
 
 
-def restore_signals(process: subprocess.Popen) -> None:
-    for signum, handler in getattr(process, "previous_handlers", {}).items():
+def restore_signals(process: Supervised) -> None:
+    for signum, handler in process.previous_handlers.items():
         signal.signal(signum, handler)
 
 
@@ -79,6 +86,7 @@ class Log:
 
     def __init__(self, path: Path):
         self.lock = threading.Lock()
+        self.handle: BinaryIO | None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.handle = open(path, "ab", buffering=0)

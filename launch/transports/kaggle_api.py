@@ -1,16 +1,19 @@
-"""The Kaggle calls ``launch kaggle`` makes, through the ``kaggle`` package (uploads, kernel push)
-and its ``kagglesdk`` client (status, outputs), under the one retry policy of ``sync.kaggle`` (429
-honouring Retry-After, 5xx and dropped connections retried with exponential backoff); 401/403 and 404
-are explained.
+"""The Kaggle calls ``launch kaggle`` makes, through the ``kaggle`` package (uploads, kernel push, the live log
+stream) and its ``kagglesdk`` client (status, outputs, quota), under the one retry policy of ``sync.kaggle`` (429
+honouring Retry-After, 5xx and dropped connections retried with exponential backoff); 401/403 and 404 are explained.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
+from typing import Any
 
 from launch.errors import Busy, LaunchError, Unreachable
 from sync import SyncError
@@ -28,6 +31,9 @@ class GpuSessionsBusy(Busy):
 
 
 GPU_SESSION_LIMIT = "Maximum batch GPU session count"  # how Kaggle words that refusal (kaggle-api #185)
+DATASET_FIRST_POLL_S = 1.0  # a new dataset version is usually ready within seconds to minutes: ask soon, then less often
+DATASET_MAX_POLL_S = 30.0
+STREAM_RECONNECTS = 5  # a log stream that breaks this many times in a row without new data is given up (the official client's)
 
 
 @dataclass
@@ -38,21 +44,6 @@ class KernelState:
     @property
     def finished(self) -> bool:
         return self.status in TERMINAL
-
-
-def kernel_log_text(raw: str) -> str:
-    """Kaggle serves a script kernel's log as a JSON list of ``{stream_name, time, data}``; plain
-    text (or a list still being written) is shown as it is."""
-    if not raw:
-        return ""
-    for candidate in (raw, raw.rstrip().rstrip(",") + "]"):
-        try:
-            entries = json.loads(candidate)
-        except ValueError:
-            continue
-        if isinstance(entries, list):
-            return "".join(str(e.get("data", "")) for e in entries if isinstance(e, dict))
-    return raw
 
 
 class KaggleService:
@@ -139,7 +130,7 @@ class KaggleService:
             if not token:
                 return files
 
-    def upload_dataset(self, folder: Path, slug: str, title: str, new: bool, notes: str, wait: tuple[float, float] = (1800, 10)) -> None:
+    def upload_dataset(self, folder: Path, slug: str, title: str, new: bool, notes: str, timeout_s: float) -> None:
         """Create the private dataset (``new``) or a new version of it from the files in ``folder``. The kaggle
         package resumes interrupted file uploads itself; a file it gave up on is caught by the caller's listing check."""
         metadata = {"id": f"{self.owner}/{slug}", "title": title, "licenses": [{"name": "other"}]}
@@ -157,14 +148,15 @@ class KaggleService:
                 if self.dataset_status(slug) in (None, "ready", "failed"):
                     raise
                 # Kaggle answers a misleading 403 while the previous version is still processed: wait, then once more
-                self.wait_dataset_ready(slug, *wait)
+                self.wait_dataset_ready(slug, timeout_s)
                 result = self.call(what, self.api.dataset_create_version, str(folder), notes, quiet=True, dir_mode="skip")
         if result is None or result.error:
             raise LaunchError(f"kaggle: {what}: {getattr(result, 'error', None) or 'refused'}")
 
-    def wait_dataset_ready(self, slug: str, timeout_s: float, poll_s: float) -> None:
-        """A new dataset version answers 404 or a processing state for a while; kernels may only mount it when ready."""
-        deadline, delay = time.monotonic() + timeout_s, poll_s
+    def wait_dataset_ready(self, slug: str, timeout_s: float) -> None:
+        """A new dataset version answers 404 or a processing state for a while; kernels may only mount it when ready.
+        Asked after a second, then half as long again each time, up to every 30 s."""
+        deadline, delay = time.monotonic() + timeout_s, DATASET_FIRST_POLL_S
         while True:
             status = self.dataset_status(slug)
             if status == "ready":
@@ -176,7 +168,7 @@ class KaggleService:
                                   f"(status {status or 'not found yet'}); try again later (--dataset-timeout)")
             log.info("kaggle: dataset %s/%s is %s; waiting %.1f s", self.owner, slug, status or "not visible yet", delay)
             time.sleep(delay)
-            delay = min(delay * 1.5, 30.0)
+            delay = min(delay * 1.5, DATASET_MAX_POLL_S)
 
     # -- kernels ---------------------------------------------------------------------------------
     def push_kernel(self, folder: Path) -> str:
@@ -198,10 +190,88 @@ class KaggleService:
         response = self.rpc(f"status of kernel {self.owner}/{slug}", "kernels.kernels_api_client.get_kernel_session_status", request)
         return KernelState(response.status.name, response.failure_message or "")
 
-    def kernel_log(self, slug: str) -> str:
-        from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
+    def log_events(self, slug: str):
+        """The kernel's log events from Kaggle's logs endpoint, the one the official ``kaggle kernels logs --follow``
+        reads: while the session runs a server-sent stream that ends with END_OF_LOG, once it ended its whole log."""
+        return self.api.kernels_logs_stream(f"{self.owner}/{slug}")
 
-        request = ApiListKernelSessionOutputRequest()
-        request.user_name, request.kernel_slug, request.page_size = self.owner, slug, 1
-        response = self.rpc(f"log of kernel {self.owner}/{slug}", "kernels.kernels_api_client.list_kernel_session_output", request)
-        return kernel_log_text(response.log or "")
+    def kernel_log(self, slug: str) -> str:
+        """A finished kernel's whole log (a running one's as far as it got, once its stream ends)."""
+        return self.call(f"log of kernel {self.owner}/{slug}", lambda: "".join(map(event_text, self.log_events(slug))))
+
+    def log_stream(self, slug: str) -> LogStream:
+        return LogStream(f"{self.owner}/{slug}", lambda: self.log_events(slug))
+
+    def quota(self) -> GpuQuota | None:
+        """Kaggle's own figures of this week's GPU time, where Kaggle answers its (undocumented) quota call; None where
+        it does not -- the launcher never depends on it."""
+        from kagglesdk.kernels.types.kernels_api_service import ApiGetAcceleratorQuotaStatisticsRequest
+
+        try:
+            response = self.rpc("GPU quota", "kernels.kernels_api_client.get_accelerator_quota_statistics",
+                                ApiGetAcceleratorQuotaStatisticsRequest())
+        except LaunchError:
+            return None
+        gpu = response.gpu_quota
+        if gpu is None or gpu.total_time_allowed is None:
+            return None
+        used = gpu.time_used or dt.timedelta(0)
+        return GpuQuota(used.total_seconds() / 3600, gpu.total_time_allowed.total_seconds() / 3600)
+
+
+@dataclass
+class GpuQuota:
+    used_hours: float
+    allowed_hours: float
+
+
+def event_text(event: dict[str, Any]) -> str:
+    """One log event as the official client prints it: its data, as a line of its own."""
+    data = str(event.get("data") or "")
+    return data if not data or data.endswith("\n") else data + "\n"
+
+
+class LogStream:
+    """A running kernel's log as it grows, read by a thread from Kaggle's logs stream. A stream that breaks is opened
+    again; Kaggle replays it from the start, so the events already read are skipped (as the official client does).
+    ``ended``: Kaggle said END_OF_LOG (or served a finished session's whole log) -- or the stream was given up, which
+    ``failure`` then says."""
+
+    def __init__(self, kernel: str, open_events: Callable[[], Any]):
+        self.kernel, self.open_events = kernel, open_events
+        self.text = ""
+        self.failure: str | None = None
+        self.ended = threading.Event()
+        self.grew = threading.Event()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, name=f"log stream {kernel}", daemon=True).start()
+
+    def _read(self) -> None:
+        import requests
+        from urllib3.exceptions import ProtocolError
+
+        seen, broken = 0, 0
+        while True:
+            before = seen
+            try:
+                for index, event in enumerate(self.open_events()):
+                    if index < seen:
+                        continue
+                    seen = index + 1
+                    with self._lock:
+                        self.text += event_text(event)
+                    self.grew.set()
+                break
+            except (requests.exceptions.RequestException, ProtocolError, ValueError) as exc:
+                broken = 0 if seen > before else broken + 1
+                if broken >= STREAM_RECONNECTS:
+                    self.failure = f"the log stream of {self.kernel} broke {broken} times without new lines ({type(exc).__name__})"
+                    break
+                time.sleep(1.0)
+        self.ended.set()
+        self.grew.set()
+
+    def read(self, offset: int) -> tuple[str, int]:
+        with self._lock:
+            text = self.text
+        return text[offset:], max(len(text), offset)

@@ -9,7 +9,6 @@ is checked the same way: the kaggle package skips a file whose upload it gave up
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import re
@@ -27,21 +26,63 @@ from launch.errors import LaunchError
 from launch.inputs import run_files, staged_form
 from launch.transports.kaggle_api import KaggleService
 
+IMAGE_PROVIDES = ("torch", "torchvision", "torchaudio")  # Kaggle's image has its own torch; with it, everything torch needs
+LAUNCHER_ONLY = {"kaggle", "boto3", "six", "requests"}  # what the launcher uses and the kernel does not
 MAX_DATASET_FILES = 50  # Kaggle's cap on top-level files in a dataset version
 PACK_BYTES = 1 << 30  # about this much per pack (a few packs for a big shard set, never over the cap)
 MAX_PACKS = MAX_DATASET_FILES - 2  # room for a marker file
 WHEELS_MARKER = "WHEELS.json"
 UPLOAD_ATTEMPTS = 3
-NOT_ON_KERNEL = {"torch", "torchvision", "torchaudio", "kaggle", "boto3", "six", "requests"}  # in the image, or launcher-only
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def closure(requirements: list[str], stop: set[str]) -> dict[str, str]:
+    """Every distribution ``requirements`` need, as installed here (name -> version), through their own requirements
+    (markers and extras evaluated for this interpreter, which is the kernel's kind: CPython 3.11 on Linux), not going
+    into ``stop``. A requirement not installed here is refused: the kernel gets exactly what was tested here."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    found: dict[str, str] = {}
+    extras: dict[str, set[str]] = {}  # the extras of each distribution already followed
+    queue = [(Requirement(text), "") for text in requirements]
+    while queue:
+        requirement, extra = queue.pop()
+        name = canonical(requirement.name)
+        if name in stop or (requirement.marker and not requirement.marker.evaluate({"extra": extra})):
+            continue
+        wanted = set(requirement.extras)
+        if name in found and wanted <= extras[name]:
+            continue
+        try:
+            dist = metadata.distribution(requirement.name)
+        except metadata.PackageNotFoundError:
+            raise LaunchError(f"the kernel needs {requirement.name} ({requirement}), which is not installed here; install the job's "
+                              "dependencies here first (./setup.sh, or pip install -e '.[EXTRA]'), so that the kernel gets the "
+                              "versions tested here") from None
+        found[name] = dist.version
+        extras[name] = extras.get(name, set()) | wanted
+        for text in dist.requires or []:
+            child = Requirement(text)
+            queue += [(child, "")] + [(child, wanted_extra) for wanted_extra in wanted]
+    return found
 
 
 def kernel_requirements(spec: JobSpec) -> list[str]:
-    """The project's dependencies (plus the job's extras) that a Kaggle image may lack (torch comes with the image)."""
+    """What a Kaggle kernel installs for ``spec``: the project's dependencies and the job's extras, with everything they
+    need, pinned to the versions installed here -- less what the image has (torch and what torch needs) and what only
+    the launcher uses. Pinned, so a kernel without internet installs the same from the wheels dataset."""
     import tomllib
 
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     declared = project["dependencies"] + [r for extra in spec.extras for r in project["optional-dependencies"][extra]]
-    return [r for r in declared if re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0].lower() not in NOT_ON_KERNEL]
+    image = set(closure(list(IMAGE_PROVIDES), set()))
+    stop = image | {canonical(name) for name in LAUNCHER_ONLY}
+    return [f"{name}=={version}" for name, version in sorted(closure(declared, stop).items())]
 
 
 def wheels_digest(requirements: list[str]) -> str:
@@ -49,21 +90,40 @@ def wheels_digest(requirements: list[str]) -> str:
 
 
 def build_wheels(requirements: list[str], folder: Path) -> list[tuple[str, Path]]:
-    """Wheels for a Kaggle image (CPython 3.11, manylinux x86_64), no dependencies: the image has those."""
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest", str(folder),
-               "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64", "--python-version", "3.11",
-               "--implementation", "cp", *requirements]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise LaunchError(f"building the wheels dataset failed (pip download exit {result.returncode}): {result.stderr[-1500:]}")
+    """Wheels of ``requirements`` (pinned, the whole closure) for a Kaggle image: CPython 3.11 on manylinux x86_64. A
+    project that publishes no wheel is built into one here, which must then be pure Python (py3-none-any)."""
+    platform = ["--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64", "--python-version", "3.11",
+                "--implementation", "cp"]
+    binary, built = list(requirements), []
+    while binary:
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest", str(folder),
+                   *platform, *binary]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode == 0:
+            break
+        missing = re.search(r"No matching distribution found for (\S+)", result.stderr)
+        if not missing or missing.group(1) not in binary:
+            raise LaunchError(f"building the wheels dataset failed (pip download exit {result.returncode}): {result.stderr[-1500:]}")
+        binary.remove(missing.group(1))
+        built.append(missing.group(1))
+    downloaded = set(folder.glob("*.whl"))
+    if built:
+        command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(folder), *built]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise LaunchError(f"building wheels of {', '.join(built)} (they publish none) failed: {result.stderr[-1500:]}")
+    impure = [path.name for path in set(folder.glob("*.whl")) - downloaded if not path.name.endswith("-none-any.whl")]
+    if impure:
+        raise LaunchError(f"{', '.join(impure)}: built here for this machine, not for a Kaggle kernel; run the launch on Linux x86_64 "
+                          "or drop --no-internet")
     return [(path.name, path) for path in sorted(folder.glob("*.whl"))]
 
 
 class Uploader:
     """Datasets on Kaggle, each uploaded only when Kaggle does not already hold it complete; counts the bytes it sent."""
 
-    def __init__(self, service: KaggleService, options: argparse.Namespace, dry_run: bool = False):
-        self.service, self.options, self.dry_run = service, options, dry_run
+    def __init__(self, service: KaggleService, dataset_timeout: float, dry_run: bool = False):
+        self.service, self.dataset_timeout, self.dry_run = service, dataset_timeout, dry_run
         self.bytes_uploaded = 0
         self.planned: list[tuple[str, int]] = []  # (dataset, bytes) a dry run would upload
 
@@ -73,7 +133,7 @@ class Uploader:
         if status is None:
             return None
         if status not in ("ready", "failed"):
-            self.service.wait_dataset_ready(slug, self.options.dataset_timeout, self.options.poll_interval)
+            self.service.wait_dataset_ready(slug, self.dataset_timeout)
         return self.service.dataset_files(slug)
 
     def _stage(self, slug: str) -> Path:
@@ -90,11 +150,10 @@ class Uploader:
             print(f"launch kaggle: uploading {title} ({size / 1e6:.1f} MB in {len(expected)} file{'s' if len(expected) > 1 else ''}) "
                   f"to {self.service.owner}/{slug}",
                   flush=True)
-            self.service.upload_dataset(folder, slug, title, new=present is None, notes=notes,
-                                        wait=(self.options.dataset_timeout, self.options.poll_interval))
+            self.service.upload_dataset(folder, slug, title, new=present is None, notes=notes, timeout_s=self.dataset_timeout)
             self.bytes_uploaded += size
             # a new version answers 404, then a processing state, for a while: wait, then see what Kaggle holds
-            self.service.wait_dataset_ready(slug, self.options.dataset_timeout, self.options.poll_interval)
+            self.service.wait_dataset_ready(slug, self.dataset_timeout)
             present = self.service.dataset_files(slug)
             if present == expected:
                 return
