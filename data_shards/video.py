@@ -4,14 +4,18 @@ encoder downmixes and resamples the way its own library does (ImageBind: ``torch
 and the fbank of channel 0; VGGish: the channel mean and resampy).
 
 A file that cannot be opened or decoded raises ``DecodeError`` with the reason; the extractor
-records it as a failure and goes on. Frame indices assume a constant frame rate: index =
-round((pts - stream start) * fps), which is what players and pytorchvideo assume too. The frame count is
-the video stream's own (as decord counts it), never the container's duration, which in Matroska/WebM
-covers a longer audio track too.
+records it as a failure and goes on. Frame *i* is the *i*-th frame of the video stream in presentation order --
+the *i*-th frame a decoder gives -- as decord (official ImageBind's reader) indexes frames, and the frame count
+is the video stream's packets, as decord counts them: never the container's duration, which in Matroska/WebM
+covers a longer audio track too. An index is never turned into a time (i / fps): on a variable-frame-rate file,
+or one whose stream claims an odd rate (a Matroska remux can claim 30000 fps), that time is another frame's.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from bisect import bisect_right
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
@@ -33,6 +37,8 @@ class VideoInfo:
     width: int
     height: int
     has_audio_stream: bool
+    # every video packet's timestamp (stream time base), sorted: frame i is the one presented at frame_pts[i]
+    frame_pts: tuple[int, ...] = field(default=(), repr=False)
 
 
 def _open(path: str | Path) -> av.container.InputContainer:
@@ -42,20 +48,27 @@ def _open(path: str | Path) -> av.container.InputContainer:
         raise DecodeError(f"cannot open: {exc}") from None
 
 
-def _count_video_packets(container: av.container.InputContainer, stream) -> tuple[int, float]:
-    """Frames and duration of the video stream from its packets (demuxed, not decoded): what a container that records
-    no frame count for its video stream (Matroska, WebM) holds."""
-    count, start, end = 0, None, None
+def _index_video_packets(container: av.container.InputContainer, stream) -> tuple[tuple[int, ...], float]:
+    """(every video packet's timestamp in presentation order, the span they cover in seconds), from the packets
+    (demuxed, not decoded). This is decord's frame index: its ``VideoReader`` demuxes the stream once, sorts the
+    packets by pts, and its frame i and length are the i-th of them and their count -- whatever rate the stream
+    claims and however unevenly the frames are spaced."""
+    stamps, end = [], None
     try:
         for packet in container.demux(stream):
-            if packet.size and packet.pts is not None:
-                count += 1
-                start = packet.pts if start is None else min(start, packet.pts)
-                end = max(end or 0, packet.pts + (packet.duration or 0))
+            if not packet.size:  # PyAV's demux ends with an empty packet that flushes the decoder: no frame
+                continue
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if stamp is None:
+                raise DecodeError("a video packet has no timestamp: its frames cannot be put in order")
+            stamps.append(stamp)
+            end = max(end if end is not None else stamp, stamp + (packet.duration or 0))
     except av.FFmpegError as exc:
         raise DecodeError(f"video demux failed: {exc}") from None
-    duration = float((end - start) * stream.time_base) if count and stream.time_base is not None else 0.0
-    return count, duration
+    stamps.sort()
+    time_base = stream.time_base
+    span = float((end - stamps[0]) * time_base) if end is not None and time_base is not None else 0.0
+    return tuple(stamps), span
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -67,26 +80,61 @@ def probe(path: str | Path) -> VideoInfo:
         if fps <= 0:
             raise DecodeError("video stream has no frame rate")
         has_audio = bool(container.streams.audio)
-        if stream.frames:
-            frames = stream.frames
-            duration = float(stream.duration * stream.time_base) if stream.duration is not None else frames / fps
-        else:
-            frames, duration = _count_video_packets(container, stream)
-        if not frames:
+        frame_pts, span = _index_video_packets(container, stream)
+        if not frame_pts:
             raise DecodeError("the video stream holds no frames")
-        return VideoInfo(str(path), duration, fps, frames, stream.width, stream.height, has_audio)
+        recorded, time_base = stream.duration, stream.time_base
+        if stream.frames:  # a container that records the stream's duration (mp4): as before, the recorded one
+            duration = float(recorded * time_base) if recorded is not None and time_base is not None else len(frame_pts) / fps
+        else:  # Matroska, WebM: the video packets' own span, not the container's (a longer audio track)
+            duration = span
+        return VideoInfo(str(path), duration, fps, len(frame_pts), stream.width, stream.height, has_audio, frame_pts)
+
+
+def _frame_index(frame_pts: tuple[int, ...], frame: av.VideoFrame, previous: int | None) -> int:
+    """Which frame of the video (its presentation-order index) a decoded frame is: found by its timestamp; one
+    without a timestamp is the one after the previous."""
+    if frame.pts is None:
+        return 0 if previous is None else previous + 1
+    return max(bisect_right(frame_pts, frame.pts) - 1, 0)
+
+
+def _decoder_at(container: av.container.InputContainer, stream, frame_pts: tuple[int, ...], target: int) -> Iterator[av.VideoFrame]:
+    """Decoded frames from a keyframe at or before frame ``target`` on. A seek to the target's timestamp can land
+    after it -- mp4 seeks by decode timestamp, and with B-frames a keyframe is decoded before frames shown ahead of
+    it; MPEG-TS can find nothing at the first frame's timestamp -- so the seek backs off to ever earlier frames'
+    timestamps, then to the file's start."""
+    back = 0
+    while True:
+        earlier = max(target - back, 0)
+        container.seek(frame_pts[earlier], stream=stream, backward=True)
+        frames = container.decode(stream)
+        first = next(frames, None)
+        if first is not None and _frame_index(frame_pts, first, None) <= target:
+            return itertools.chain([first], frames)
+        if earlier == 0:
+            break
+        back = max(2 * back, 1)
+    container.seek(0, backward=True)
+    return container.decode(stream)
 
 
 def decode_frames(info: VideoInfo, indices: list[int], seek_gap: int | None = None, threads: int = 0) -> dict[int, np.ndarray]:
-    """RGB uint8 [H, W, 3] for each wanted frame index; ``threads`` decoder threads (0: FFmpeg's choice; a decode
-    worker among several takes 1 -- the frames are the same either way).
+    """RGB uint8 [H, W, 3] for each wanted frame index -- frame i is the i-th frame in presentation order, decord's
+    frame i (``info.frame_pts``) --; ``threads`` decoder threads (0: FFmpeg's choice; a decode worker among several
+    takes 1 -- the frames are the same either way).
 
-    Wanted frames are visited in order; the decoder seeks (to the keyframe before) only when the next
-    one is more than ``seek_gap`` frames ahead (default: one second), else it decodes forward. An
-    index past the real end (container metadata can overstate the count) gets the last frame.
+    Wanted frames are visited in order; the decoder seeks (to the keyframe before the wanted frame's timestamp)
+    only when the next one is more than ``seek_gap`` frames ahead (default: about one second of frames), else it
+    decodes forward. Each decoded frame is placed by its timestamp, so a seek that lands early, B-frames and uneven
+    spacing cannot shift the count. An index past the real end gets the last frame.
     """
+    if not info.frame_pts:
+        raise DecodeError("no frame index: probe() the video first")
     wanted = sorted(set(indices))
-    gap = seek_gap if seek_gap is not None else max(int(info.fps), 1)
+    per_second = info.frame_count / info.duration_s if info.duration_s > 0 else info.fps
+    gap = seek_gap if seek_gap is not None else max(int(min(per_second, info.fps)), 1)
+    last = len(info.frame_pts) - 1
     found: dict[int, np.ndarray] = {}
     try:
         with _open(info.path) as container:
@@ -94,18 +142,15 @@ def decode_frames(info: VideoInfo, indices: list[int], seek_gap: int | None = No
             stream.thread_type = "AUTO" if threads != 1 else "NONE"
             if threads:
                 stream.codec_context.thread_count = threads
-            start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
             frames, position, current = None, None, None  # decoder, index of ``current``, last decoded frame
             for target in wanted:
-                if position is not None and position >= target:
+                if position is not None and current is not None and position >= min(target, last):
                     found[target] = current.to_ndarray(format="rgb24")
                     continue
-                if frames is None or target - position > gap:
-                    offset = int((start + target / info.fps) / stream.time_base)
-                    container.seek(offset, stream=stream, backward=True)
-                    frames, position, current = container.decode(stream), None, None
+                if frames is None or position is None or target - position > gap:
+                    frames, position, current = _decoder_at(container, stream, info.frame_pts, min(target, last)), None, None
                 for frame in frames:
-                    position, current = int(round((frame.time - start) * info.fps)), frame
+                    position, current = _frame_index(info.frame_pts, frame, position), frame
                     if position >= target:
                         break
                 if current is None:
@@ -142,7 +187,8 @@ def decode_audio(path: str | Path) -> Audio | None:
             if not container.streams.audio:
                 return None
             stream = container.streams.audio[0]
-            chunks, planar, rate = [], None, stream.rate
+            chunks: list[np.ndarray] = []
+            planar, rate = None, stream.rate
             for frame in container.decode(stream):
                 if planar is None:  # float planar, the frames' own layout and rate: only the sample format changes
                     rate = frame.sample_rate
@@ -163,13 +209,16 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int, audio: np.ndarra
     with av.open(str(path), "w") as container:
         video = container.add_stream("libx264", rate=fps, options={"g": str(fps)})
         video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        planes = None if audio is None else np.atleast_2d(audio).astype(np.float32)
-        layout = None if planes is None else {1: "mono", 2: "stereo"}[planes.shape[0]]
-        sound = container.add_stream("aac", rate=rate, layout=layout) if planes is not None else None
+        track = None  # (stream, planes, layout): added before the first packet is written
+        if audio is not None:
+            planes = np.atleast_2d(audio).astype(np.float32)
+            layout = {1: "mono", 2: "stereo"}[planes.shape[0]]
+            track = (container.add_stream("aac", rate=rate, layout=layout), planes, layout)
         for image in frames:
             container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         container.mux(video.encode())
-        if sound is not None:
+        if track is not None:
+            sound, planes, layout = track
             chunk = 1024
             for offset in range(0, planes.shape[1], chunk):
                 frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planes[:, offset:offset + chunk]), format="fltp", layout=layout)

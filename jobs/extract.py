@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from jobs.synthesize import parse_slice
 from model.config import Strict
 from model.encoders import ClipConfig, EncoderError, VGGishConfig, autocast, resolve_precision, vggish_examples
 from model.teachers import TeacherConfig
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 log = logging.getLogger("streamapprox.extract")
 
@@ -162,7 +165,8 @@ class Extractor:
 
     def prepare(self, entry: VideoEntry, threads: int = 0) -> Prepared:
         """Probe, sample, decode, preprocess: everything before the models. ``threads``: decoder threads (a worker
-        among several takes 1)."""
+        among several takes 1). Frame i is the i-th frame of the stream (decord's index), for the student and the
+        teacher alike; the student's audio is what VGGish can use, the teacher's what it can (``audio_status``)."""
         if not Path(entry.path).is_file():
             return Prepared(entry, failure=f"file not found: {entry.path}")
         try:
@@ -171,28 +175,33 @@ class Extractor:
             student = sample_frames(self.cfg.student.sampling, info.frame_count, self.cfg.student.frames, rng)
             teacher = self.teacher.frame_groups(info, rng)
             frames = decode_frames(info, [i for group in student + teacher for i in group], threads=threads)
-            examples, waveform, audio_status = self.audio(entry.path)
+            audio = decode_audio(entry.path)
+            examples, audio_status = self.student_audio(audio)
+            teacher_audio_status = self.teacher.audio_status(audio)
+            teacher_inputs = self.teacher.prepare([mean_image(frames, group) for group in teacher],
+                                                  audio if teacher_audio_status == "ok" else None)
         except (DecodeError, ValueError) as exc:  # ValueError: a window or strategy that this video cannot fill
             return Prepared(entry, failure=f"too short: {exc}" if isinstance(exc, TooShort) else str(exc))
-        meta = {"video_id": entry.video_id, "split": entry.split, "has_audio": waveform is not None,
+        meta = {"video_id": entry.video_id, "split": entry.split, "has_audio": examples is not None,
                 "audio_status": audio_status, "duration_s": round(info.duration_s, 4),
                 "frame_times_s": [round(float(np.mean(group)) / info.fps, 4) for group in student],
                 "sampling": self.cfg.student.sampling, "teacher_sampling": self.cfg.teacher.sampling}
-        return Prepared(entry, meta, self.clip.pixels([mean_image(frames, group) for group in student]),
-                        self.teacher.prepare([mean_image(frames, group) for group in teacher], waveform), examples)
+        if teacher_audio_status is not None and teacher_audio_status != audio_status:
+            meta["teacher_audio_status"] = teacher_audio_status  # "ok": the teacher heard audio the student has none of
+        return Prepared(entry, meta, self.clip.pixels([mean_image(frames, group) for group in student]), teacher_inputs, examples)
 
-    def audio(self, path: str) -> tuple[torch.Tensor | None, Audio | None, str]:
-        """(VGGish's examples, the audio the teacher hears -- every channel, its own rate -- or None, status)."""
-        audio = decode_audio(path)
+    def student_audio(self, audio: Audio | None) -> tuple[torch.Tensor | None, str]:
+        """(VGGish's examples of the student's segment, or None, and why not): what ``has_audio`` and ``audio_status``
+        record. The teacher decides for itself (``teacher.audio_status``)."""
         if audio is None:
-            return None, None, "no audio stream"
+            return None, "no audio stream"
         if not np.any(audio.samples):
-            return None, None, "silent: every sample is zero"
+            return None, "silent: every sample is zero"
         audio_cfg = self.cfg.student.audio
         try:
-            return self.vggish.examples(audio.segment(audio_cfg.segment_s, audio_cfg.position)), audio, "ok"
+            return self.vggish.examples(audio.segment(audio_cfg.segment_s, audio_cfg.position)), "ok"
         except ValueError as exc:
-            return None, None, f"audio too short: {exc}"
+            return None, f"audio too short: {exc}"
 
     def audio_features(self, features: np.ndarray | None) -> np.ndarray:
         """audio.npy: the examples' mean, or the first ``audio_examples`` of them (zeros without usable audio)."""
@@ -212,15 +221,18 @@ class Extractor:
 
         began = time.monotonic()
         with self.autocast():
-            clip = self.clip.embed(torch.cat([p.student for p in batch]))
-            heard = [p for p in batch if p.audio is not None]
-            sounds = dict(zip(map(id, heard), np.split(self.vggish.embed(torch.cat([p.audio for p in heard])),
-                                                       np.cumsum([len(p.audio) for p in heard])[:-1]))) if heard else {}
+            students = [p.student for p in batch if p.student is not None]
+            if len(students) != len(batch):
+                raise ValueError("encode() takes prepared videos, not failed ones")
+            clip = self.clip.embed(torch.cat(students))
+            heard = [(p, p.audio) for p in batch if p.audio is not None]
+            sounds = dict(zip([id(p) for p, _ in heard], np.split(self.vggish.embed(torch.cat([a for _, a in heard])),
+                                                                np.cumsum([len(a) for _, a in heard])[:-1]))) if heard else {}
             targets = self.teacher.embed_prepared([p.teacher for p in batch])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.encoding_s += time.monotonic() - began
-        frames = np.split(clip, np.cumsum([len(p.student) for p in batch])[:-1])
+        frames = np.split(clip, np.cumsum([len(x) for x in students])[:-1])
         return [sample_record(self.dims, p.entry.video_id, part, self.audio_features(sounds.get(id(p))), target, p.meta)
                 for p, part, target in zip(batch, frames, targets)]
 
@@ -264,7 +276,7 @@ def build_plan(cfg: ExtractConfig, entries: list[VideoEntry], encoders: dict) ->
     return Plan.build(entries, cfg.samples_per_shard, settings)
 
 
-def worker_share(args: argparse.Namespace) -> tuple[int, int, object | None]:
+def worker_share(args: argparse.Namespace) -> tuple[int, int, PartialState | None]:
     """(index, count, accelerate state). The share comes from --slice or --num-shards/--shard-index
     (one per kernel or node), split further by rank under ``accelerate launch`` (one per GPU): rank r
     of R in slice i of N is worker i + N*r of N*R, so the ranks of a slice together do exactly it."""
@@ -382,7 +394,7 @@ def write_shards(ledger: Ledger, todo: list[PlannedShard], extractor: Extractor,
                 else:
                     samples.append(encoded[id(item)])
                 progress.update(failed=bool(item.failure))
-                if len(samples) + len(failures) == len(current.videos):
+                if current is not None and len(samples) + len(failures) == len(current.videos):
                     ledger.write(current, samples, failures)
                     slowest = max(slowest, time.monotonic() - shard_began)
                     samples, failures, shard_began = [], [], time.monotonic()
@@ -399,7 +411,8 @@ def report(manifest) -> str:
     done = sum(manifest.splits.values())
     lines = [f"extracted {done} of {source['plan']['videos']} planned videos into {len(manifest.shards)} shards "
              f"({'complete' if source['complete'] else 'this worker done, other shards pending'}): {manifest.splits}",
-             f"  {source['silent']} without usable audio (has_audio: false)"]
+             f"  {source['silent']} without audio the student can use (has_audio: false; a teacher that heard some anyway says "
+             "so in meta.json's teacher_audio_status)"]
     if source["failures"]:
         lines.append(f"  {len(source['failures'])} failed (listed in manifest.json 'failures'):")
         lines += [f"    {f['video_id']} ({f['file']}): {f['reason']}" for f in source["failures"][:20]]

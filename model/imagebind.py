@@ -177,7 +177,7 @@ class _SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, _, d = x.shape
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
-        if self.bias_k is not None:
+        if self.bias_k is not None and self.bias_v is not None:
             k = torch.cat([k, self.bias_k.expand(b, 1, d)], dim=1)
             v = torch.cat([v, self.bias_v.expand(b, 1, d)], dim=1)
         q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
@@ -247,6 +247,8 @@ class _LogitScale(nn.Module):
     """Multiplies by exp(log_logit_scale), capped at 100. The value comes from the checkpoint (learned in
     ImageBind's training for text, fixed for audio); nothing here trains it."""
 
+    log_logit_scale: torch.Tensor
+
     def __init__(self, scale: float):
         super().__init__()
         self.register_buffer("log_logit_scale", torch.tensor(math.log(scale)))
@@ -298,11 +300,14 @@ class ImageBind(nn.Module):
         self.config = config
         self.modalities = tuple(m for m in BUILT_MODALITIES if m in modalities)  # official key order
         v, a = config.vision, config.audio
-        pre, trunks, heads, post = {}, {}, {}, {}
+        pre: dict[str, nn.Module] = {}
+        trunks: dict[str, nn.Module] = {}
+        heads: dict[str, nn.Module] = {}
+        post: dict[str, nn.Module] = {}
         if "vision" in self.modalities:
             kernel = (v.temporal_kernel, v.patch_size, v.patch_size)
-            conv = nn.Conv3d(3, v.embed_dim, kernel_size=kernel, stride=kernel, bias=False)
-            stem = _PatchStem(nn.Sequential(_RepeatFrames(v.frames), conv))
+            video_conv = nn.Conv3d(3, v.embed_dim, kernel_size=kernel, stride=kernel, bias=False)
+            stem = _PatchStem(nn.Sequential(_RepeatFrames(v.frames), video_conv))
             pre["vision"] = _Tokenizer("vision", stem, v.num_patches(), v.embed_dim)
             trunks["vision"] = _Trunk(v, pre_norm=True, bias_kv=False)
             heads["vision"] = _head(v.embed_dim, config.out_embed_dim)
@@ -314,8 +319,8 @@ class ImageBind(nn.Module):
             heads["text"] = _SelectEOSAndProject(t.embed_dim, config.out_embed_dim)
             post["text"] = nn.Sequential(_L2Normalize(), _LogitScale(t.logit_scale))
         if "audio" in self.modalities:
-            conv = nn.Conv2d(1, a.embed_dim, kernel_size=a.kernel_size, stride=a.stride, bias=False)
-            stem = _PatchStem(conv, nn.LayerNorm(a.embed_dim))
+            mel_conv = nn.Conv2d(1, a.embed_dim, kernel_size=a.kernel_size, stride=a.stride, bias=False)
+            stem = _PatchStem(mel_conv, nn.LayerNorm(a.embed_dim))
             pre["audio"] = _Tokenizer("audio", stem, a.num_patches(), a.embed_dim)
             trunks["audio"] = _Trunk(a, pre_norm=False, bias_kv=True)
             heads["audio"] = _head(a.embed_dim, config.out_embed_dim)

@@ -49,9 +49,11 @@ def clip_windows(duration_s: float, clip_duration: float = 2.0, clips_per_video:
 def clip_frame_indices(window: tuple[float, float], fps: float, num_frames: int, frames_per_clip: int = 2) -> list[int]:
     """Frame indices data.py uses in ``window`` (as returned by ``clip_windows``).
 
-    Assumes constant frame rate with frame i at i / fps, which is how pytorchvideo's decord backend
-    (the one data.py uses) addresses frames: by index, not by pts. The window holds frames
-    ceil(fps*start) <= i < ceil(fps*end), cut at the last frame, i.e. timestamps in [start, end); of
+    pytorchvideo's decord backend (the one data.py uses) turns the window's times into indices with the stream's
+    average rate, as if frame i were shown at i / fps, and decord then serves the i-th frame of the stream: the
+    indices are frames in presentation order, never timestamps, so they must be decoded as such
+    (``data_shards.video.decode_frames``) -- on a variable-rate file, or one that claims an odd rate, the frame at
+    i / fps is another one. The window holds frames ceil(fps*start) <= i < ceil(fps*end), cut at the last frame; of
     these ``UniformTemporalSubsample`` keeps ``frames_per_clip`` evenly spaced ones, first and last
     included (repeats when the window has fewer). data.py passes clip_duration (2) as that count.
     """
@@ -68,7 +70,7 @@ def clip_frame_indices(window: tuple[float, float], fps: float, num_frames: int,
 def video_frame_indices(num_frames: int, fps: float, clip_duration: float = 2.0, clips_per_video: int = 5,
                         frames_per_clip: int = 2) -> list[list[int]]:
     """Per clip window, the frames to decode; the duration is num_frames / fps as pytorchvideo's decord
-    backend computes it (pass the container's average frame rate)."""
+    backend computes it (pass decord's numbers: the stream's average frame rate, and its packet count)."""
     if num_frames < 1 or not fps > 0:
         raise ValueError(f"need at least one frame and fps > 0; got {num_frames} frames at {fps} fps")
     duration = float(num_frames) / float(fps)
@@ -115,6 +117,21 @@ def vision_views(clips: torch.Tensor, size: int = 224) -> torch.Tensor:
     return torch.stack(views)
 
 
+def audio_too_short(num_samples: int, sample_rate: int) -> str | None:
+    """Why ``audio_clips`` cannot take ``num_samples`` at ``sample_rate`` -- less than one 25 ms fbank frame once
+    resampled to 16 kHz (counted as ``torchaudio.functional.resample`` counts: the rates over their gcd, then
+    ceil) -- or None when it can. Official ImageBind's fbank fails there too (an assertion on the window size);
+    any longer audio it embeds, even far less than one 2 s clip (the fbank is zero-padded to 204 frames), so this
+    is the teacher's only length rule, whatever VGGish needs."""
+    if sample_rate != AUDIO_SAMPLE_RATE:
+        common = math.gcd(int(sample_rate), AUDIO_SAMPLE_RATE)
+        orig, new = int(sample_rate) // common, AUDIO_SAMPLE_RATE // common
+        num_samples = int(torch.ceil(torch.as_tensor(new * num_samples / orig)))
+    if num_samples < _MIN_AUDIO_SAMPLES:
+        return f"audio of {num_samples} samples at 16 kHz is shorter than one 25 ms fbank frame"
+    return None
+
+
 def _fit_length(fbank: torch.Tensor, target_length: int) -> torch.Tensor:
     frames = fbank.shape[1]
     if frames < target_length:
@@ -141,8 +158,9 @@ def audio_clips(waveform: torch.Tensor, sample_rate: int = AUDIO_SAMPLE_RATE, cl
     wav = wav.to(torch.float32, copy=True)
     if sample_rate != AUDIO_SAMPLE_RATE:
         wav = torchaudio.functional.resample(wav, orig_freq=sample_rate, new_freq=AUDIO_SAMPLE_RATE)
-    if wav.shape[1] < _MIN_AUDIO_SAMPLES:
-        raise ValueError(f"audio of {wav.shape[1]} samples at 16 kHz is shorter than one 25 ms fbank frame")
+    too_short = audio_too_short(wav.shape[1], AUDIO_SAMPLE_RATE)
+    if too_short:
+        raise ValueError(too_short)
     duration = wav.shape[1] / AUDIO_SAMPLE_RATE
     clip = Fraction(clip_duration)
     shift = torch.tensor(mean, dtype=wav.dtype, device=wav.device)

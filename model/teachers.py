@@ -54,6 +54,10 @@ class DenseClipTeacher:
     def embed(self, frames: list[np.ndarray], audio: Audio | None) -> np.ndarray:
         return self.embed_prepared([self.prepare(frames, audio)])[0]
 
+    def audio_status(self, audio: Audio | None) -> str | None:
+        """None: this teacher takes no audio, so it has nothing to say about a video's."""
+        return None
+
     def prepare(self, frames: list[np.ndarray], audio: Audio | None) -> torch.Tensor:
         """The CPU part (a decode worker's): CLIP's preprocessing of the frames."""
         return self.encoder.pixels(frames)
@@ -116,6 +120,20 @@ class ImageBindTeacher:
 
     def embed(self, frames: list[np.ndarray], audio: Audio | None) -> np.ndarray:
         return self.embed_prepared([self.prepare(frames, audio)])[0]
+
+    def audio_status(self, audio: Audio | None) -> str:
+        """Whether the teacher hears this audio: "ok" (pass it to ``prepare``), or why not. Its own rule, not the
+        student's: official ImageBind embeds any audio of at least one 25 ms fbank frame, so audio shorter than one
+        0.96 s VGGish example is heard here though the student gets none. An all-zero track is not heard (official
+        ImageBind would embed the zeros: one fixed vector for every silent video, which says nothing about it)."""
+        from model.imagebind_inputs import audio_too_short
+
+        if audio is None:
+            return "no audio stream"
+        if not np.any(audio.samples):
+            return "silent: every sample is zero"
+        too_short = audio_too_short(audio.samples.shape[1], audio.rate)
+        return f"audio too short: {too_short}" if too_short else "ok"
 
     def prepare(self, frames: list[np.ndarray], audio: Audio | None) -> dict[str, torch.Tensor]:
         """The CPU part (a decode worker's): ImageBind's views of the frames and, with audio, its fbank clips."""
