@@ -23,6 +23,7 @@ import torch
 from pydantic import Field, ValidationError
 
 from data_shards import ShardError, SplitTensors, check_shards, open_shards
+from data_shards.files import DISK_ADVICE, disk_problem
 from data_shards.manifest import sha256_file
 from data_shards.sources import list_videos
 from jobs import now
@@ -30,7 +31,7 @@ from jobs.config import ConfigError, apply_override, format_validation_error
 from jobs.contract import CheckReport, FileInput
 from jobs.evaluate import load_student
 from jobs.run_lock import RunInUse, RunLock
-from jobs.rundir import RunDir, launched_by, shards_record
+from jobs.rundir import RunDir, disk_cause, launched_by, shards_record
 from jobs.embedding import embed_indices
 from jobs.shard_checks import check_dims, shards_input, warn_random_init
 from model.config import Strict
@@ -107,7 +108,7 @@ def opened_index(cfg: IndexConfig, student: dict, dims) -> tuple[VectorIndex, di
     return index, state
 
 
-def index_shard(index: VectorIndex, shard_set, entry, student, sources: dict[str, str], batch_size: int) -> list[str]:
+def index_shard(index: VectorIndex, shard_set, entry, student, sources: dict[str, str], batch_size: int) -> int:
     """Embed and store one shard's videos and frames; returns how many videos."""
     samples = shard_set.read_shard(entry)
     tensors = SplitTensors([s.key for s in samples], torch.from_numpy(np.stack([s.clip for s in samples])),
@@ -234,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     logging.getLogger("streamapprox").setLevel(logging.INFO)  # ours; open_clip logs chatter at INFO on the root logger
     run = RunDir(args.run_dir) if args.run_dir else None
+    cfg: IndexConfig | None = None
     try:
         cfg = resolve_config(args)
         if args.check:
@@ -255,7 +257,27 @@ def main(argv: list[str] | None = None) -> int:
             run.update(status="failed", error=str(exc), ended_at=now())
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        cause = disk_cause(exc)
+        if cause is None or cause.errno not in DISK_ADVICE:  # a disk that refused a write; anything else is a bug to see
+            raise
+        message = disk_message(cause, cfg)
+        with contextlib.suppress(OSError):  # run.json may sit on the same full disk
+            if run is not None and (run.path / "run.json").is_file():
+                run.update(status="failed", error=message, ended_at=now())
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     return 0
+
+
+def disk_message(error: OSError, cfg: IndexConfig | None) -> str:
+    """A disk that refused a write (the search snapshot, the index, the run directory): which file, what to do, and what
+    ``launch serve`` reads meanwhile -- the snapshot that was current before (a failed export never replaces it), or none."""
+    line = disk_problem(error, cfg.index if cfg else ".") + ", then rerun the same index command: the shards already indexed are kept"
+    if cfg is not None and not is_server(cfg.index):
+        line += ("; `launch serve` reads the previous snapshot until then" if read_pointer(cfg.index, cfg.name) is not None
+                 else "; no search snapshot is current until then")
+    return line
 
 
 if __name__ == "__main__":

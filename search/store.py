@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -284,23 +285,44 @@ def retract_snapshot(index: str | Path, name: str) -> None:
 
 def write_snapshot(index: str | Path, name: str, snapshot: Snapshot) -> None:
     """Write the arrays into a new generation folder, then commit it by replacing CURRENT atomically; older
-    generations go after (a running server keeps reading the maps it holds)."""
-    from data_shards.files import atomic_destination, atomic_write_text
+    generations go after (a running server keeps reading the maps it holds). A write that fails (a full disk) removes
+    the new folder and raises the OSError naming the file it was writing; CURRENT, and what it points at, stay as they
+    were."""
+    from data_shards.files import atomic_destination
 
     root = snapshot_root(index, name)
     generation = f"{time.time_ns():x}"
     folder = root / generation
-    for key in ARRAYS:
-        with atomic_destination(folder / f"{key}.npy") as handle:
-            np.save(handle, np.ascontiguousarray(getattr(snapshot, key)))
-    atomic_write_text(folder / "videos.json", json.dumps(snapshot.rows))
-    atomic_write_text(folder / "state.json", json.dumps(snapshot.state()))
     state = snapshot.state()
-    atomic_write_text(root / "CURRENT", json.dumps({"format": SNAPSHOT_FORMAT, "generation": generation, "done": state.get("done"),
-                                                    "student": (state.get("student") or {}).get("checkpoint_sha256")}))
+    pointer = {"format": SNAPSHOT_FORMAT, "generation": generation, "done": state.get("done"),
+               "student": (state.get("student") or {}).get("checkpoint_sha256")}
+    files: list[tuple[Path, np.ndarray | bytes]] = [(folder / f"{key}.npy", getattr(snapshot, key)) for key in ARRAYS]
+    files += [(folder / "videos.json", json.dumps(snapshot.rows).encode()), (folder / "state.json", json.dumps(state).encode()),
+              (root / "CURRENT", json.dumps(pointer).encode())]  # last: the commit
+    for path, content in files:
+        try:
+            with atomic_destination(path) as handle:  # its temp file goes if the write fails
+                if isinstance(content, bytes):
+                    handle.write(content)
+                else:
+                    _save_npy(handle, content)
+        except BaseException as exc:  # a full disk, or Ctrl-C: no part of this generation stays
+            shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise OSError(exc.errno, exc.strerror, str(path)) from exc
+            raise
     for old in root.iterdir():
         if old.is_dir() and old.name != generation:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_npy(handle: BinaryIO, array: np.ndarray) -> None:
+    """``np.save``'s bytes (a format 1.0 header, then the C-order data) written through the handle's own ``write``: numpy
+    writes to a real file with ``tofile``, whose short write on a full disk raises an OSError without its errno."""
+    array = np.ascontiguousarray(array)
+    np.lib.format.write_array_header_1_0(handle, np.lib.format.header_data_from_array_1_0(array))
+    if array.size:
+        handle.write(array.data.cast("B"))
 
 
 def _match(key: str, value: str):

@@ -61,11 +61,86 @@ def shard_bytes(root: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def reference(videos, tmp_path_factory) -> Path:
-    """One uninterrupted sequential extraction (each video decoded, then encoded, in turn): what every other way of
-    running must reproduce."""
+    """The job run sequentially (each video decoded, then encoded, in turn): its manifest and ledger are what every
+    other way of running the job must reproduce; its shards are checked against ``plain``."""
     out = tmp_path_factory.mktemp("reference") / "shards"
     extract(videos, out, "--decode-workers", "0")
     return out
+
+
+@pytest.fixture(scope="module")
+def plain(videos, tmp_path_factory) -> Path:
+    """The independent byte reference, written here without the extraction job: each video decoded whole with PyAV
+    (frame i is the i-th decoded frame), the frames that the student's sampler and the teacher's own ``frame_groups``
+    ask for handed to the library's encoders and the teacher's own ``embed``, one video at a time, and written with the
+    library's shard writer (shards of 3, the tar times the job fixes). One math thread, as the job runs under cli_env.
+    No pipeline, DataLoader, decode worker or batch."""
+    import av
+    import torch
+
+    from data_shards.ledger import FIXED_MTIME
+    from data_shards.sampling import sample_frames, video_rng
+    from data_shards.schema import Dims
+    from data_shards.sources import list_videos
+    from data_shards.video import DecodeError, decode_audio, probe
+    from data_shards.writer import ShardSetWriter
+    from model.encoders import ClipConfig, ClipImageEncoder, VGGishConfig, VGGishEncoder
+    from model.teachers import TeacherConfig, build_teacher
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        clip = ClipImageEncoder(ClipConfig(model="tiny_clip", architecture=str(FIXTURES / "tiny_clip.json")), random_init=True)
+        vggish = VGGishEncoder(VGGishConfig(), random_init=True)
+        teacher = build_teacher(TeacherConfig(imagebind={"architecture": str(FIXTURES / "tiny_imagebind.json")}), clip, True,
+                                torch.device("cpu"))
+        out = tmp_path_factory.mktemp("plain") / "shards"
+        failed = []
+        with ShardSetWriter(out, Dims(frames=3, clip=clip.dim, audio=128, teacher=teacher.dim), samples_per_shard=3,
+                            mtime=FIXED_MTIME, source={"failures": failed}) as writer:
+            for entry in list_videos(str(videos)):
+                try:
+                    info = probe(entry.path)
+                    rng = video_rng(0, entry.video_id)
+                    student_groups = sample_frames("original", info.frame_count, 3, rng)
+                    teacher_groups = teacher.frame_groups(info, rng)
+                except (DecodeError, ValueError):  # corrupt; too short for the student's 3 frames
+                    failed.append({"video_id": entry.video_id, "split": entry.split})
+                    continue
+                with av.open(entry.path) as container:
+                    decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+                assert all(len(group) == 1 for group in student_groups + teacher_groups)  # no mean frames in this config
+                student_frames, teacher_frames = ([decoded[min(group[0], len(decoded) - 1)] for group in groups]  # past the end: the last
+                                                  for groups in (student_groups, teacher_groups))
+                audio = decode_audio(entry.path)
+                sound, status = None, "no audio stream" if audio is None else "silent: every sample is zero"
+                if audio is not None and audio.samples.any():
+                    try:
+                        sound, status = vggish.encode(audio.segment(3.0, "middle")).mean(0), "ok"
+                    except ValueError as exc:  # not one whole VGGish example
+                        status = f"audio too short: {exc}"
+                heard = teacher.audio_status(audio)  # the teacher's own rule for what it hears
+                meta = {"video_id": entry.video_id, "split": entry.split, "has_audio": sound is not None, "audio_status": status,
+                        "duration_s": round(info.duration_s, 4),
+                        "frame_times_s": [round(group[0] / info.fps, 4) for group in student_groups],
+                        "sampling": "original", "teacher_sampling": "imagebind"}
+                if heard != status:
+                    meta["teacher_audio_status"] = heard
+                writer.write(entry.split, entry.video_id, clip.encode(student_frames), np.zeros(128, np.float32) if sound is None else sound,
+                             teacher.embed(teacher_frames, audio if heard == "ok" else None), meta)
+    finally:
+        torch.set_num_threads(threads)
+    assert [f["video_id"] for f in failed] == ["short", "corrupt"]
+    return out
+
+
+def test_the_job_writes_what_a_plain_decode_then_encode_writes(reference, plain):
+    """The sequential job's shards are the independent reference's, byte for byte, and its manifest lists them."""
+    from data_shards import open_shards
+
+    assert shard_bytes(reference) == shard_bytes(plain)
+    job, written = open_shards(reference).manifest, open_shards(plain).manifest
+    assert sorted(job.shards, key=lambda e: e.name) == written.shards and job.dims == written.dims and job.splits == written.splits
 
 
 def test_shards_validate_and_account_for_every_video(videos, reference):
@@ -110,21 +185,22 @@ def _metas(root: Path) -> list[str]:
     return lines
 
 
-def test_the_pipeline_writes_the_sequential_shards(videos, reference, tmp_path):
+def test_the_pipeline_writes_the_sequential_shards(videos, reference, plain, tmp_path):
     """Decode workers ahead of the encoders change nothing in the bytes; several videos per encoder call change at
     most the features' last bits (the same samples, failures and order)."""
     from data_shards import open_shards
 
     pipelined = extract(videos, tmp_path / "pipelined", "--decode-workers", "2")
     assert "2 decode workers, 1 videos per encoder call" in pipelined.stdout and "encoders busy" in pipelined.stdout
-    assert shard_bytes(tmp_path / "pipelined") == shard_bytes(reference)
+    assert shard_bytes(tmp_path / "pipelined") == shard_bytes(plain)
     assert (tmp_path / "pipelined" / "manifest.json").read_bytes() == (reference / "manifest.json").read_bytes()
     extract(videos, tmp_path / "batched", "--decode-workers", "2", "--encode-batch", "4")
-    assert_same_samples(open_shards(tmp_path / "batched"), open_shards(reference))
+    assert_same_samples(open_shards(tmp_path / "batched"), open_shards(plain))
 
 
-def test_sigkill_midway_then_rerun_gives_identical_shards(videos, reference, tmp_path):
-    """The pipeline (this machine's default decode workers) killed midway, rerun: the sequential reference's bytes."""
+def test_sigkill_midway_then_rerun_gives_identical_shards(videos, reference, plain, tmp_path):
+    """The pipeline (this machine's default decode workers) killed midway, rerun: the plain reference's shard bytes and the
+    sequential job's manifest."""
     out = tmp_path / "shards"
     process = subprocess.Popen(extract_command(videos, out), env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
@@ -136,7 +212,7 @@ def test_sigkill_midway_then_rerun_gives_identical_shards(videos, reference, tmp
     assert 1 <= done < 5 and not (out / "manifest.json").exists(), f"{done} shards finished before the kill"
     rerun = extract(videos, out)
     assert f"{5 - done} of its 5 shards to do" in rerun.stdout
-    assert shard_bytes(out) == shard_bytes(reference)
+    assert shard_bytes(out) == shard_bytes(plain)
     assert (out / "manifest.json").read_bytes() == (reference / "manifest.json").read_bytes()
     assert not list(out.glob(".*.partial"))
 
@@ -144,7 +220,8 @@ def test_sigkill_midway_then_rerun_gives_identical_shards(videos, reference, tmp
 def assert_same_samples(a, b) -> None:
     import torch
 
-    assert a.manifest.splits == b.manifest.splits and a.manifest.source["failures"] == b.manifest.source["failures"]
+    failed = lambda shards: sorted((f["video_id"], f["split"]) for f in shards.manifest.source["failures"])  # noqa: E731
+    assert a.manifest.splits == b.manifest.splits and failed(a) == failed(b)
     for split in b.manifest.splits:
         x, y = a.load_split(split), b.load_split(split)
         assert x.keys == y.keys and torch.equal(x.has_audio, y.has_audio)
@@ -152,7 +229,7 @@ def assert_same_samples(a, b) -> None:
             assert torch.allclose(getattr(x, field).float(), getattr(y, field).float(), atol=2e-3, rtol=1e-2), (split, field)
 
 
-def test_workers_together_or_apart_make_the_single_worker_set(videos, reference, tmp_path):
+def test_workers_together_or_apart_make_the_single_worker_set(videos, reference, plain, tmp_path):
     from data_shards.errors import ShardError
     from data_shards.merge import merge_shard_sets
     from data_shards import open_shards
@@ -163,7 +240,7 @@ def test_workers_together_or_apart_make_the_single_worker_set(videos, reference,
     assert "worker 0/2:" in result.stdout and "worker 1/2:" in result.stdout, "each rank must take its own half of the shards"
     run = only_run(tmp_path)
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
-    assert_same_samples(open_shards(run / "shards"), open_shards(reference))  # one thread per rank: float sums may differ by an ulp
+    assert_same_samples(open_shards(run / "shards"), open_shards(plain))  # one thread per rank: float sums may differ by an ulp
     # independent workers writing apart (kernels, nodes): slices that only a merge makes whole
     parts = [tmp_path / f"part{i}" for i in range(2)]
     workers = [subprocess.Popen(extract_command(videos, part, "--num-shards", "2", "--shard-index", str(i)), env=cli_env(),
@@ -179,7 +256,7 @@ def test_workers_together_or_apart_make_the_single_worker_set(videos, reference,
     with pytest.raises(ShardError, match="duplicated"):
         merge_shard_sets([parts[0], tmp_path / "copy", parts[1]], tmp_path / "merged")
     merged = merge_shard_sets(parts, tmp_path / "merged")
-    assert merged.source["complete"] and shard_bytes(tmp_path / "merged") == shard_bytes(reference)
+    assert merged.source["complete"] and shard_bytes(tmp_path / "merged") == shard_bytes(plain)
     assert merged.source["failures"] == open_shards(reference).manifest.source["failures"]
 
 

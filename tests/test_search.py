@@ -104,6 +104,102 @@ def test_interrupted_index_resumes_and_an_unchanged_one_is_a_noop(student, index
     assert "removed shard train-000004.tar" in changed.stdout and "360 videos, 1080 frames" in changed.stdout, changed.stdout
 
 
+FULL_DISK_DRIVER = r"""
+import json, os, subprocess, sys
+from pathlib import Path
+
+from search.store import SearchIndexError, Snapshot
+
+student, shards, index = sys.argv[1:4]
+arrays = Path(index) / "arrays"  # where the job writes the search snapshot: a small tmpfs of this mount namespace's own
+arrays.mkdir(parents=True)
+job = [sys.executable, "-m", "jobs.index", "--run", student, "--shards", shards, "--index", index]
+
+
+def mount(size, again=False):
+    subprocess.run(["mount", "-t", "tmpfs", "-o", ("remount," if again else "") + f"size={size}", "tmpfs", str(arrays)], check=True)
+
+
+def run():
+    done = subprocess.run(job, env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    files = sorted(str(p.relative_to(arrays)) + ("/" if p.is_dir() else "") for p in arrays.rglob("*"))
+    try:
+        opened = Snapshot.open(index)  # what `launch serve` maps
+        served = {"ids": opened.ids, "count": opened.count(), "student": opened.student.tolist()}
+    except SearchIndexError as exc:
+        served = {"error": str(exc)}
+    current = arrays / "streamapprox" / "CURRENT"
+    return {"rc": done.returncode, "stdout": done.stdout, "stderr": done.stderr, "files": files, "served": served,
+            "current": current.read_text() if current.exists() else None}
+
+
+report = {}
+try:
+    mount("160k")  # holds the student and teacher arrays (2 x 15 pages), not the frames' (44 pages)
+    report["first"] = run()
+    mount("64m", again=True)
+    report["freed"] = run()
+    current = arrays / "streamapprox" / "CURRENT"
+    pointer = json.loads(current.read_text())
+    pointer["done"] = {}  # the snapshot no longer matches the index's shards, so the job rewrites it (see the test)
+    current.write_text(json.dumps(pointer))
+    used = os.statvfs(arrays)
+    mount((used.f_blocks - used.f_bfree) * used.f_frsize + 160 * 1024, again=True)
+    report["stale"] = {"current": current.read_text()}
+    report["rewrite"] = run()
+finally:
+    subprocess.run(["umount", str(arrays)])
+print(json.dumps(report))
+"""
+
+
+def test_a_full_disk_while_the_snapshot_is_written_is_one_line_and_leaves_the_current_one(student, tmp_path):
+    """The real job, its snapshot folder (INDEX/arrays) on a small tmpfs in a mount namespace of its own, so the export
+    runs out of space midway (the frame array). A first build: one line naming the file and what to do, exit 2, no
+    snapshot current and no partial file; `launch serve`'s loader refuses in one line. Space freed, the same command
+    writes just the snapshot. Then a rewrite over a current snapshot that fails the same way leaves that snapshot
+    current, whole and servable.
+
+    The job retracts the snapshot before it changes an index, so a rewrite with a snapshot still current happens only
+    when the pointer disagrees with an unchanged index: the driver makes it so by editing the pointer's shard record."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(FULL_DISK_DRIVER)
+    index = tmp_path / "index"
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, str(driver), str(student), SHARDS, str(index)],
+                          env=cli_env(), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    arrays = index / "arrays" / "streamapprox"
+
+    first = report["first"]
+    assert first["rc"] == 2 and "Traceback" not in first["stderr"] + first["stdout"], first["stderr"][-3000:]
+    line = first["stderr"].strip()
+    assert "\n" not in line and line.startswith(f"error: {arrays}/") and "/clip.npy: No space left on device (errno 28); free space there, " \
+        "then rerun the same index command: the shards already indexed are kept; no search snapshot is current until then" in line, line
+    assert first["files"] == ["streamapprox/"] and first["current"] is None  # nothing half-written, no temp file
+    assert first["served"]["error"].startswith(f"{index}: no complete StreamApprox index named 'streamapprox' there")
+
+    freed = report["freed"]
+    assert freed["rc"] == 0 and "0 shards indexed, 8 unchanged; 460 videos, 1380 frames" in freed["stdout"], freed["stderr"][-3000:]
+    generation = json.loads(freed["current"])["generation"]
+    assert freed["served"]["count"] == {"videos": 460, "frames": 1380}
+    assert sorted(freed["files"]) == sorted(["streamapprox/", "streamapprox/CURRENT", f"streamapprox/{generation}/"]
+                                            + [f"streamapprox/{generation}/{name}" for name in (
+                                                "clip.npy", "frame_numbers.npy", "frame_times.npy", "offsets.npy", "state.json",
+                                                "student.npy", "teacher.npy", "videos.json")])
+
+    rewrite = report["rewrite"]
+    line = rewrite["stderr"].strip()
+    assert rewrite["rc"] == 2 and "\n" not in line and "Traceback" not in rewrite["stdout"], rewrite["stderr"][-3000:]
+    assert line.startswith(f"error: {arrays}/") and "/clip.npy: No space left on device (errno 28)" in line
+    assert line.endswith("the shards already indexed are kept; `launch serve` reads the previous snapshot until then"), line
+    assert f"/{generation}/" not in line  # a new generation was being written...
+    assert rewrite["current"] == report["stale"]["current"]  # ...and the pointer was not replaced
+    assert rewrite["files"] == freed["files"]  # the previous snapshot whole, the new folder and its temp files gone
+    assert rewrite["served"] == freed["served"]  # and servable, as before
+
+
 def brute_force_inputs(student_run: Path, shards: str = SHARDS):
     """Everything the index should hold, computed without it: student vectors, teacher vectors, frame vectors."""
     from data_shards import open_shards

@@ -160,6 +160,81 @@ def test_streamed_epoch_is_the_in_memory_split_and_a_bad_member_names_its_shard(
         open_shards(root).load_split("train")
 
 
+def v7_header(name: bytes, size: int, signed: bool = False) -> bytes:
+    """A pre-POSIX (Version 7 Unix) tar header: name, mode, uid, gid, size, mtime, checksum and link flag (NUL: a regular
+    file); no magic, no owner names, no prefix. ``signed``: the checksum summed over signed bytes, as Sun and NeXT tars
+    wrote it (tarfile accepts either)."""
+    header = bytearray(512)
+    header[: len(name)] = name
+    for start, width, value in ((100, 8, 0o644), (108, 8, 0), (116, 8, 0), (124, 12, size), (136, 12, 1_600_000_000)):
+        header[start : start + width] = b"%0*o\0" % (width - 1, value)
+    header[148:156] = b" " * 8
+    checksum = sum(byte - 256 if signed and byte >= 128 else byte for byte in header)
+    header[148:156] = b"%06o\0 " % checksum
+    return bytes(header)
+
+
+def test_a_v7_tar_streams_the_samples_tarfile_reads(tmp_path):
+    """A shard set whose tars are pre-POSIX (v7: headers without the ustar magic, one checksum signed, a v7 directory
+    entry first) gives the same samples through the memory path (tarfile, via WebDataset) and the stream path (the reader
+    of memory-mapped tars), and those are the samples of the same set written as ustar; a v7 header whose checksum does
+    not add up is named as corruption by the stream path."""
+    import tarfile
+
+    root = tmp_path / "set"
+    dims = Dims(frames=2, clip=8, audio=4, teacher=6)
+    rng = np.random.default_rng(3)
+    with ShardSetWriter(root, dims, samples_per_shard=4) as writer:
+        for i in range(10):
+            key = "vidéo-5" if i == 5 else f"v{i}"  # non-ASCII: a header with bytes >= 128, where signed and unsigned sums differ
+            teacher = rng.standard_normal(6)
+            meta = {"video_id": key, "split": "train", "has_audio": i % 3 != 0, "duration_s": 1.0, "frame_times_s": [0.1, 0.9],
+                    "sampling": "uniform"}
+            writer.write("train", key, rng.standard_normal((2, 8)), rng.standard_normal(4), teacher / np.linalg.norm(teacher), meta)
+    ustar = open_shards(root).load_split("train")
+
+    manifest = Manifest.read(root)
+    for entry in manifest.shards:
+        shard = root / entry.name
+        with tarfile.open(shard) as tar:
+            members = [(m.name.encode(), tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+        v7 = bytearray(v7_header(b"train/", 0))  # a v7 directory: a regular-file flag and a trailing slash
+        for name, data in members:
+            v7 += v7_header(name, len(data), signed=b"\xc3" in name) + data + bytes(-len(data) % 512)
+        shard.write_bytes(bytes(v7 + bytes(1024)))
+        with tarfile.open(shard) as tar:  # what was written is v7, and tarfile reads it
+            read = tar.getmembers()
+            assert [(m.name, m.isdir()) for m in read] == [("train", True)] + [(name.decode(), False) for name, _ in members]
+            assert [tar.extractfile(m).read() for m in read[1:]] == [data for _, data in members]
+        raw = shard.read_bytes()
+        assert all(raw[m.offset + 257 : m.offset + 265] == bytes(8) for m in read)  # no ustar/GNU magic, no version
+        entry.bytes, entry.sha256 = len(raw), sha256_file(shard)
+    signed = next(shard for shard in root.glob("*.tar") if "vidéo".encode() in shard.read_bytes()).read_bytes()
+    header = signed[signed.index("vidéo-5.".encode()) :][:512]
+    assert int(header[148:154], 8) != 256 + sum(header[:148] + header[156:])  # that checksum is the signed one
+    manifest.write(root)
+
+    memory = open_shards(root).load_split("train")
+    assert memory.keys == ustar.keys and "vidéo-5" in memory.keys
+    for field in ("clip", "audio", "has_audio", "teacher"):
+        assert torch.equal(getattr(memory, field), getattr(ustar, field)), field
+    everything = {(memory.keys[i], *(memory.batch(torch.tensor([i]))[f].numpy().tobytes() for f in ("clip", "audio", "has_audio", "teacher")))
+                  for i in range(len(memory))}
+    streamed = [(memory.keys[i], *(b[f][j : j + 1].numpy().tobytes() for f in ("clip", "audio", "has_audio", "teacher")))
+                for b in TrainBatches(open_shards(root), "train", 2, mode="stream").epoch(0) for j, i in enumerate(b["index"].tolist())]
+    assert len(streamed) == 10 and set(streamed) == everything
+
+    shard = root / "train-000001.tar"
+    broken = bytearray(shard.read_bytes())
+    broken[512 + 512 + 512 + 1] ^= 0x01  # a name byte of the second member's header: its checksum no longer adds up
+    shard.write_bytes(bytes(broken))
+    entry = next(entry for entry in manifest.shards if entry.name == shard.name)
+    entry.sha256 = sha256_file(shard)
+    manifest.write(root)
+    with pytest.raises(ShardError, match=r"train-000001\.tar: no tar header at byte 1536 \(truncated or corrupted shard\)"):
+        list(TrainBatches(open_shards(root), "train", 2, mode="stream").epoch(0))
+
+
 def test_synthetic_is_deterministic_msrvtt_shaped_and_both_modalities_matter(tmp_path):
     spec = SyntheticSpec(train=900, val=100, test=300, samples_per_shard=500, seed=11)
     generate(spec, tmp_path / "a", progress=False)

@@ -278,6 +278,10 @@ def test_objects_other_tools_or_cut_syncs_left_are_recognised_and_an_unchanged_s
         proxy.requests.clear()
         second = sync_cli(str(src), f"s3://{name}/data", "--endpoint-url", proxy.endpoint, cwd=tmp_path)
         assert second.returncode == 0 and "copied 0 files (0.0 MB), 3 unchanged" in second.stdout
+        # the second sync went through the proxy (it listed the prefix and read the manifest there) and wrote nothing
+        assert ("GET", f"/{name}/data/.streamapprox-sync.json") in proxy.requests, proxy.requests
+        assert any(method == "GET" and path.startswith(f"/{name}?list-type=2") and "prefix=data%2F" in path
+                   for method, path in proxy.requests), proxy.requests
         assert [request for request in proxy.requests if request[0] not in ("GET", "HEAD")] == []
     finally:
         proxy.stop()
