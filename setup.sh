@@ -7,12 +7,13 @@ cd "$(dirname "$0")"
 extras="deepspeed,tune,extract,report,search"
 [[ "${1:-}" == "--dev" ]] && extras="deepspeed,tune,extract,report,search,dev"
 
-# The tests run a real sshd on loopback (launch ssh): Debian's openssh-server and rsync; and drive the
-# search page in a real headless browser: Debian's chromium.
-if [[ "${1:-}" == "--dev" ]] && ! { command -v rsync && command -v chromium && [[ -x /usr/sbin/sshd ]]; } > /dev/null; then
+# The tests run a real sshd on loopback (launch ssh): Debian's openssh-server and rsync; drive the search page in a
+# real headless browser: Debian's chromium; and give the loopback Kaggle's kernels without internet a network namespace
+# of their own (ip, from iproute2).
+if [[ "${1:-}" == "--dev" ]] && ! { command -v rsync && command -v chromium && command -v ip && [[ -x /usr/sbin/sshd ]]; } > /dev/null; then
   sudo=(); [[ $(id -u) -ne 0 ]] && sudo=(sudo)
   "${sudo[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
-    openssh-server rsync chromium > /dev/null
+    openssh-server rsync chromium iproute2 > /dev/null
 fi
 
 stamp=".venv/.setup-$(cat pyproject.toml constraints.txt setup.sh | sha256sum | cut -c1-16)-${extras//,/-}"
@@ -24,6 +25,8 @@ pip=(.venv/bin/python -m pip install -qq --disable-pip-version-check -c constrai
 "${pip[@]}" --upgrade pip "setuptools>=68,<82" wheel  # torch 2.11 requires setuptools<82
 "${pip[@]}" torch torchvision torchaudio
 "${pip[@]}" --no-build-isolation -e ".[${extras}]"
+# The loopback Kaggle's package index: what its kernels install, as pinned here (from pip's cache of what was just installed).
+[[ "${1:-}" == "--dev" ]] && .venv/bin/python tests/kaggle_image.py
 rm -f .venv/.setup-*
 touch "$stamp"
 echo "setup: .venv ready (extras: ${extras})"

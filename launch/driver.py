@@ -62,6 +62,13 @@ def part_status(run: Run, part: int) -> dict:
         return {}
 
 
+def unit_code(unit: Unit) -> int:
+    """The exit code an ended unit stands for: 0 it succeeded, else its own 1/2/3 when it failed with one, else 1."""
+    if unit.state == "succeeded":
+        return 0
+    return unit.exit_code if unit.exit_code in (1, 2, Incomplete.code) else 1
+
+
 class Retry:
     """The one retry policy: ``Unreachable`` is retried, with backoff, for ``patience`` seconds in a row."""
 
@@ -219,8 +226,7 @@ class Follower:
     def failed(self, unit: Unit) -> None:
         """A unit that did not succeed: its part ends with the job's code, or incomplete (3) when the backend found the
         run can be continued from what was kept -- said in one line with the command that continues it."""
-        code = unit.exit_code if unit.exit_code in (1, 2, Incomplete.code) else 1
-        self.codes[unit.part] = code
+        code = self.codes[unit.part] = max(unit_code(unit), 1)
         if code == Incomplete.code:
             self.say(f"{unit.name} ended {unit.state}: {unit.detail}. Continue the run with: launch {self.backend.name} "
                      f"{self.run.record.job} --resume {self.run.dir}", error=True)

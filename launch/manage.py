@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from launch import transfer
-from launch.driver import Follower, Retry, reattach, say
+from launch.backends import Run
+from launch.driver import Follower, Retry, reattach, say, unit_code
 from launch.errors import Incomplete, LaunchError, Unreachable
 from launch.record import LaunchRecord
 from launch.summary import summarize
@@ -104,7 +105,16 @@ def run_logs(args: argparse.Namespace) -> int:
         for unit in running:
             retried(lambda unit=unit: read(unit, poll=True))
         time.sleep(args.poll_interval)
-    return 0
+    run.save()
+    return followed_code(run) if args.follow else 0
+
+
+def followed_code(run: Run) -> int:
+    """What ``logs --follow`` exits with once every unit ended, as the exit-code table has it: the worst of the parts'
+    last units (0 succeeded, 1 failed, 2 or 3 where the unit said so); 3 for a part never started. Whether the run is
+    complete comes out where its directory comes back: ``launch pull`` / ``launch status``."""
+    return max((unit_code(chain[-1]) if chain else Incomplete.code for chain in map(run.record.chain, range(run.record.parts))),
+               default=0)
 
 
 def run_stop(args: argparse.Namespace) -> int:

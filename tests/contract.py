@@ -29,8 +29,8 @@ class Target:
         self.env, self.shards = env, shards
 
     def options(self, tmp_path: Path) -> list[str]:
-        """The backend's own options for a new run (hosts, an address, ...)."""
-        return ["--poll-interval", "0.5"]
+        """The backend's own options for a new run (hosts, an address, ...), as a user gives them."""
+        return []
 
     def sent(self, tmp_path: Path) -> list:
         """Everything that has reached the compute so far (files, submissions, uploads): compared before and after."""
@@ -96,7 +96,7 @@ class BackendContract:
         assert started.returncode == 0 and "detached" in started.stdout, started.stdout[-3000:] + started.stderr[-3000:]
         run = new_run(tmp_path, before)
 
-        follower = subprocess.Popen(launch_command("logs", str(run), "--follow", "--poll-interval", "0.5", "--patience", "120"),
+        follower = subprocess.Popen(launch_command("logs", str(run), "--follow"),
                                     cwd=tmp_path, env=target.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             time.sleep(1)
@@ -125,11 +125,17 @@ class BackendContract:
         assert again.returncode == 0 and "status: complete" in again.stdout, again.stdout + again.stderr
 
     def test_a_failed_job_exits_1_and_stop_ends_a_running_one(self, target, tmp_path):
+        """A job that fails on the compute: followed detached, ``logs --follow`` exits 1 as the run stands, and the pull
+        brings the failed run back and exits 1; a running one is stopped."""
         before = runs_in(tmp_path)
-        failed = launch(target, tmp_path, *self.job(target, tmp_path, "optim.lr=1e9"))
-        output = failed.stdout + failed.stderr
-        assert failed.returncode == 1 and "training diverged" in output and "Traceback" not in output, output[-4000:]
+        started = launch(target, tmp_path, *self.job(target, tmp_path, "optim.lr=1e9", detach=True))
+        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
         run = new_run(tmp_path, before)
+        followed = launch(target, tmp_path, "logs", str(run), "--follow")
+        output = followed.stdout + followed.stderr
+        assert followed.returncode == 1 and "training diverged" in output and ": failed" in output, output[-4000:]
+        pulled = launch(target, tmp_path, "pull", str(run))
+        assert pulled.returncode == 1 and "Traceback" not in pulled.stdout + pulled.stderr, pulled.stdout[-3000:] + pulled.stderr[-3000:]
         assert json.loads((tmp_path / run / "run.json").read_text())["status"] == "failed"  # a failed run comes back too
 
         before = runs_in(tmp_path)

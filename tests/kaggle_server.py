@@ -277,22 +277,26 @@ class FakeKaggle(_Server):
             return handler._send(200, kernel.log)
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
-        handler.send_header("Connection", "close")
+        handler.send_header("Transfer-Encoding", "chunked")
         handler.end_headers()
         handler.close_connection = True
+
+        def chunk(data: bytes) -> None:
+            handler.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            handler.wfile.flush()
+
         sent, fault = 0, self._take(self.stream_faults, slug)
         try:
             while True:
                 done = not kernel.active
                 for event in kernel.log[sent:]:
-                    handler.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                    chunk(f"data: {json.dumps(event)}\n\n".encode())
                     sent += 1
-                    if fault == "drop":  # the stream breaks after its first event
-                        handler.wfile.flush()
+                    if fault == "drop":  # the stream breaks after its first event, mid-body
                         return handler._drop()
-                handler.wfile.flush()
                 if done:
-                    handler.wfile.write(b"data: END_OF_LOG\n\n")
+                    chunk(b"data: END_OF_LOG\n\n")
+                    handler.wfile.write(b"0\r\n\r\n")
                     return
                 time.sleep(0.1)
         except (BrokenPipeError, ConnectionResetError):

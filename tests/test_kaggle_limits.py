@@ -15,7 +15,6 @@ from kaggle_server import FAST, USER, launch_kaggle, only_run_dir, packed
 from data_shards import open_shards
 
 QUICK_TRAIN = ["train.epochs=1", "data.batch_size=64", "model.hidden=[64]"]
-SLOW_POLL = ["--poll-interval", "0.3", "--dataset-timeout", "60"]
 
 
 def read_run(run: Path) -> dict:
@@ -64,7 +63,7 @@ def test_extraction_runs_in_waves_of_two_gpu_sessions_and_a_kernel_trains_on_its
     args = ["--videos", str(listing), "--random-init", *TINY_EXTRACT]
     kaggle.outside_gpu_sessions = 1  # a notebook open in the web editor
     threading.Timer(20, lambda: setattr(kaggle, "outside_gpu_sessions", 0)).start()
-    extract = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", "--accelerator", "t4x2", *SLOW_POLL, "--num-kernels", "4", *args,
+    extract = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", "--accelerator", "t4x2", "--num-kernels", "4", *args,
                             timeout=600)
     assert extract.returncode == 0, extract.stdout[-3000:] + extract.stderr[-3000:]
     assert kaggle.refused_pushes >= 1 and "Maximum batch GPU session count of 2 reached" in extract.stdout
@@ -140,7 +139,7 @@ def test_quota_is_shown_planned_and_enforced_before_anything_is_pushed(tmp_path,
     shown = launch_kaggle(kaggle, tmp_path, "quota", env_extra=cache)
     assert shown.returncode == 0 and "20.50 h of GPU used this week" in shown.stdout and "9.50 h left of 30" in shown.stdout
 
-    plan = ["kaggle", "extract", "--accelerator", "t4x2", *SLOW_POLL, "--num-kernels", "3", "--time-budget", "3600",
+    plan = ["kaggle", "extract", "--accelerator", "t4x2", "--num-kernels", "3", "--time-budget", "3600",
             "--max-continuations", "1", "--videos", str(tmp_path / "videos" / "videos.csv"), "--random-init", *TINY_EXTRACT]
     from data_shards.synthetic_videos import write_collection
 

@@ -59,7 +59,7 @@ class RayTarget(Target):
         self.proxy = proxy
 
     def options(self, tmp_path: Path) -> list[str]:
-        return ["--address", self.proxy.endpoint, "--storage", str(tmp_path / "store"), "--poll-interval", "0.5"]
+        return ["--address", self.proxy.endpoint, "--storage", str(tmp_path / "store")]
 
     def sent(self, tmp_path: Path) -> list:
         return [request for request in self.proxy.requests if request[0] in ("POST", "PUT")]  # submissions, uploads
@@ -85,7 +85,7 @@ class TestContract(BackendContract):
 
 def test_train_and_sweep_run_on_the_cluster_and_come_back(ray_head, shards, tmp_path):
     address, env, temp = ray_head
-    cluster = ["--address", address, "--storage", str(tmp_path / "store"), "--poll-interval", "0.5"]
+    cluster = ["--address", address, "--storage", str(tmp_path / "store")]
     trained = launch_ray(env, tmp_path, "ray", "train_mlp", *cluster, "--set", f"data.shards={shards}", *TINY)
     assert trained.returncode == 0 and "status: complete" in trained.stdout, trained.stdout[-3000:] + trained.stderr[-3000:]
     run = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("train_mlp"))
@@ -156,7 +156,7 @@ def test_a_sweep_whose_driver_died_resumes_on_the_cluster(ray_head, shards, tmp_
     assert launch_ray(env, tmp_path, "stop", str(run)).returncode == 0
     while ": stopped" not in launch_ray(env, tmp_path, "status", str(run)).stdout and time.monotonic() < deadline + 60:
         time.sleep(1)
-    resumed = launch_ray(env, tmp_path, "ray", "sweep", "--address", address, "--resume", str(run), "--poll-interval", "1")
+    resumed = launch_ray(env, tmp_path, "ray", "sweep", "--address", address, "--resume", str(run))
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-3000:]
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
     assert len(json.loads((run / "launch.json").read_text())["units"]) == 2

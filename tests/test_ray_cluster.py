@@ -81,7 +81,7 @@ def stored_rows(client, bucket: str, prefix: str) -> dict[str, list[dict]]:
 def test_a_sweep_spreads_over_both_nodes_and_persists_to_s3(cluster, bucket, tmp_path):
     client, name = bucket
     swept = launch_ray(cluster, tmp_path, "ray", "sweep", "--address", cluster.address, "--storage", f"s3://{name}/runs",
-                       "--poll-interval", "1", "--num-samples", "4", *SWEEP, "train.epochs=2")
+                       "--num-samples", "4", *SWEEP, "train.epochs=2")
     assert swept.returncode == 0, swept.stdout[-4000:] + swept.stderr[-3000:]
     (sweep,) = (tmp_path / "runs").iterdir()
     info = json.loads((sweep / "run.json").read_text())
@@ -103,7 +103,7 @@ def test_training_across_both_nodes_survives_a_lost_worker_and_equals_a_two_proc
     import psutil
 
     client, name = bucket
-    command = launch_command("ray", "train_mlp", "--address", cluster.address, "--storage", f"s3://{name}/runs", "--poll-interval", "1",
+    command = launch_command("ray", "train_mlp", "--address", cluster.address, "--storage", f"s3://{name}/runs",
                              "--num-workers", "2", "--placement-strategy", "STRICT_SPREAD", "--set", *STUDENT, "train.audit=true")
     training = subprocess.Popen(command, cwd=tmp_path, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -162,7 +162,7 @@ def test_a_sweep_survives_the_loss_of_a_node(cluster, bucket, tmp_path):
     """The worker node's raylet is killed (by pid) while trials run on it: they restart from their last
     checkpoints on the head, and the sweep completes with every trial's epochs complete and in order."""
     client, name = bucket
-    command = launch_command("ray", "sweep", "--address", cluster.address, "--storage", f"s3://{name}/runs", "--poll-interval", "1",
+    command = launch_command("ray", "sweep", "--address", cluster.address, "--storage", f"s3://{name}/runs",
                              "--num-samples", "4", "--scheduler", "none", *SWEEP, "train.epochs=6")
     sweeping = subprocess.Popen(command, cwd=tmp_path, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     worker_node = cluster.worker_node()

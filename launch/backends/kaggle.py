@@ -439,7 +439,8 @@ class Kaggle(Backend):
         if record is None and unit.state == "failed":
             walled = time.time() - handle.pushed_at >= plan.session_limit
             unit.exit_code = Incomplete.code
-            unit.detail = (f"Kaggle stopped it at the session limit ({plan.session_limit / 3600:g} h)" if walled else
+            limit = f"{plan.session_limit / 3600:g} h" if plan.session_limit >= 3600 else f"{plan.session_limit:.0f} s"
+            unit.detail = (f"Kaggle stopped it at the session limit ({limit})" if walled else
                            f"it ended ({unit.detail or 'ERROR'}) before it saved") + \
                 "; nothing of that session is kept: the run stands as the last kernel that saved left it"
             return ""

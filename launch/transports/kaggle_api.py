@@ -200,7 +200,13 @@ class KaggleService:
         return self.call(f"log of kernel {self.owner}/{slug}", lambda: "".join(map(event_text, self.log_events(slug))))
 
     def log_stream(self, slug: str) -> LogStream:
-        return LogStream(f"{self.owner}/{slug}", lambda: self.log_events(slug))
+        def running() -> bool:
+            try:
+                return not self.kernel_state(slug).finished
+            except LaunchError:
+                return True  # not known: read on
+
+        return LogStream(f"{self.owner}/{slug}", lambda: self.log_events(slug), running)
 
     def quota(self) -> GpuQuota | None:
         """Kaggle's own figures of this week's GPU time, where Kaggle answers its (undocumented) quota call; None where
@@ -234,11 +240,11 @@ def event_text(event: dict[str, Any]) -> str:
 class LogStream:
     """A running kernel's log as it grows, read by a thread from Kaggle's logs stream. A stream that breaks is opened
     again; Kaggle replays it from the start, so the events already read are skipped (as the official client does).
-    ``ended``: Kaggle said END_OF_LOG (or served a finished session's whole log) -- or the stream was given up, which
-    ``failure`` then says."""
+    ``ended``: the stream ended while the kernel no longer runs (a stream that closes on a running kernel was cut, not
+    done: the package cannot tell END_OF_LOG from a closed connection) -- or it was given up, which ``failure`` says."""
 
-    def __init__(self, kernel: str, open_events: Callable[[], Any]):
-        self.kernel, self.open_events = kernel, open_events
+    def __init__(self, kernel: str, open_events: Callable[[], Any], running: Callable[[], bool]):
+        self.kernel, self.open_events, self.running = kernel, open_events, running
         self.text = ""
         self.failure: str | None = None
         self.ended = threading.Event()
@@ -261,13 +267,16 @@ class LogStream:
                     with self._lock:
                         self.text += event_text(event)
                     self.grew.set()
-                break
-            except (requests.exceptions.RequestException, ProtocolError, ValueError) as exc:
-                broken = 0 if seen > before else broken + 1
-                if broken >= STREAM_RECONNECTS:
-                    self.failure = f"the log stream of {self.kernel} broke {broken} times without new lines ({type(exc).__name__})"
+                if not self.running():
                     break
-                time.sleep(1.0)
+                reason = "it closed while the kernel ran"
+            except (requests.exceptions.RequestException, ProtocolError, ValueError) as exc:
+                reason = type(exc).__name__
+            broken = 0 if seen > before else broken + 1
+            if broken >= STREAM_RECONNECTS:
+                self.failure = f"the log stream of {self.kernel} broke {broken} times without new lines ({reason})"
+                break
+            time.sleep(1.0)
         self.ended.set()
         self.grew.set()
 

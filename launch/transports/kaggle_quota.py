@@ -90,7 +90,9 @@ def usage_line(owner: str, planned: float | None, limit: float | None, expected:
     used = used_hours(owner)
     since = week_start().strftime("%a %Y-%m-%d %H:%M UTC")
     text = f"GPU quota: {used:.2f} h used this week by launch kaggle (since {since})"
-    if planned is not None:
+    if planned == 0:
+        text += "; this launch: CPU kernels, no GPU quota"
+    elif planned is not None:
         guess = f"expected about {expected.hours:.2f} h ({expected.basis})" if expected else \
             f"expected: no estimate yet (no earlier {job} run in the ledger)"
         text += f"; this launch {guess}, worst case {planned:.2f} h (every kernel to its budget, every continuation)"

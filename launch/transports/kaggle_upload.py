@@ -28,6 +28,7 @@ from launch.transports.kaggle_api import KaggleService
 
 IMAGE_PROVIDES = ("torch", "torchvision", "torchaudio")  # Kaggle's image has its own torch; with it, everything torch needs
 LAUNCHER_ONLY = {"kaggle", "boto3", "six", "requests"}  # what the launcher uses and the kernel does not
+KERNEL_GLIBC = (2, 35)  # Kaggle's image is built on Ubuntu 22.04: wheels for glibc up to 2.35 run there
 MAX_DATASET_FILES = 50  # Kaggle's cap on top-level files in a dataset version
 PACK_BYTES = 1 << 30  # about this much per pack (a few packs for a big shard set, never over the cap)
 MAX_PACKS = MAX_DATASET_FILES - 2  # room for a marker file
@@ -92,8 +93,9 @@ def wheels_digest(requirements: list[str]) -> str:
 def build_wheels(requirements: list[str], folder: Path) -> list[tuple[str, Path]]:
     """Wheels of ``requirements`` (pinned, the whole closure) for a Kaggle image: CPython 3.11 on manylinux x86_64. A
     project that publishes no wheel is built into one here, which must then be pure Python (py3-none-any)."""
-    platform = ["--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64", "--python-version", "3.11",
-                "--implementation", "cp"]
+    tags = [f"manylinux_2_{minor}_x86_64" for minor in range(KERNEL_GLIBC[1], 4, -1)] + \
+        ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]  # pip does not widen --platform itself
+    platform = [*(arg for tag in tags for arg in ("--platform", tag)), "--python-version", "3.11", "--implementation", "cp"]
     binary, built = list(requirements), []
     while binary:
         command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest", str(folder),
