@@ -125,16 +125,17 @@ class Proxy(_Server):
 
 class SshServer:
     """A real OpenSSH ``sshd`` on 127.0.0.1 with throwaway host and user keys (made here, never tracked), key-only
-    login for the current user, and an ssh_config naming it by ``aliases``. With ``private`` (a directory) it runs in
-    a mount namespace of its own with an empty tmpfs over that directory: a machine that shares no disk there."""
+    login for the current user, and an ssh_config naming it by ``aliases``. With ``hide`` (directories) it is a
+    machine of its own: it runs in a mount namespace where each of them is an empty tmpfs and this environment is its
+    own Python, without the project (``separate_machine_mounts``)."""
 
-    def __init__(self, workdir: Path, aliases: tuple[str, ...] = ("node0", "node1"), private: Path | None = None):
+    def __init__(self, workdir: Path, aliases: tuple[str, ...] = ("node0", "node1"), hide: tuple[Path, ...] = ()):
         import getpass
 
         self.sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         if not Path(self.sshd).is_file():
             raise RuntimeError("sshd not installed: `./setup.sh --dev` installs Debian's openssh-server")
-        self.workdir, self.port, self.user, self.aliases, self.private = workdir, free_port(), getpass.getuser(), aliases, private
+        self.workdir, self.port, self.user, self.aliases, self.hide = workdir, free_port(), getpass.getuser(), aliases, hide
         workdir.mkdir(parents=True, exist_ok=True)
         for name in ("host_key", "user_key"):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(workdir / name)], check=True)
@@ -164,10 +165,9 @@ class SshServer:
         import shlex
 
         command = [self.sshd, "-D", "-e", "-f", str(self.config)]
-        if self.private is not None:
-            self.private.mkdir(parents=True, exist_ok=True)
-            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                       f"mount -t tmpfs tmpfs {shlex.quote(str(self.private))} && exec {shlex.join(command)}"]
+        if self.hide:
+            mounts = separate_machine_mounts(self.hide, keep=(self.workdir,))
+            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", f"{mounts} && exec {shlex.join(command)}"]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(self.workdir / "sshd.log", "ab"))
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -185,8 +185,8 @@ class SshServer:
 
     def outage(self, seconds: float) -> None:
         """The machine is gone from the network for ``seconds``: every session drops and new ones are refused; then
-        it answers again (what it runs carries on meanwhile). Not for a ``private`` server: its disk would go too."""
-        assert self.private is None
+        it answers again (what it runs carries on meanwhile). Not for a server with ``hide``: its disk would go too."""
+        assert not self.hide
         self.stop()
         time.sleep(seconds)
         self.listen()
@@ -211,6 +211,47 @@ def ssh_config(path: Path, *servers: SshServer) -> Path:
 NO_PROJECT_SITECUSTOMIZE = """import sys
 sys.meta_path[:] = [finder for finder in sys.meta_path if not getattr(finder, "__module__", "").startswith("__editable__")]
 """
+
+
+CHECKOUT = Path(__file__).resolve().parent.parent  # this checkout, wherever it was cloned
+
+
+def editable_install() -> list[Path]:
+    """The files by which this environment imports the project from the checkout: pip's ``__editable__*`` (a .pth and
+    the finder it imports), and any other .pth naming the checkout (``setup.py develop``'s)."""
+    import site
+
+    found = []
+    for folder in map(Path, site.getsitepackages()):
+        found += [p for p in sorted(folder.glob("*")) if p.is_file() and (p.name.startswith("__editable__") or
+                  (p.suffix == ".pth" and str(CHECKOUT) in p.read_text(errors="replace")))]
+    return found
+
+
+def separate_machine_mounts(hide: tuple[Path, ...], keep: tuple[Path, ...] = ()) -> str:
+    """Shell (for a fresh private mount namespace) that makes this machine look like another one: an empty tmpfs over
+    each of ``hide`` (this checkout, pytest's basetemp: whatever a node of its own would not have), ``keep`` (what
+    the node's own processes need, such as sshd's keys) and this environment (``sys.prefix``) back at their paths even
+    where they lie under a hidden one, the environment read-only and with the project's editable install masked by an
+    empty file: the node's own Python, with the project's dependencies but not the project, as a GPU box has after
+    ``pip install`` of the requirements. Bind mounts, not a copy: instant, nothing to clean up, and read-only, where a
+    hardlinked copy would take seconds and let a write through it change this environment's files (shared inodes).
+    What is kept is parked under a tmpfs on /mnt (this namespace's) while the tmpfs go on, then that is unmounted."""
+    import shlex
+
+    q = lambda path: shlex.quote(str(path))  # noqa: E731
+    kept = [Path(sys.prefix).resolve(), *(Path(p).resolve() for p in keep)]
+    base = Path(sys.base_prefix).resolve()  # the interpreter a venv runs, should a hidden folder hold it too
+    if any(base.is_relative_to(Path(p).resolve()) for p in hide):
+        kept.append(base)
+    steps = ["mount -t tmpfs tmpfs /mnt", ": > /mnt/empty"]
+    steps += [f"mkdir /mnt/{i} && mount --bind {q(path)} /mnt/{i}" for i, path in enumerate(kept)]
+    steps += [f"mkdir -p {q(path)} && mount -t tmpfs tmpfs {q(path)}" for path in sorted(Path(p).resolve() for p in hide)]
+    steps += [f"mkdir -p {q(path)} && mount --bind /mnt/{i} {q(path)}" for i, path in enumerate(kept)]
+    steps.append(f"mount -o remount,bind,ro {q(kept[0])}")
+    steps += [f"mount --bind /mnt/empty {q(path)}" for path in editable_install()]
+    steps.append("umount -l /mnt")
+    return " && ".join(steps)
 
 
 def private_tmp_mount() -> str:

@@ -1,30 +1,35 @@
 """``launch ssh``: the real CLI, the system's ssh and rsync, and real OpenSSH servers on 127.0.0.1 (throwaway host and
-user keys made by the fixture): node0, and node1 in a mount namespace of its own -- two machines that share no disk."""
+user keys made by the fixture): node0, and node1 in a mount namespace of its own -- two machines that share no disk.
+node1 has nothing but what the launcher sends it and its own Python (the project's dependencies, not the project)."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
 import pytest
 from conftest import cli_env, launch_command, read_jsonl
 from contract import BackendContract, Target
-from servers import SshServer, free_port, ssh_config
+from servers import CHECKOUT, SshServer, free_port, ssh_config
 
 TINY = ["train.epochs=6", "data.batch_size=64", "model.hidden=[64]", "train.audit=true"]
 
 
 class Nodes:
-    """Two machines over SSH that share no disk under ``remote``: node0 an sshd as it is, node1 an sshd in a mount
-    namespace of its own with an empty tmpfs over ``remote``; ``client_config`` names both."""
+    """Two machines over SSH that share no disk under ``remote``: node0 an sshd as it is, node1 one that shares nothing
+    with this machine -- in its mount namespace this checkout and pytest's basetemp (``remote``, the shard cache, every
+    test's inputs) are empty tmpfs and this environment is its own Python without the project, so a job there has only
+    what the launcher sent. ``client_config`` names both."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, basetemp: Path):
         self.remote = root / "remote"
         self.remote.mkdir()
         self.node0 = SshServer(root / "sshd0", aliases=("node0",))
-        self.node1 = SshServer(root / "sshd1", aliases=("node1",), private=self.remote)
+        self.node1 = SshServer(root / "sshd1", aliases=("node1",), hide=(CHECKOUT, basetemp))
         self.client_config = ssh_config(root / "ssh_config", self.node0, self.node1)
 
     def drop_connections(self) -> None:
@@ -38,7 +43,7 @@ class Nodes:
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    nodes = Nodes(tmp_path_factory.mktemp("ssh"))
+    nodes = Nodes(tmp_path_factory.mktemp("ssh"), tmp_path_factory.getbasetemp())
     yield nodes
     nodes.stop()
 
@@ -54,6 +59,12 @@ def shards(tmp_path_factory) -> Path:
 
 def launch_ssh(sshd, cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(launch_command(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def on(sshd, node: str, command: str) -> subprocess.CompletedProcess:
+    """``command`` run on ``node`` (what is there: node1's files are not on this machine)."""
+    return subprocess.run(["ssh", "-F", str(sshd.client_config), "-o", "BatchMode=yes", node, command], capture_output=True,
+                          text=True, timeout=60)
 
 
 def ssh_args(sshd, remote: Path, *hosts: str) -> list[str]:
@@ -99,6 +110,25 @@ def target(sshd, shards) -> SshTarget:
 
 class TestContract(BackendContract):
     pass
+
+
+def test_node1_has_only_its_own_python_and_what_it_was_sent(sshd, shards):
+    """What makes node1 a machine of its own, checked against node0 (this machine): no checkout, no project to import
+    (the environment's editable install is masked), no pytest inputs or shard cache -- but an interpreter with torch,
+    which it cannot write to."""
+    import os
+
+    paths = [CHECKOUT / "launch", shards / "manifest.json", Path(os.environ["STREAMAPPROX_CACHE"]), sshd.node0.workdir]
+    python, site = shlex.quote(sys.executable), shlex.quote(sysconfig.get_paths()["purelib"])
+    for path in paths:
+        assert on(sshd, "node0", f"test -e {shlex.quote(str(path))}").returncode == 0, path  # there on this machine ...
+        assert on(sshd, "node1", f"test -e {shlex.quote(str(path))}").returncode == 1, path  # ... not on node1
+    assert on(sshd, "node0", f"cd / && {python} -c 'import launch'").returncode == 0
+    imported = on(sshd, "node1", f"cd / && {python} -c 'import launch'")
+    assert imported.returncode == 1 and "No module named 'launch'" in imported.stderr, imported.stdout + imported.stderr
+    torch = on(sshd, "node1", f"cd / && {python} -c 'import torch, accelerate, webdataset; print(torch.__version__)'")
+    assert torch.returncode == 0 and torch.stdout.strip(), torch.stderr
+    assert on(sshd, "node1", f"touch {site}/node1-was-here").returncode == 1  # its own: nothing it does lands in this environment
 
 
 def test_two_nodes_that_share_no_disk_train_as_one_survive_a_dropped_connection_and_resume(sshd, shards, tmp_path):
@@ -154,6 +184,8 @@ def test_two_nodes_that_share_no_disk_train_as_one_survive_a_dropped_connection_
 
 
 def test_extract_runs_on_a_host_and_the_shards_come_back(sshd, tmp_path, capsys):
+    """On node0, which shares this machine's disk: extract's tiny encoder architectures are --set as local files, which
+    no launcher carries yet (extract's --check does not declare them as inputs), so node1 would not find them."""
     from conftest import TINY_EXTRACT
 
     from data_shards import open_shards
@@ -202,7 +234,8 @@ def test_bad_hosts_fail_before_anything_starts(sshd, shards, tmp_path):
 
 
 def test_sweep_runs_on_a_host_and_its_best_run_comes_back(sshd, shards, tmp_path):
-    result = launch_ssh(sshd, tmp_path, "ssh", "sweep", *ssh_args(sshd, tmp_path / "remote", "node0"), "--space", "temperature_depth",
+    """On node1: the shards and then the winner's checkpoint reach it only by what the launcher sends."""
+    result = launch_ssh(sshd, tmp_path, "ssh", "sweep", *ssh_args(sshd, tmp_path / "remote", "node1"), "--space", "temperature_depth",
                         "--num-samples", "2", "--preset", "train_transformer", "--set", f"data.shards={shards}", "train.epochs=2",
                         "data.batch_size=64", "model.width=32", "model.heads=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -211,17 +244,18 @@ def test_sweep_runs_on_a_host_and_its_best_run_comes_back(sshd, shards, tmp_path
     assert (sweep / "best" / "eval" / "results.json").is_file() and (sweep / "trials.csv").is_file()
 
     # the sweep's winner indexes the shards on the host: its checkpoint travels by rsync, the index comes back in the run
-    indexed = launch_ssh(sshd, tmp_path, "ssh", "index", *ssh_args(sshd, tmp_path / "remote", "node0"), "--run", str(sweep / "best"),
+    indexed = launch_ssh(sshd, tmp_path, "ssh", "index", *ssh_args(sshd, tmp_path / "remote", "node1"), "--run", str(sweep / "best"),
                          "--shards", str(shards))
     assert indexed.returncode == 0, indexed.stdout[-3000:] + indexed.stderr[-3000:]
     run = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("index"))
     assert json.loads((run / "run.json").read_text())["index"]["videos"] == 920 and (run / "index").is_dir()
-    assert any(p.name.startswith("file-") for p in (tmp_path / "remote" / "data").iterdir())
+    assert on(sshd, "node1", f"ls -d {tmp_path}/remote/data/file-*").returncode == 0
 
 
 def test_a_run_kaggle_left_incomplete_continues_over_ssh_to_the_figures_of_an_uninterrupted_run(sshd, shards, kaggle, tmp_path):
-    """Past Kaggle's wall (here: the session's steps spent, no continuation kernels left) onto a rented box: the run
-    directory is the same everywhere, so `launch ssh --resume` takes it on and ends where a run never interrupted does."""
+    """Past Kaggle's wall (here: the session's steps spent, no continuation kernels left) onto a rented box that has
+    none of this machine's files (node1): the run directory is the same everywhere, so `launch ssh --resume` sends it
+    there, takes it on and ends where a run never interrupted does."""
     from kaggle_server import FAST, launch_kaggle
 
     settings = [f"data.shards={shards}", *TINY]
@@ -232,7 +266,7 @@ def test_a_run_kaggle_left_incomplete_continues_over_ssh_to_the_figures_of_an_un
     assert f"launch kaggle train_mlp --resume {run}" in first.stderr
     assert json.loads((tmp_path / run / "run.json").read_text())["global_step"] == 20
 
-    moved = launch_ssh(sshd, tmp_path, "ssh", "train_mlp", "--resume", str(run), *ssh_args(sshd, sshd.remote / tmp_path.name, "node0"),
+    moved = launch_ssh(sshd, tmp_path, "ssh", "train_mlp", "--resume", str(run), *ssh_args(sshd, sshd.remote / tmp_path.name, "node1"),
                        "--set", "train.session_steps=null")
     assert moved.returncode == 0 and "status: complete" in moved.stdout, moved.stdout[-3000:] + moved.stderr[-3000:]
     info, record = (json.loads((tmp_path / run / name).read_text()) for name in ("run.json", "launch.json"))
