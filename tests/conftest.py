@@ -87,11 +87,13 @@ def wheel_server():
 
 
 @pytest.fixture
-def kaggle(tmp_path, kaggle_image, wheel_server):
+def kaggle(tmp_path, tmp_path_factory, kaggle_image, wheel_server):
     """A loopback Kaggle (tests/kaggle_server.py) that behaves as the real one: archives unpacked, two GPU sessions, ..."""
     from kaggle_server import KEY, USER, FakeKaggle
+    from servers import CHECKOUT
 
-    server = FakeKaggle(USER, KEY, workdir=tmp_path / "kaggle-sandbox", image=kaggle_image, index_url=wheel_server.url, page_cap=5)
+    server = FakeKaggle(USER, KEY, workdir=tmp_path / "kaggle-sandbox", image=kaggle_image, index_url=wheel_server.url,
+                        hide=(CHECKOUT, tmp_path_factory.getbasetemp()), page_cap=5)
     yield server
     server.stop()
 

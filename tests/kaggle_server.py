@@ -20,7 +20,8 @@ of the caller's credentials. What it models:
   ``processing_polls`` add status polls on top); a new version meanwhile is refused with Kaggle's misleading 403;
   each version holds exactly the files uploaded with it;
 - **kernels queue** (``queue_s``, 1.5 s by default) before they run, **in Kaggle's image**: their own Python with torch
-  and a few of Kaggle's packages (``kaggle_image``), nothing of this project, each kernel on an overlay of its own;
+  and a few of Kaggle's packages (``kaggle_image``), nothing of this project, each kernel on an overlay of its own, in
+  a mount namespace where this checkout and the tests' inputs (``hide``) are empty -- only what it was sent;
   pip installs from the wheelhouse on loopback -- the kernel's internet -- and a kernel with ``enable_internet: false``
   runs in an empty network namespace (its own loopback only): it reaches nothing;
 - **the session wall**: a kernel still running ``session_limit_s`` after it started (12 h; scaled down in tests) is
@@ -62,7 +63,7 @@ import zipfile
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from servers import _Server
+from servers import CHECKOUT, _Server, separate_machine_mounts
 
 P100_SITECUSTOMIZE = """import torch
 torch.cuda.is_available = lambda: True
@@ -127,11 +128,12 @@ class Kernel:
 
 
 class FakeKaggle(_Server):
-    def __init__(self, username: str, key: str, workdir: Path, image: Path, index_url: str, page_cap: int = 3, layout: str = "current",
-                 unpack: bool = True, max_gpu_sessions: int = 2, max_files: int = 50):
+    def __init__(self, username: str, key: str, workdir: Path, image: Path, index_url: str, hide: tuple[Path, ...] = (CHECKOUT,),
+                 page_cap: int = 3, layout: str = "current", unpack: bool = True, max_gpu_sessions: int = 2, max_files: int = 50):
         self.auth = "Basic " + base64.b64encode(f"{username}:{key}".encode()).decode()
         self.workdir, self.page_cap, self.layout, self.unpack = workdir, page_cap, layout, unpack
         self.image, self.index_url = image, index_url  # the kernels' Python image (a venv) and their package index
+        self.hide = hide  # what a kernel does not see of this machine: this checkout, the tests' inputs
         self.max_gpu_sessions, self.max_files = max_gpu_sessions, max_files
         self.kernel_outputs: dict[tuple[str, str], dict[str, bytes]] = {}
         self.datasets: dict[tuple[str, str], dict[str, bytes]] = {}
@@ -485,7 +487,9 @@ class FakeKaggle(_Server):
         layer = root.parent / "image-layer"
         (layer / "upper").mkdir(parents=True)
         (layer / "work").mkdir()
-        boot = f"mount -t overlay overlay -o lowerdir={self.image},upperdir={layer}/upper,workdir={layer}/work {self.image}"
+        keep = (root.parent, self.image, *([Path(env["STREAMAPPROX_CACHE"])] if "STREAMAPPROX_CACHE" in env else []))
+        boot = separate_machine_mounts(self.hide, keep, own_python=False)
+        boot += f" && mount -t overlay overlay -o lowerdir={self.image},upperdir={layer}/upper,workdir={layer}/work {self.image}"
         internet = bool(kernel.body.get("enableInternet"))
         if not internet:
             boot += " && ip link set lo up"

@@ -228,7 +228,7 @@ def editable_install() -> list[Path]:
     return found
 
 
-def separate_machine_mounts(hide: tuple[Path, ...], keep: tuple[Path, ...] = ()) -> str:
+def separate_machine_mounts(hide: tuple[Path, ...], keep: tuple[Path, ...] = (), own_python: bool = True) -> str:
     """Shell (for a fresh private mount namespace) that makes this machine look like another one: an empty tmpfs over
     each of ``hide`` (this checkout, pytest's basetemp: whatever a node of its own would not have), ``keep`` (what
     the node's own processes need, such as sshd's keys) and this environment (``sys.prefix``) back at their paths even
@@ -236,11 +236,12 @@ def separate_machine_mounts(hide: tuple[Path, ...], keep: tuple[Path, ...] = ())
     empty file: the node's own Python, with the project's dependencies but not the project, as a GPU box has after
     ``pip install`` of the requirements. Bind mounts, not a copy: instant, nothing to clean up, and read-only, where a
     hardlinked copy would take seconds and let a write through it change this environment's files (shared inodes).
-    What is kept is parked under a tmpfs on /mnt (this namespace's) while the tmpfs go on, then that is unmounted."""
+    What is kept is parked under a tmpfs on /mnt (this namespace's) while the tmpfs go on, then that is unmounted.
+    ``own_python=False``: this environment is hidden like the rest (a Kaggle kernel brings its own image)."""
     import shlex
 
     q = lambda path: shlex.quote(str(path))  # noqa: E731
-    kept = [Path(sys.prefix).resolve(), *(Path(p).resolve() for p in keep)]
+    kept = [*([Path(sys.prefix).resolve()] if own_python else []), *(Path(p).resolve() for p in keep)]
     base = Path(sys.base_prefix).resolve()  # the interpreter a venv runs, should a hidden folder hold it too
     if any(base.is_relative_to(Path(p).resolve()) for p in hide):
         kept.append(base)
@@ -248,8 +249,9 @@ def separate_machine_mounts(hide: tuple[Path, ...], keep: tuple[Path, ...] = ())
     steps += [f"mkdir /mnt/{i} && mount --bind {q(path)} /mnt/{i}" for i, path in enumerate(kept)]
     steps += [f"mkdir -p {q(path)} && mount -t tmpfs tmpfs {q(path)}" for path in sorted(Path(p).resolve() for p in hide)]
     steps += [f"mkdir -p {q(path)} && mount --bind /mnt/{i} {q(path)}" for i, path in enumerate(kept)]
-    steps.append(f"mount -o remount,bind,ro {q(kept[0])}")
-    steps += [f"mount --bind /mnt/empty {q(path)}" for path in editable_install()]
+    if own_python:
+        steps.append(f"mount -o remount,bind,ro {q(kept[0])}")
+        steps += [f"mount --bind /mnt/empty {q(path)}" for path in editable_install()]
     steps.append("umount -l /mnt")
     return " && ".join(steps)
 

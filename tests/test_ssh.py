@@ -69,7 +69,7 @@ def on(sshd, node: str, command: str) -> subprocess.CompletedProcess:
 
 def ssh_args(sshd, remote: Path, *hosts: str) -> list[str]:
     return [*(a for h in hosts for a in ("--host", h)), "--ssh-config", str(sshd.client_config), "--python", sys.executable,
-            "--remote-dir", str(remote), "--poll-interval", "0.5"]
+            "--remote-dir", str(remote)]
 
 
 def run_state(run: Path):
