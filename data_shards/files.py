@@ -59,6 +59,7 @@ DISK_ADVICE = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space there
                errno.EROFS: "choose a writable --runs-dir/--run-dir", errno.EACCES: "choose a directory you may write"}
 
 
-def disk_problem(error: OSError, where) -> str:
+def disk_problem(error: OSError, where: str | Path) -> str:
     """One line for a disk that refused a write: where, what the system said, and what to do about it."""
-    return f"{error.filename or where}: {error.strerror} (errno {error.errno}); {DISK_ADVICE.get(error.errno, 'fix the disk')}"
+    advice = DISK_ADVICE.get(error.errno, "fix the disk") if error.errno is not None else "fix the disk"
+    return f"{error.filename or where}: {error.strerror} (errno {error.errno}); {advice}"

@@ -13,7 +13,7 @@ from data_shards.schema import SCHEMA_VERSION, Dims
 MANIFEST_NAME = "manifest.json"
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
     return hash_file(path, "sha256")[1][0]
 
 

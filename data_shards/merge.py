@@ -11,14 +11,18 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from data_shards.errors import ShardError
-from data_shards.manifest import Manifest
+from data_shards.manifest import Manifest, ShardEntry
 from data_shards.reader import open_root
 
+Part = TypeVar("Part")  # how a caller names a part: its folder (Path), or its URL (str)
 
-def merge_manifests(manifests: list[Manifest], parts: list) -> tuple[Manifest, dict[str, object]]:
+
+def merge_manifests(manifests: list[Manifest], parts: Sequence[Part]) -> tuple[Manifest, dict[str, Part]]:
     """The one manifest of slices that belong together (``parts`` name them in messages): they must agree on
     dims and encoders, name their shards apart, and (extractions) share a plan that they cover exactly once.
     Returns it with each shard's part."""
@@ -26,7 +30,8 @@ def merge_manifests(manifests: list[Manifest], parts: list) -> tuple[Manifest, d
         raise ShardError("no shard sets to merge")
     first = manifests[0]
     joined = _joined_plan(manifests, parts) if "plan" in first.source else {**first.source, "merged_parts": len(parts)}
-    shards, seen = [], {}
+    shards: list[ShardEntry] = []
+    seen: dict[str, Part] = {}
     for manifest, part in zip(manifests, parts):
         if manifest.dims != first.dims or manifest.encoders != first.encoders:
             raise ShardError(f"{part}: dims/encoders differ from {parts[0]}; only slices of one extraction can be merged")
@@ -48,7 +53,7 @@ def merge_shard_sets(parts: list[Path], out: Path) -> Manifest:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         for shard in merged.shards:
-            source, target = Path(owner[shard.name]) / shard.name, staging / shard.name
+            source, target = owner[shard.name] / shard.name, staging / shard.name
             try:
                 os.link(source, target)  # same file system: no copy
             except OSError:
@@ -63,9 +68,9 @@ def merge_shard_sets(parts: list[Path], out: Path) -> Manifest:
     return merged
 
 
-def _joined_plan(manifests: list[Manifest], parts: list[Path]) -> dict:
+def _joined_plan(manifests: list[Manifest], parts: Sequence[Part]) -> dict:
     plan = manifests[0].source["plan"]
-    owner: dict[str, Path] = {}
+    owner: dict[str, Part] = {}
     for manifest, part in zip(manifests, parts):
         if manifest.source.get("plan", {}).get("digest") != plan["digest"]:
             raise ShardError(f"{part}: extracted with another plan (videos or settings) than {parts[0]}; only slices of one extraction merge")

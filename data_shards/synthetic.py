@@ -16,6 +16,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
 import numpy as np
@@ -62,7 +63,7 @@ class SyntheticSpec:
         if parsed.netloc != "msrvtt":
             raise ShardError(f"{url}: the only synthetic dataset is synthetic://msrvtt")
         types = {f.name: f.type for f in fields(cls)}
-        values = {}
+        values: dict[str, Any] = {}  # each value parsed to its own field's type below; mypy cannot follow a type chosen by name
         for key, raw in parse_qsl(parsed.query):
             if key not in types:
                 raise ShardError(f"{url}: unknown synthetic parameter {key!r} (known: {sorted(types)})")
@@ -159,8 +160,9 @@ def generate(spec: SyntheticSpec, out: str | Path, *, progress: bool = True, par
             for row, video_number in enumerate(ids):
                 if row % count != index:
                     continue
+                video_id = f"video{video_number}"
                 meta = {
-                    "video_id": f"video{video_number}",
+                    "video_id": video_id,
                     "split": split,
                     "has_audio": bool(videos["has_audio"][row]),
                     "duration_s": round(float(videos["duration"][row]), 3),
@@ -168,7 +170,7 @@ def generate(spec: SyntheticSpec, out: str | Path, *, progress: bool = True, par
                     "sampling": "three_frame" if spec.frames == 3 else "uniform",
                     "synthetic": True,
                 }
-                writer.write(split, meta["video_id"], videos["clip"][row], videos["audio"][row], videos["teacher"][row], meta)
+                writer.write(split, video_id, videos["clip"][row], videos["audio"][row], videos["teacher"][row], meta)
                 bar.update(1)
     return Path(out)
 

@@ -38,6 +38,11 @@ def state_dir() -> Path:
     return cache_root() / "sync" / "uploads"
 
 
+def _local_size(src: Path, entry: Entry) -> int:
+    """The size listed for local file ``src``, or its own where the entry came from a store that lists none."""
+    return entry.size if entry.size is not None else src.stat().st_size
+
+
 def explain(url: str, exc: Exception) -> SyncError:
     """One clear sentence for the failures a user can fix."""
     from botocore.exceptions import ClientError, EndpointConnectionError, FlexibleChecksumError, NoCredentialsError
@@ -148,7 +153,7 @@ class S3Store(Store):
             raise explain(url, exc) from exc
 
     def upload(self, rel: str, src: Path, entry: Entry, progress: Progress) -> Entry:
-        if entry.size >= MULTIPART_THRESHOLD:
+        if _local_size(src, entry) >= MULTIPART_THRESHOLD:
             return self._multipart(rel, src, entry, progress)
         body = src.read_bytes()  # the digest of the bytes actually sent; the server verifies it
         sha = hashlib.sha256(body)
@@ -165,7 +170,8 @@ class S3Store(Store):
         key = self.key(rel)
         if entry.sha256 is None:
             entry = file_digests(src)
-        state_path = state_dir() / (hashlib.sha256(f"{self.bucket}/{key}:{entry.size}:{entry.sha256}".encode()).hexdigest() + ".json")
+        size = _local_size(src, entry)
+        state_path = state_dir() / (hashlib.sha256(f"{self.bucket}/{key}:{size}:{entry.sha256}".encode()).hexdigest() + ".json")
         done = self._resume(state_path, key)
         if done is None:
             upload = self._call(self.client.create_multipart_upload, Bucket=self.bucket, Key=key, Metadata={"sha256": entry.sha256})
@@ -175,7 +181,7 @@ class S3Store(Store):
             done = (state, {})
         state, parts = done
         part_size = state["part_size"]
-        count = -(-entry.size // part_size)
+        count = -(-size // part_size)
 
         def send(number: int) -> None:
             with open(src, "rb") as handle:
@@ -192,7 +198,7 @@ class S3Store(Store):
         self._call(self.client.complete_multipart_upload, Bucket=self.bucket, Key=key, UploadId=state["upload_id"],
                    MultipartUpload={"Parts": [{"PartNumber": n, "ETag": parts[n]} for n in sorted(parts)]})
         state_path.unlink(missing_ok=True)
-        return Entry(entry.size, entry.sha256, None)
+        return Entry(size, entry.sha256, None)
 
     def _resume(self, state_path: Path, key: str) -> tuple[dict, dict[int, str]] | None:
         """The parts the server already holds for an interrupted upload of this exact file."""

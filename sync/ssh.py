@@ -57,6 +57,7 @@ class SshStore(Store):
         verifier = Verifier(f"{self.url}/{rel}", expected)
         process = subprocess.Popen([*self.base, f"cat -- {shlex.quote(self.root + '/' + rel)}"], stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE)
+        assert process.stdout is not None and process.stderr is not None  # both are PIPEs, opened just above
         try:
             with atomic_destination(dest) as sink:
                 while block := process.stdout.read(CHUNK):
