@@ -17,6 +17,7 @@ import csv
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -79,18 +80,18 @@ def video_to_video(student: np.ndarray, teacher: np.ndarray, max_queries: int) -
 
 
 def text_to_video(ids: list[str], student: np.ndarray, teacher: np.ndarray, texts: list[str], labels: list[str | None],
-                  encode) -> dict:
+                  encode: Callable[[list[str]], np.ndarray]) -> dict:
     vectors = encode(texts)
     t_scores, s_scores = vectors @ teacher.T, vectors @ student.T
     k = min(OVERLAP_AT, len(ids))
-    result = {"queries": len(texts), f"overlap@{k}": overlap(top(s_scores, k), top(t_scores, k))}
+    result: dict[str, object] = {"queries": len(texts), f"overlap@{k}": overlap(top(s_scores, k), top(t_scores, k))}
     position = {video_id: i for i, video_id in enumerate(ids)}
-    labelled = [i for i, label in enumerate(labels) if label is not None]
+    labelled = [(i, label) for i, label in enumerate(labels) if label is not None]
     if labelled:
-        missing = sorted({labels[i] for i in labelled} - set(position))
+        missing = sorted({label for _, label in labelled} - set(position))
         if missing:
             raise ConfigError(f"--queries labels name videos the index does not have: {', '.join(missing[:5])}")
-        rows, targets = np.array(labelled), np.array([position[labels[i]] for i in labelled])
+        rows, targets = np.array([i for i, _ in labelled]), np.array([position[label] for _, label in labelled])
         result["labelled"] = {"queries": len(labelled),
                               "student": summarize_ranks(ranks_of(s_scores[rows], targets)),
                               "teacher": summarize_ranks(ranks_of(t_scores[rows], targets))}

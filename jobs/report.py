@@ -21,6 +21,7 @@ import os
 import platform
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -85,14 +86,14 @@ def measure_costs(runs: list[RunReport], cfg, devices: list[torch.device], batch
                           f"gives {clip.dim}-d; measure the encoders its shards were made with (--set student.clip.model=...)")
     costs = [measure(head_pipeline(f"head: {r.label}", h), devices, batches, repeats, budget_s, cfg.precision, progress)
              for r, h in zip(runs, heads)]
-    student = student_pipeline(f"student pipeline ({run.label} head)", clip.model, vggish.model, head, cfg.student.audio.segment_s)
+    student = student_pipeline(f"student pipeline ({run.label} head)", clip, vggish, head, cfg.student.audio.segment_s)
     costs.append(measure(student, devices, batches, repeats, budget_s, cfg.precision, progress))
     teacher = build_teacher(cfg.teacher, clip, random_init=True, device=cpu, seed=cfg.seed)
     if cfg.teacher.kind == "imagebind":
         teacher_pipeline = imagebind_pipeline(f"teacher pipeline (ImageBind {Path(cfg.teacher.imagebind.architecture).stem})",
                                               teacher.model)
     else:
-        teacher_pipeline = dense_clip_pipeline(f"teacher pipeline (dense CLIP x {cfg.teacher.frames})", teacher.encoder.model,
+        teacher_pipeline = dense_clip_pipeline(f"teacher pipeline (dense CLIP x {cfg.teacher.frames})", teacher.encoder,
                                                cfg.teacher.frames)
     costs.append(measure(teacher_pipeline, devices, batches, repeats, budget_s, cfg.precision, progress))
     return costs
@@ -102,7 +103,7 @@ def write_tables(out: Path, runs: list[RunReport], costs: list[Cost], machine: d
     table = io.StringIO()
     writer = csv.writer(table)
     writer.writerow(["run", "preset", "job", "student", "loss", "data", *METRIC_COLUMNS, "n", "head_parameters", "head_flops_per_video"])
-    heads = costs[:len(runs)] or [None] * len(runs)  # measure_costs puts the heads first, in run order
+    heads: Sequence[Cost | None] = costs[:len(runs)] or [None] * len(runs)  # measure_costs puts the heads first, in run order
     for run, head in zip(runs, heads):
         metrics = run.results["metrics"]
         writer.writerow([run.run_id, run.preset, run.info.get("job"), run.student_text(), run.loss_text(), data_text(run.info),

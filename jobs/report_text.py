@@ -54,7 +54,7 @@ def latency_text(value: Timing | str | None, batch: int) -> str:
     return f"{number(value.median_s * 1e3)}{per_video}"
 
 
-def times(a: float, b: float, what: str) -> str:
+def times(a: float, b: float, what: tuple[str, str]) -> str:
     """'**12x** fewer FLOPs for the student' -- or more, said as plainly."""
     if not a or not b:
         return "not comparable (a zero)"

@@ -107,6 +107,12 @@ class ClipImageEncoder:
         self.model = model.visual.to(self.device).eval()
         self.dim = int(model.visual.output_dim)
 
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) the tower takes: open_clip's ViT and timm towers record a pair, its ResNets one int."""
+        size = self.model.image_size
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
     def encode(self, images: list[np.ndarray]) -> np.ndarray:
         return self.embed(self.pixels(images))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,11 @@ from torch import nn
 
 from model.costs import Timing, count_flops, count_parameters, time_call
 from model.encoders import autocast, resolve_precision, vggish_examples
+
+if TYPE_CHECKING:
+    from model.encoders import ClipImageEncoder, VGGishEncoder
+    from model.imagebind import ImageBind
+    from model.students import Student
 
 VGGISH_FRAMES, VGGISH_BANDS = 96, 64  # one 0.96 s log-mel example
 BATCHES = (1, 256)
@@ -79,7 +85,7 @@ def _student_batch(clip: torch.Tensor, audio: torch.Tensor) -> Inputs:
     return {"clip": clip, "audio": audio, "has_audio": torch.ones(clip.shape[0], dtype=torch.bool, device=clip.device)}
 
 
-def head_pipeline(name: str, student: nn.Module) -> Pipeline:
+def head_pipeline(name: str, student: Student) -> Pipeline:
     """The trained network alone, on already-extracted features."""
     cfg = student.cfg
 
@@ -90,10 +96,10 @@ def head_pipeline(name: str, student: nn.Module) -> Pipeline:
     return Pipeline(name, [student], make_inputs, student, f"{cfg.kind} head on extracted features")
 
 
-def student_pipeline(name: str, clip_tower: nn.Module, vggish: nn.Module, head: nn.Module, segment_s: float) -> Pipeline:
+def student_pipeline(name: str, clip: ClipImageEncoder, vggish_encoder: VGGishEncoder, head: Student, segment_s: float) -> Pipeline:
     """Sparse inputs to the student's embedding: CLIP on ``frames`` images, VGGish on the segment's examples, the head."""
     cfg = head.cfg
-    image_size = clip_tower.image_size
+    clip_tower, vggish, image_size = clip.model, vggish_encoder.model, clip.image_size
     examples = vggish_examples(segment_s)
 
     def make_inputs(batch: int, device: torch.device) -> Inputs:
@@ -111,7 +117,7 @@ def student_pipeline(name: str, clip_tower: nn.Module, vggish: nn.Module, head: 
     return Pipeline(name, [clip_tower, vggish, head], make_inputs, forward, description)
 
 
-def imagebind_pipeline(name: str, model: nn.Module, clips: int = 5, crops: int = 3, audio_clips: int = 3) -> Pipeline:
+def imagebind_pipeline(name: str, model: ImageBind, clips: int = 5, crops: int = 3, audio_clips: int = 3) -> Pipeline:
     """ImageBind's own test-time views: ``clips`` x ``crops`` two-frame vision views, ``audio_clips`` log-mel clips."""
     v, a = model.config.vision, model.config.audio
 
@@ -128,8 +134,8 @@ def imagebind_pipeline(name: str, model: nn.Module, clips: int = 5, crops: int =
     return Pipeline(name, [model], make_inputs, forward, description)
 
 
-def dense_clip_pipeline(name: str, clip_tower: nn.Module, frames: int) -> Pipeline:
-    image_size = clip_tower.image_size
+def dense_clip_pipeline(name: str, clip: ClipImageEncoder, frames: int) -> Pipeline:
+    clip_tower, image_size = clip.model, clip.image_size
 
     def make_inputs(batch: int, device: torch.device) -> Inputs:
         return {"frames": torch.randn(batch * frames, 3, *image_size, device=device)}

@@ -92,6 +92,8 @@ class ZeroShotStudent(nn.Module):
     """A random projection keeps CLIP's geometry (Johnson-Lindenstrauss), so this scores what CLIP's
     own similarities already agree with the teacher's. The projection is a buffer: saved, never trained."""
 
+    projection: torch.Tensor  # registered as a buffer in __init__
+
     def __init__(self, cfg: ZeroShotStudentConfig):
         super().__init__()
         self.cfg = cfg
@@ -104,7 +106,10 @@ class ZeroShotStudent(nn.Module):
         return F.normalize(out, dim=-1) if self.cfg.normalize_output else out
 
 
-def build_student(cfg: MLPStudentConfig | TransformerStudentConfig | ZeroShotStudentConfig) -> nn.Module:
+Student = MLPStudent | TransformerStudent | ZeroShotStudent  # each keeps its config as ``cfg``
+
+
+def build_student(cfg: MLPStudentConfig | TransformerStudentConfig | ZeroShotStudentConfig) -> Student:
     if isinstance(cfg, MLPStudentConfig):
         return MLPStudent(cfg)
     if isinstance(cfg, ZeroShotStudentConfig):

@@ -76,6 +76,9 @@ class ClipTextEncoder:
                 "random_init": self.random_init}
 
 
+TextEncoder = ImageBindTextEncoder | ClipTextEncoder
+
+
 class QueryEncoders:
     """The text towers a search service needs, built once: one for video queries and, with ``frames``, CLIP's
     for frame queries (evaluation ranks videos only and builds no frame tower)."""
@@ -83,6 +86,7 @@ class QueryEncoders:
     def __init__(self, config: QueryEncodersConfig, frames: bool = True):
         self.config = config
         self.frames = ClipTextEncoder(config.clip, config.random_init, config.seed) if frames else None
+        self.videos: TextEncoder
         if config.video_text == "imagebind":
             self.videos = ImageBindTextEncoder(config.imagebind, config.random_init, config.seed)
         elif self.frames is not None and config.video_clip in (None, config.clip):
@@ -90,7 +94,7 @@ class QueryEncoders:
         else:
             self.videos = ClipTextEncoder(config.video_clip or config.clip, config.random_init, config.seed)
 
-    def towers(self) -> dict:
+    def towers(self) -> dict[str, TextEncoder]:
         return {what: encoder for what, encoder in (("videos", self.videos), ("frames", self.frames)) if encoder is not None}
 
     def check_dims(self, video_dim: int, frame_dim: int | None = None) -> None:

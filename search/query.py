@@ -75,7 +75,8 @@ class SearchEngine:
             raise QueryError("text search is off: this service runs without text towers (--no-text); query by video=ID", status=400)
         with self._towers:
             video_query = self.encoders.videos.encode([text])[0]
-            frame_query = unit(self.encoders.frames.encode([text])[0])
+            # without a frame tower (QueryEncoders(frames=False)) videos are still ranked, with no best frames
+            frame_query = unit(self.encoders.frames.encode([text])[0]) if self.encoders.frames is not None else None
         hits = self.index.top_videos(video_query, k, space)
         return {"query": {"text": text, "k": k, "space": space}, "results": [self._result(h, frame_query, frames) for h in hits]}
 
@@ -99,7 +100,7 @@ class SearchEngine:
         best = [] if frame_query is None or frames == 0 else self.index.best_frames(frame_query, row, frames)
         payload.pop("shard", None)
         source = self.sources.get(payload["video_id"], payload.get("source"))
-        payload["source"] = bool(source) and Path(source).is_file()  # whether a thumbnail can be made here
+        payload["source"] = bool(source and Path(source).is_file())  # whether a thumbnail can be made here
         return {**payload, "score": score, "frames": best}
 
     def video(self, video_id: str) -> dict:
