@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from dataclasses import dataclass
+from typing import TypedDict
 
 
 def now() -> str:
@@ -42,7 +43,18 @@ class JobSpec:
         return getattr(summaries, self.summary)(run_dir, info)
 
 
-TRAINING = dict(distributed=True, makes_run=True, checkable=True, resumable=True, epoch_hook=True, summary="training")
+class TrainingTraits(TypedDict):
+    """The JobSpec fields every training job shares, spelled once."""
+
+    distributed: bool
+    makes_run: bool
+    checkable: bool
+    resumable: bool
+    epoch_hook: bool
+    summary: str
+
+
+TRAINING = TrainingTraits(distributed=True, makes_run=True, checkable=True, resumable=True, epoch_hook=True, summary="training")
 JOBS: dict[str, JobSpec] = {
     "train_mlp": JobSpec("jobs.train_mlp", "train the MLP late-fusion student, then evaluate best.pt on test", **TRAINING),
     "train_transformer": JobSpec("jobs.train_transformer", "train the Transformer fusion student, then evaluate best.pt on test",

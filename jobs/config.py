@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from model.config import STUDENT_CONFIGS, LossConfig, MLPStudentConfig, Strict, StudentConfig
 from model.metrics import RECALL_AT
@@ -140,13 +140,13 @@ def _known_keys(loc: tuple, root: type[Strict]) -> list[str]:
     """Field names valid where ``loc`` points (for "did you mean")."""
     if root is JobConfig and len(loc) == 2 and loc[0] == "model":
         return sorted({name for config in STUDENT_CONFIGS for name in config.model_fields})
-    node = root
+    node: type[BaseModel] | None = root
     for part in loc[:-1]:
-        field = getattr(node, "model_fields", {}).get(part)
+        field = node.model_fields.get(part) if node is not None else None
         if field is None:
             return []
         node = next((a for a in (field.annotation, *getattr(field.annotation, "__args__", ())) if hasattr(a, "model_fields")), None)
-    return sorted(getattr(node, "model_fields", {}))
+    return sorted(node.model_fields) if node is not None else []
 
 
 def format_validation_error(exc: ValidationError, root: type[Strict] | None = None) -> str:

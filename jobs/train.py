@@ -63,13 +63,15 @@ class Diverged(RuntimeError):
 
 def build_optimizer(model: nn.Module, cfg: JobConfig) -> torch.optim.Optimizer:
     """AdamW; biases, norms, embeddings-like vectors and the temperature get no weight decay."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 or "log_scale" in name else decay).append(param)
     o = cfg.optim
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    beta1, beta2 = o.betas  # the config validates exactly two
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(beta1, beta2), eps=o.eps)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: JobConfig, total_steps: int):
