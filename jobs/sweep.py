@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from data_shards import ShardError, check_shards, open_shards
 from jobs import new_run_id, now
@@ -22,6 +23,12 @@ from jobs.config import ConfigError, parse_assignment
 from jobs.hardware import HardwareError, check_gpus
 from jobs.rundir import RunDir, git_state, launched_by, shards_record
 from jobs.run_lock import RunInUse, RunLock
+
+if TYPE_CHECKING:  # the tune modules import Ray and torch: only where a sweep runs
+    from data_shards.reader import ShardSet
+    from tune.runner import Experiment, SweepSettings
+    from tune.space import SearchSpace
+    from tune.storage import Mirror
 
 log = logging.getLogger("streamapprox.sweep")
 SPACE_COPY = "space.yaml"
@@ -61,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def settings_from(args: argparse.Namespace):
+def settings_from(args: argparse.Namespace) -> SweepSettings:
     from tune.runner import SweepSettings
 
     if args.num_samples < 1:
@@ -86,14 +93,14 @@ def overrides_dict(overrides: list[str]) -> dict:
 class Sweep:
     """A sweep as this session runs it."""
 
-    space: object
-    settings: object
+    space: SearchSpace
+    settings: SweepSettings
     run: RunDir
     alias: str  # names the sweep's paths that must stay the same in every session (tune.runner.experiment_dir)
     overrides: dict
     storage: str | None  # the --storage URL
-    mirror: object | None  # tune.storage.Mirror of the sweep directory to storage
-    experiment: object  # tune.runner.Experiment: where Tune keeps the experiment
+    mirror: Mirror | None  # of the sweep directory to storage
+    experiment: Experiment  # where Tune keeps the experiment
 
 
 def resolve(args: argparse.Namespace) -> Sweep:
@@ -143,9 +150,7 @@ def resolve(args: argparse.Namespace) -> Sweep:
                  Experiment.of(sweep.path, alias, ray_store))
 
 
-def start(sweep: Sweep, shards) -> None:
-    from dataclasses import asdict
-
+def start(sweep: Sweep, shards: ShardSet) -> None:
     space, path = sweep.space, sweep.run.path
     path.mkdir(parents=True, exist_ok=True)
     (path / "logs").mkdir(exist_ok=True)
@@ -164,7 +169,7 @@ def setup_logging(sweep: RunDir) -> None:
                         handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(sweep.path / "logs" / "sweep.log")])
 
 
-def write_check_report(path: Path, space, shards) -> None:
+def write_check_report(path: Path, space: SearchSpace, shards: ShardSet) -> None:
     from jobs.shard_checks import write_check_report as report_inputs
 
     report_inputs(path, "sweep", space.trial_config({}).data.shards, shards)
@@ -256,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def run(args, sweep: Sweep, shards) -> int:
+def run(args: argparse.Namespace, sweep: Sweep, shards: ShardSet) -> int:
     import ray
 
     from tune.results import finished, load_experiment, trial_rows

@@ -93,7 +93,7 @@ def write_table(sweep_dir: Path, rows: list[dict]) -> None:
 
 def plot_axes(space: SearchSpace) -> list[str]:
     """Temperature x depth when the space searches them, else its first two keys."""
-    preferred = [key for key in ("loss.temperature", "model.depth") if key in space.params]
+    preferred: list[str] = [key for key in ("loss.temperature", "model.depth") if key in space.params]
     return (preferred if len(preferred) == 2 else list(space.params))[:2]
 
 
@@ -113,11 +113,12 @@ def write_plot(sweep_dir: Path, rows: list[dict], space: SearchSpace, winner_id:
     values = [row[metric] for row in shown]
     full = [i for i, row in enumerate(shown) if not row["stopped_early"]]
     early = [i for i, row in enumerate(shown) if row["stopped_early"]]
-    scale = dict(cmap="viridis", vmin=min(values, default=0), vmax=max(values, default=1))
-    points = ax.scatter([x[i] for i in full], [y[i] for i in full], c=[values[i] for i in full], s=90, label="ran all epochs", **scale)
+    lowest, highest = min(values, default=0), max(values, default=1)  # one colour scale for both marker kinds
+    points = ax.scatter([x[i] for i in full], [y[i] for i in full], c=[values[i] for i in full], s=90, label="ran all epochs",
+                        cmap="viridis", vmin=lowest, vmax=highest)
     if early:
         ax.scatter([x[i] for i in early], [y[i] for i in early], c=[values[i] for i in early], s=90, marker="s",
-                   edgecolors="black", linewidths=1.2, label="stopped early (ASHA)", **scale)
+                   edgecolors="black", linewidths=1.2, label="stopped early (ASHA)", cmap="viridis", vmin=lowest, vmax=highest)
     for i, row in enumerate(shown):
         ax.annotate(f"{values[i]:.1f}", (x[i], y[i]), textcoords="offset points", xytext=(6, 6), fontsize=8)
         if row["trial_id"] == winner_id:

@@ -199,8 +199,11 @@ def run_trials(sweep_dir: Path, alias: str, space: SearchSpace, settings: SweepS
         tuner = tune.Tuner.restore(experiment.path, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=experiment.filesystem)
         # A restored Tuner carries the callbacks pickled with the first session (its storage mirror, its epoch
-        # count); this session's replace them.
-        tuner._local_tuner.get_run_config().callbacks = callbacks
+        # count); this session's replace them. Only a Tuner run in this process has them at hand (not one through Ray Client).
+        local_tuner = tuner._local_tuner
+        if local_tuner is None:
+            raise ConfigError("--resume of a sweep cannot run through Ray Client (a ray:// RAY_ADDRESS): run it on a node of the cluster")
+        local_tuner.get_run_config().callbacks = callbacks
     else:
         metric, mode = objective(space.metric)
         tuner = tune.Tuner(

@@ -122,11 +122,13 @@ def native(value: Any) -> Any:
 class SearchSpace:
     source: str  # the file it came from
     preset: str
-    metric: str | None
     fixed: dict[str, Any]
     params: dict[str, Distribution]
     description: str = ""
     base: dict = field(default_factory=dict)  # preset + fixed (+ the sweep's --set): every trial's starting config
+    # the validation metric trials select on: the base config's train.select_metric, resolved by load_space once base is
+    # validated (the file's 'metric:' is how it is chosen)
+    metric: str = field(init=False)
 
     def trial_config(self, values: dict[str, Any]) -> JobConfig:
         data = copy.deepcopy(self.base)
@@ -197,10 +199,11 @@ def load_space(name_or_path: str, preset: str | None = None) -> SearchSpace:
     if not chosen:
         raise ConfigError(f"{path}: no 'preset' (e.g. preset: train_mlp), and none given with --preset")
     params = {str(key): parse_distribution(text, f"{path}: space key {key}") for key, text in raw.items()}
-    space = SearchSpace(source=str(path), preset=chosen, metric=data.get("metric"), fixed=dict(fixed), params=params,
+    space = SearchSpace(source=str(path), preset=chosen, fixed=dict(fixed), params=params,
                         description=str(data.get("description", "")), base=preset_data(chosen))
-    if space.metric:
-        fixed.setdefault("train.select_metric", space.metric)
+    requested_metric = data.get("metric")
+    if requested_metric:
+        fixed.setdefault("train.select_metric", requested_metric)
     space.apply({str(k): v for k, v in fixed.items()})
     space.metric = validate_config(space.base).train.select_metric
     return space
