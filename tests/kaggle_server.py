@@ -128,11 +128,12 @@ class Kernel:
 
 
 class FakeKaggle(_Server):
-    def __init__(self, username: str, key: str, workdir: Path, image: Path, index_url: str, hide: tuple[Path, ...] = (CHECKOUT,),
+    def __init__(self, username: str, key: str, workdir: Path | None = None, image: Path | None = None, index_url: str = "",
+                 hide: tuple[Path, ...] = (CHECKOUT,),
                  page_cap: int = 3, layout: str = "current", unpack: bool = True, max_gpu_sessions: int = 2, max_files: int = 50):
         self.auth = "Basic " + base64.b64encode(f"{username}:{key}".encode()).decode()
         self.workdir, self.page_cap, self.layout, self.unpack = workdir, page_cap, layout, unpack
-        self.image, self.index_url = image, index_url  # the kernels' Python image (a venv) and their package index
+        self.image, self.index_url = image, index_url  # the kernels' Python image (a venv) and their package index (None: no kernels)
         self.hide = hide  # what a kernel does not see of this machine: this checkout, the tests' inputs
         self.max_gpu_sessions, self.max_files = max_gpu_sessions, max_files
         self.kernel_outputs: dict[tuple[str, str], dict[str, bytes]] = {}
@@ -427,6 +428,8 @@ class FakeKaggle(_Server):
         if body.get("enableGpu") and sum(k.gpu and k.active for k in self.sessions) + self.outside_gpu_sessions >= self.max_gpu_sessions:
             self.refused_pushes += 1
             return 200, {"error": GPU_SESSIONS_REFUSED.format(limit=self.max_gpu_sessions)}, None
+        if self.image is None or self.workdir is None:
+            return 200, {"error": "this test server stores datasets and outputs only: it has no image to run kernels in"}, None
         previous = self.kernels.get((owner, slug))
         kernel = Kernel(owner, slug, body, previous.version + 1 if previous else 1, previous)
         self.kernels[(owner, slug)] = kernel
