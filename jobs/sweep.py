@@ -86,7 +86,9 @@ def settings_from(args: argparse.Namespace) -> SweepSettings:
 
 
 def overrides_dict(overrides: list[str]) -> dict:
-    return dict(parse_assignment(assignment) for assignment in overrides)
+    # a shard set at a relative path, made absolute: trials run in directories of their own (Ray Tune's trial dirs)
+    return {k: str(Path(v).resolve()) if k == "data.shards" and isinstance(v, str) and "://" not in v and Path(v).exists() else v
+            for k, v in map(parse_assignment, overrides)}
 
 
 @dataclass
