@@ -17,7 +17,8 @@ if [[ "${1:-}" == "--dev" ]] && ! { command -v rsync && command -v chromium && c
 fi
 
 stamp=".venv/.setup-$(cat pyproject.toml constraints.txt setup.sh | sha256sum | cut -c1-16)-${extras//,/-}"
-if [[ -f "$stamp" ]]; then exit 0; fi
+# A --dev setup holds everything the plain one installs: `./setup.sh` after `./setup.sh --dev` returns at once too.
+if [[ -f "$stamp" || ( "${1:-}" != "--dev" && -f "$stamp-dev" ) ]]; then exit 0; fi
 
 python3 -m venv .venv
 pip=(.venv/bin/python -m pip install -qq --disable-pip-version-check -c constraints.txt)
