@@ -86,9 +86,15 @@ def settings_from(args: argparse.Namespace) -> SweepSettings:
 
 
 def overrides_dict(overrides: list[str]) -> dict:
-    # a shard set at a relative path, made absolute: trials run in directories of their own (Ray Tune's trial dirs)
-    return {k: str(Path(v).resolve()) if k == "data.shards" and isinstance(v, str) and "://" not in v and Path(v).exists() else v
-            for k, v in map(parse_assignment, overrides)}
+    """The --set values as trials take them: a value naming a file or folder here by a relative path (a shard set, an
+    architecture file) made absolute, since each trial runs in a directory of its own (Ray Tune's trial directory)."""
+    return {key: absolute_if_local(value) for key, value in map(parse_assignment, overrides)}
+
+
+def absolute_if_local(value: object) -> object:
+    if isinstance(value, str) and "://" not in value and not Path(value).is_absolute() and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
 
 
 @dataclass

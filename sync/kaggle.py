@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from operator import attrgetter
 from pathlib import Path
@@ -28,6 +29,9 @@ RETRIED = {429, 500, 502, 503, 504}
 log = logging.getLogger("streamapprox.kaggle")
 
 
+QUIET = threading.Lock()  # the stdout/stderr swap below is process-wide: threads take turns, or one leaves them swapped
+
+
 def kaggle_api():
     """The kaggle package's API object, authenticated from the user's credentials. The package prints a
     long banner (twice) when it finds none; that is swallowed: the one line below says what to do."""
@@ -39,7 +43,7 @@ def kaggle_api():
         kaggle_env._env_to_endpoint[kaggle_env.KaggleEnv.LOCAL] = endpoint.rstrip("/")
     chatter = io.StringIO()
     try:
-        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        with QUIET, contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
             from kaggle.api.kaggle_api_extended import KaggleApi  # importing kaggle authenticates
 
             api = KaggleApi()

@@ -97,7 +97,8 @@ def _gpu_check_smoke(command: str) -> str | None:
 
 
 DELEGATED = {  # command -> (why it is not run here, the check that stands for it)
-    "./setup.sh --dev && .venv/bin/ruff check . && .venv/bin/mypy && .venv/bin/python -m pytest -q": ("the test suite itself: CI runs exactly this (.ci/run)", _ci_runs),
+    "./setup.sh --dev && .venv/bin/ruff check . && .venv/bin/mypy && .venv/bin/python -m pytest -q":
+        ("the linter, the type checker and the test suite: CI runs exactly this (.ci/run)", _ci_runs),
     "bench/gpu_check.sh --smoke": ("tests/test_gpu_check.py runs it as written, checking every step's PASS", _gpu_check_smoke),
 }
 

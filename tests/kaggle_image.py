@@ -96,7 +96,7 @@ def fill_wheelhouse(folder: Path = WHEELHOUSE) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     listing = folder / "requirements.txt"
     listing.write_text("\n".join(kernel_installable()) + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps", "--dest", str(folder),
+    subprocess.run([sys.executable, "-m", "pip", "download", "-qq", "--disable-pip-version-check", "--no-deps", "--dest", str(folder),
                     "-r", str(listing)], check=True)
 
 

@@ -69,7 +69,7 @@ def on(sshd, node: str, command: str) -> subprocess.CompletedProcess:
 
 def ssh_args(sshd, remote: Path, *hosts: str) -> list[str]:
     return [*(a for h in hosts for a in ("--host", h)), "--ssh-config", str(sshd.client_config), "--python", sys.executable,
-            "--remote-dir", str(remote)]
+            "--remote-dir", str(remote), "--main-port", str(free_port())]  # not 29500: another test's DDP may hold it
 
 
 def run_state(run: Path):

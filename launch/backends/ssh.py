@@ -76,8 +76,9 @@ class Ssh(Backend):
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         defaults = SshOptions()
-        parser.add_argument("--host", action="append", required=True, metavar="[USER@]HOST[:PORT]",
-                            help="a machine (an alias from your SSH config works); repeat for more nodes, the first is the main one")
+        parser.add_argument("--host", action="append", default=[], metavar="[USER@]HOST[:PORT]",
+                            help="a machine (an alias from your SSH config works); repeat for more nodes, the first is the main one "
+                            "(--resume of a run made over ssh: the hosts it ran on)")
         parser.add_argument("--python", default=defaults.python, help="the remote interpreter (default: python3 on the PATH)")
         parser.add_argument("--venv", action="store_true",
                             help="create (once) and use a venv on each host from the project's pinned requirements")
@@ -99,6 +100,8 @@ class Ssh(Backend):
     # -- before anything is sent ------------------------------------------------------------------
     def prepare(self, job: Job) -> None:
         options = self.options
+        if not options.host:
+            raise LaunchError("--host HOST names the machine to run on (repeat it for more nodes)")
         if options.ssh_config:
             if not Path(options.ssh_config).is_file():
                 raise LaunchError(f"--ssh-config {options.ssh_config}: no such file")

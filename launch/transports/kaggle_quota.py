@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {e['started_at']}  {e['hours']:7.2f} h  {e['accelerator']:<5} {e['kernel']}  (run {e['run_id']}; measured by the "
               f"{e['measured_by']})")
     used = sum(e["hours"] for e in entries)
-    print(f"{owner}: {used:.2f} h of GPU used this week by launch kaggle ({len(entries)} kernels since "
+    print(f"{owner}: {used:.2f} h of GPU used this week by launch kaggle ({len(entries)} kernel{'' if len(entries) == 1 else 's'} since "
           f"{week_start().strftime('%a %Y-%m-%d %H:%M UTC')}); {max(args.quota_hours - used, 0):.2f} h left of {args.quota_hours:g}. "
           "Sessions started outside launch kaggle are not counted.")
     return 0
