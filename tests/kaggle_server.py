@@ -16,10 +16,10 @@ of the caller's credentials. What it models:
   ``input/notebooks/<owner>/<slug>``; ``layout="legacy"`` mounts ``input/<slug>``. ``input`` is read-only;
 - **at most ``max_gpu_sessions`` (2) GPU sessions at a time**: a third GPU push is refused as Kaggle refuses it;
 - **at most ``max_files`` (50) top-level files per dataset version**; a new version is invisible (404) for
-  ``hidden_s`` seconds, then processing for ``processing_s`` more (by default 1.5 s and 2.5 s; ``hidden_polls`` /
+  ``hidden_s`` seconds, then processing for ``processing_s`` more (by default 1 s and 2 s; ``hidden_polls`` /
   ``processing_polls`` add status polls on top); a new version meanwhile is refused with Kaggle's misleading 403;
   each version holds exactly the files uploaded with it;
-- **kernels queue** (``queue_s``, 1.5 s by default) before they run, **in Kaggle's image**: their own Python with torch
+- **kernels queue** (``queue_s``, 1 s by default) before they run, **in Kaggle's image**: their own Python with torch
   and a few of Kaggle's packages (``kaggle_image``), nothing of this project, each kernel on an overlay of its own, in
   a mount namespace where this checkout and the tests' inputs (``hide``) are empty -- only what it was sent;
   pip installs from the wheelhouse on loopback -- the kernel's internet -- and a kernel with ``enable_internet: false``
@@ -146,7 +146,7 @@ class FakeKaggle(_Server):
         self.bytes_received = 0
         self.uploaded: list[tuple[str, bytes]] = []  # every completed blob and kernel script
         self.hidden_polls, self.processing_polls = 0, 0
-        self.hidden_s, self.processing_s, self.queue_s = 1.5, 2.5, 1.5
+        self.hidden_s, self.processing_s, self.queue_s = 1.0, 2.0, 1.0
         self.session_limit_s: float = SESSION_LIMIT_S
         self.keep_at_wall = False
         self.slow_start: dict[str, float] = {}

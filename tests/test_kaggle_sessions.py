@@ -110,6 +110,7 @@ def test_a_kernel_without_internet_has_no_network_and_fails_on_a_missing_wheel(t
         uploader = Uploader(KaggleService(USER), dataset_timeout=60)
         uploader._carry_files(f"streamapprox-wheels-{digest[:16]}", "StreamApprox wheels", digest, files, {}, {WHEELS_MARKER: marker},
                               notes="")
+        uploader.settle()
     finally:
         for name, value in saved.items():
             if value is None:

@@ -325,6 +325,7 @@ class Kaggle(Backend):
         restore = uploader.run_directory(job.run_dir) if job.carry_run else None
         requirements = kernel_requirements(spec)
         wheels = uploader.wheels(requirements) if options.no_internet else None
+        uploader.settle()
         if options.dry_run:
             self.describe(uploader, job.name)
             return None

@@ -154,19 +154,27 @@ class KaggleService:
             raise LaunchError(f"kaggle: {what}: {getattr(result, 'error', None) or 'refused'}")
 
     def wait_dataset_ready(self, slug: str, timeout_s: float) -> None:
+        self.wait_datasets_ready([slug], timeout_s)
+
+    def wait_datasets_ready(self, slugs: list[str], timeout_s: float) -> None:
         """A new dataset version answers 404 or a processing state for a while; kernels may only mount it when ready.
-        Asked after a second, then half as long again each time, up to every 30 s."""
-        deadline, delay = time.monotonic() + timeout_s, DATASET_FIRST_POLL_S
+        Several are waited for together (Kaggle processes them side by side): asked after a second, then half as long
+        again each time, up to every 30 s."""
+        deadline, delay, waiting = time.monotonic() + timeout_s, DATASET_FIRST_POLL_S, list(slugs)
         while True:
-            status = self.dataset_status(slug)
-            if status == "ready":
+            statuses = {slug: self.dataset_status(slug) for slug in waiting}
+            for slug, status in statuses.items():
+                if status == "failed":
+                    raise LaunchError(f"kaggle: dataset {self.owner}/{slug}: Kaggle failed to process the upload; run the launch again "
+                                      "to re-upload")
+            waiting = [slug for slug, status in statuses.items() if status != "ready"]
+            if not waiting:
                 return
-            if status == "failed":
-                raise LaunchError(f"kaggle: dataset {self.owner}/{slug}: Kaggle failed to process the upload; run the launch again to re-upload")
             if time.monotonic() > deadline:
-                raise LaunchError(f"kaggle: dataset {self.owner}/{slug} still not ready after {timeout_s:.0f} s "
-                                  f"(status {status or 'not found yet'}); try again later (--dataset-timeout)")
-            log.info("kaggle: dataset %s/%s is %s; waiting %.1f s", self.owner, slug, status or "not visible yet", delay)
+                raise LaunchError(f"kaggle: dataset {self.owner}/{waiting[0]} still not ready after {timeout_s:.0f} s "
+                                  f"(status {statuses[waiting[0]] or 'not found yet'}); try again later (--dataset-timeout)")
+            for slug in waiting:
+                log.info("kaggle: dataset %s/%s is %s; waiting %.1f s", self.owner, slug, statuses[slug] or "not visible yet", delay)
             time.sleep(delay)
             delay = min(delay * 1.5, DATASET_MAX_POLL_S)
 

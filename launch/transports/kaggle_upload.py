@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from data_shards.files import cache_root
@@ -121,6 +122,19 @@ def build_wheels(requirements: list[str], folder: Path) -> list[tuple[str, Path]
     return [(path.name, path) for path in sorted(folder.glob("*.whl"))]
 
 
+@dataclass
+class Upload:
+    """A dataset version on its way: what it must hold, and what Kaggle held before it."""
+
+    folder: Path
+    slug: str
+    title: str
+    expected: dict[str, int]  # file name -> size
+    present: dict[str, int] | None
+    notes: str
+    attempt: int = 1
+
+
 class Uploader:
     """Datasets on Kaggle, each uploaded only when Kaggle does not already hold it complete; counts the bytes it sent."""
 
@@ -128,6 +142,7 @@ class Uploader:
         self.service, self.dataset_timeout, self.dry_run = service, dataset_timeout, dry_run
         self.bytes_uploaded = 0
         self.planned: list[tuple[str, int]] = []  # (dataset, bytes) a dry run would upload
+        self.pending: list[Upload] = []  # uploaded, not yet seen whole on Kaggle (``settle``)
 
     def _present(self, slug: str) -> dict[str, int] | None:
         """What Kaggle lists for the dataset, once a version still being processed is ready (None: no such dataset)."""
@@ -143,28 +158,38 @@ class Uploader:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def _send(self, folder: Path, slug: str, title: str, expected: dict[str, int], present: dict[str, int] | None, notes: str) -> None:
-        """Upload ``folder`` (packs already written) and check Kaggle lists it whole; a lost file means another version."""
+    def _send(self, upload: Upload) -> None:
+        """Upload the dataset's folder (packs already written) as a new version; ``settle`` checks what Kaggle holds."""
+        folder, expected = upload.folder, upload.expected
         for stale in [p for p in folder.iterdir() if p.is_file() and p.name not in expected and p.name != "dataset-metadata.json"]:
             stale.unlink()
         size = sum(expected.values())
-        for attempt in range(1, UPLOAD_ATTEMPTS + 1):
-            print(f"launch kaggle: uploading {title} ({size / 1e6:.1f} MB in {len(expected)} file{'s' if len(expected) > 1 else ''}) "
-                  f"to {self.service.owner}/{slug}",
-                  flush=True)
-            self.service.upload_dataset(folder, slug, title, new=present is None, notes=notes, timeout_s=self.dataset_timeout)
-            self.bytes_uploaded += size
-            # a new version answers 404, then a processing state, for a while: wait, then see what Kaggle holds
-            self.service.wait_dataset_ready(slug, self.dataset_timeout)
-            present = self.service.dataset_files(slug)
-            if present == expected:
-                return
-            missing = sorted(name for name, size in expected.items() if (present or {}).get(name) != size)
-            if attempt < UPLOAD_ATTEMPTS:
-                print(f"launch kaggle: {self.service.owner}/{slug} came out incomplete ({', '.join(missing[:5])} missing or cut short); "
-                      f"uploading it again (attempt {attempt + 1} of {UPLOAD_ATTEMPTS})", file=sys.stderr, flush=True)
-        raise LaunchError(f"kaggle: dataset {self.service.owner}/{slug} is still incomplete after {UPLOAD_ATTEMPTS} uploads "
-                          f"(Kaggle lists {sorted(present or {})}); run the launch again")
+        print(f"launch kaggle: uploading {upload.title} ({size / 1e6:.1f} MB in {len(expected)} file{'s' if len(expected) > 1 else ''}) "
+              f"to {self.service.owner}/{upload.slug}", flush=True)
+        self.service.upload_dataset(folder, upload.slug, upload.title, new=upload.present is None, notes=upload.notes,
+                                    timeout_s=self.dataset_timeout)
+        self.bytes_uploaded += size
+        self.pending.append(upload)
+
+    def settle(self) -> None:
+        """Every dataset uploaded by this launch, once Kaggle processed them (together: a new version answers 404, then a
+        processing state, for a while), listed whole -- the kaggle package leaves out a file whose upload it gave up on,
+        without a word: a dataset that came out incomplete is uploaded again, up to UPLOAD_ATTEMPTS times."""
+        while self.pending:
+            uploads, self.pending = self.pending, []
+            self.service.wait_datasets_ready([upload.slug for upload in uploads], self.dataset_timeout)
+            for upload in uploads:
+                upload.present = self.service.dataset_files(upload.slug)
+                if upload.present == upload.expected:
+                    continue
+                missing = sorted(name for name, size in upload.expected.items() if (upload.present or {}).get(name) != size)
+                if upload.attempt >= UPLOAD_ATTEMPTS:
+                    raise LaunchError(f"kaggle: dataset {self.service.owner}/{upload.slug} is still incomplete after {UPLOAD_ATTEMPTS} "
+                                      f"uploads (Kaggle lists {sorted(upload.present or {})}); run the launch again")
+                upload.attempt += 1
+                print(f"launch kaggle: {self.service.owner}/{upload.slug} came out incomplete ({', '.join(missing[:5])} missing or cut "
+                      f"short); uploading it again (attempt {upload.attempt} of {UPLOAD_ATTEMPTS})", file=sys.stderr, flush=True)
+                self._send(upload)
 
     def _carry_files(self, slug: str, title: str, pack_id: str, files: list[tuple[str, Path]], digests: dict[str, str],
                      markers: dict[str, bytes], notes: str) -> bool:
@@ -182,7 +207,7 @@ class Uploader:
         carry.write_all(folder, pack_id, packs, digests)
         for name, data in markers.items():
             (folder / name).write_bytes(data)
-        self._send(folder, slug, title, expected, present, notes)
+        self._send(Upload(folder, slug, title, expected, present, notes))
         return True
 
     def code(self, bundle: code_bundle.Bundle) -> dict:
