@@ -129,7 +129,8 @@ def test_the_quota_line_shows_the_expected_hours_beside_the_worst_case_and_kaggl
     """A GPU launch says what it is expected to use -- nothing to go by before the job's first run, then the median of its
     earlier runs -- beside the most it could (every kernel to its budget, every continuation), with Kaggle's own figure
     where Kaggle answers its quota call; where it does not, the launch goes on without it."""
-    first = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *QUICK)  # a T4 x2 kernel, the default
+    cache = {"STREAMAPPROX_CACHE": str(tmp_path / "cache")}  # this account's ledger only
+    first = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *QUICK, env_extra=cache)  # a T4 x2 kernel, the default
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     line = next(line for line in first.stdout.splitlines() if "GPU quota:" in line)
     assert "expected: no estimate yet (no earlier train_mlp run in the ledger)" in line, line
@@ -138,11 +139,10 @@ def test_the_quota_line_shows_the_expected_hours_beside_the_worst_case_and_kaggl
 
     kaggle.answers_quota = False
     time.sleep(0.1)
-    second = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", "--runs-dir", "second", *QUICK)
+    second = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", "--runs-dir", "second", *QUICK, env_extra=cache)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     line = next(line for line in second.stdout.splitlines() if "GPU quota:" in line)
-    ledger = [json.loads(p.read_text()) for p in Path(kaggle_env(kaggle, USER, KEY, tmp_path)["STREAMAPPROX_CACHE"]).glob(
-        f"kaggle/{USER}/gpu-usage/*.json")]
+    ledger = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob(f"kaggle/{USER}/gpu-usage/*.json")]
     hours = next(e["hours"] for e in ledger if e["run_id"] == only_run_dir(tmp_path).name)
     assert f"expected about {hours:.2f} h (the median of 1 earlier train_mlp run)" in line, line
     assert "Kaggle reports" not in line and "worst case 36.00 h" in line, line
