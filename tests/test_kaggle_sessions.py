@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from pathlib import Path
 
 from conftest import SMALL, launch_command, read_jsonl
 from kaggle_server import FAST, KEY, USER, kaggle_env, launch_kaggle, only_run_dir
