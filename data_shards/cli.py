@@ -1,5 +1,5 @@
-"""``data_shards validate PATH``, ``data_shards merge PART... --out DIR``, ``data_shards synthetic --out DIR``
-and ``data_shards synthetic-videos --out DIR``."""
+"""``data_shards validate PATH``, ``data_shards merge PART... --out DIR``, ``data_shards synthetic --out DIR``,
+``data_shards synthetic-videos --out DIR`` and ``data_shards import INPUT... --map ROLE=FIELD... --out DIR``."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from data_shards.errors import ShardError
+from data_shards.importer import ROLES, import_arrays, parse_mapping
 from data_shards.merge import merge_shard_sets
 from data_shards import open_shards
 from data_shards.schema import TEACHER_NORM_TOLERANCE
@@ -43,6 +44,14 @@ def validate(location: str) -> str:
     return "\n".join(lines)
 
 
+IMPORT_EPILOG = "roles for --map:\n" + "\n".join(f"  {role:<10} {text}" for role, text in ROLES.items()) + """
+
+examples:
+  data_shards import train_features_v2.pt test_features_v2.pt --split train test --val-from train --val-count 500 \\
+      --map clip=clip_features audio=vggish teacher=imagebind ids=video_ids --out data/mine
+  data_shards import features.npz --map clip=clip audio=audio teacher=teacher ids=ids split=split has_audio=has_audio --out data/mine"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="data_shards", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +68,21 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument("--out", required=True)
     for f in fields(SyntheticSpec):
         synth.add_argument(f"--{f.name.replace('_', '-')}", type=float if f.type == "float" else int, default=f.default)
+    imp = sub.add_parser("import", help="turn CLIP/VGGish/teacher arrays you hold (.pt, .npz, .safetensors, a folder of .npy) into "
+                         "a verified shard set", epilog=IMPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    imp.add_argument("inputs", nargs="+", metavar="INPUT", help=".pt (a torch.save'd dict), .npz, .safetensors, or a folder of .npy "
+                     "(one per field, named by its stem)")
+    imp.add_argument("--map", nargs="+", action="extend", required=True, metavar="ROLE=FIELD", help="which field of the inputs "
+                     "holds each role (below); a dotted FIELD reaches into nested dicts")
+    imp.add_argument("--split", nargs="+", action="extend", metavar="NAME", help="the split of each INPUT, one name per input in "
+                     "order (or map split=FIELD for a per-row split array)")
+    imp.add_argument("--out", required=True)
+    imp.add_argument("--normalize-teacher", action="store_true", help="L2-normalize the teacher rows (else rows off unit norm "
+                     "are refused)")
+    imp.add_argument("--val-from", metavar="SPLIT", help="carve the val split out of SPLIT (with --val-count; seeded)")
+    imp.add_argument("--val-count", type=int, metavar="N")
+    imp.add_argument("--seed", type=int, default=0, help="the seed of the --val-from choice (default 0)")
+    imp.add_argument("--samples-per-shard", type=int, default=1000)
     args = parser.parse_args(argv)
     try:
         if args.command == "validate":
@@ -70,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
             from data_shards.synthetic_videos import write_collection
 
             print(f"wrote {args.count} synthetic videos and {write_collection(args.out, args.count, args.seconds)}")
+        elif args.command == "import":
+            manifest = import_arrays([Path(p) for p in args.inputs], parse_mapping(args.map), Path(args.out), splits=args.split,
+                                     normalize_teacher=args.normalize_teacher, val_from=args.val_from, val_count=args.val_count,
+                                     seed=args.seed, samples_per_shard=args.samples_per_shard, progress=sys.stderr.isatty())
+            counts = ", ".join(f"{split} {count}" for split, count in sorted(manifest.splits.items()))
+            print(f"imported {sum(manifest.splits.values())} videos from {len(args.inputs)} inputs ({counts}) into {args.out}")
+            print(validate(args.out))
         else:
             spec = SyntheticSpec(**{f.name: getattr(args, f.name) for f in fields(SyntheticSpec)})
             generate(spec, args.out, progress=sys.stderr.isatty())
