@@ -79,7 +79,18 @@ class FileInput(_Input):
     sha256: str
 
 
-JobInput = Annotated[ShardsInput | KaggleOutputsInput | VideosInput | FileInput, Field(discriminator="kind")]
+class LocatedFileInput(_Input):
+    """A file read where it lives -- ``location`` is ``https://``, ``s3://`` or ``kaggle://datasets|models/...`` -- or,
+    with ``library``, what an encoder's library downloads itself (``location`` then says what): nothing travels from
+    here. Kaggle mounts ``kaggle://`` ones on its kernels; the others need the internet where the job runs."""
+
+    kind: Literal["located_file"] = "located_file"
+    regenerable: bool = True
+    needs_internet: bool
+    library: bool = False
+
+
+JobInput = Annotated[ShardsInput | KaggleOutputsInput | VideosInput | FileInput | LocatedFileInput, Field(discriminator="kind")]
 
 
 class CheckReport(BaseModel):
@@ -98,6 +109,17 @@ class CheckReport(BaseModel):
         return cls.model_validate_json(Path(path).read_text())
 
 
+class InitFrom(BaseModel):
+    """Where a fine-tuned run's starting weights came from (``train.init_from``): the exact bytes by their sha256."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    location: str  # train.init_from as given
+    path: str  # the checkpoint file it named, resolved
+    run_id: str | None = None  # the source run's id, when the file sits in a run directory
+    sha256: str
+
+
 class RunRecord(BaseModel):
     """``run.json``: the fields every job writes, typed; each job adds its own (a sweep its winner, an index its counts)."""
 
@@ -110,6 +132,7 @@ class RunRecord(BaseModel):
     ended_at: str | None = None
     backend: str | None = None
     error: str | None = None
+    init_from: InitFrom | None = None  # a fine-tuned run's source (training jobs with train.init_from)
 
 
 def read_run(run_dir: Path) -> dict:

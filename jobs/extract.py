@@ -40,12 +40,15 @@ from data_shards.video import Audio, DecodeError, decode_audio, decode_frames, p
 from jobs import new_run_id, now
 from jobs.config import ConfigError, format_validation_error, layered
 from jobs.contract import CheckReport, VideoFile, VideosInput
+from jobs.encoder_files import content_identity, declared_inputs, fetched, portable_name, provenance
 from jobs.run_lock import RunInUse, RunLock
 from jobs.rundir import RunDir, launched_by
 from jobs.synthesize import parse_slice
 from model.config import Strict
 from model.encoders import ClipConfig, EncoderError, VGGishConfig, autocast, resolve_precision, vggish_examples
 from model.teachers import TeacherConfig
+from sync import SyncError
+from sync.remote_file import LocalFile
 
 if TYPE_CHECKING:
     from accelerate import PartialState
@@ -270,10 +273,21 @@ def validate_extract_config(data: dict) -> ExtractConfig:
         raise ConfigError(format_validation_error(exc, ExtractConfig)) from None
 
 
-def build_plan(cfg: ExtractConfig, entries: list[VideoEntry], encoders: dict) -> Plan:
-    """Everything that changes the bytes is in the plan; where the videos happen to be mounted is not."""
-    settings = {"config": cfg.model_dump(mode="json", exclude={"input"}), "encoders": encoders}
+def build_plan(cfg: ExtractConfig, entries: list[VideoEntry], encoders: dict, files: dict[str, LocalFile]) -> Plan:
+    """Everything that changes the bytes is in the plan; where the videos and weights happen to be is not (a file
+    the config names is there by its sha256)."""
+    config = content_identity(cfg.model_dump(mode="json", exclude={"input"}), files)
+    settings = {"config": config, "encoders": named_by(encoders, {file.location: f"sha256:{file.sha256}" for file in files.values()})}
     return Plan.build(entries, cfg.samples_per_shard, settings)
+
+
+def named_by(value: Any, names: dict[str, str]) -> Any:
+    """``value`` (nested dicts and lists) with every string found in ``names`` replaced by its name there."""
+    if isinstance(value, dict):
+        return {key: named_by(item, names) for key, item in value.items()}
+    if isinstance(value, list):
+        return [named_by(item, names) for item in value]
+    return names.get(value, value) if isinstance(value, str) else value
 
 
 def worker_share(args: argparse.Namespace) -> tuple[int, int, PartialState | None]:
@@ -344,11 +358,12 @@ def run_worker(cfg: ExtractConfig, out: Path, index: int, count: int, state, tim
     started = time.monotonic()
     device = state.device if state is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     entries = list_videos(cfg.input.videos, cfg.input.msrvtt_splits, cfg.input.default_split)
-    extractor = Extractor(cfg, device)
-    encoders = extractor.encoders()
+    local, files = fetched(cfg, cfg.random_init)
+    extractor = Extractor(ExtractConfig.model_validate(local), device)
+    encoders = named_by(extractor.encoders(), {str(file.path): portable_name(file) for file in files.values()})
     if cfg.random_init:
         log.warning("RANDOM-INIT encoders: these features are for tests and benchmarks only, not for training a real student")
-    plan = build_plan(cfg, entries, encoders)
+    plan = build_plan(cfg, entries, encoders, files)
     ledger = Ledger(out, plan)
     mine = plan.for_worker(index, count)
     todo = [shard for shard in mine if ledger.record(shard) is None]
@@ -362,7 +377,7 @@ def run_worker(cfg: ExtractConfig, out: Path, index: int, count: int, state, tim
     if state is not None:
         state.wait_for_everyone()
     source = {"kind": "videos", "input": cfg.input.model_dump(mode="json"), "videos": len(entries),
-              "encoders_config": cfg.model_dump(mode="json", include=set(EncodersConfig.model_fields))}
+              "encoders_config": cfg.model_dump(mode="json", include=set(EncodersConfig.model_fields)), "files": provenance(files)}
     manifest = None
     if state is None or state.is_main_process:
         manifest = ledger.finish(extractor.dims, encoders, source)
@@ -427,8 +442,8 @@ def write_check_report(path: Path, cfg: ExtractConfig, entries: list[VideoEntry]
     missing = [e.path for e in entries if not Path(e.path).is_file()]
     if missing:
         raise ShardError(f"{len(missing)} listed videos are missing here (e.g. {missing[0]}); remote kernels only get what exists locally")
-    CheckReport(job="extract", inputs={"input.videos": VideosInput(location=cfg.input.videos, listing=listing,
-                                                                   also_set={"input.msrvtt_splits": None})}).write(path)
+    videos = VideosInput(location=cfg.input.videos, listing=listing, also_set={"input.msrvtt_splits": None})
+    CheckReport(job="extract", inputs={"input.videos": videos, **declared_inputs(cfg, cfg.random_init)}).write(path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -521,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
             owned.enter_context(RunLock(run, "extract"))
             out.mkdir(parents=True, exist_ok=True)
             record_run(run, cfg, status="running", slice="{}/{}".format(*args.slice) if args.slice else None)
-    except (ConfigError, ShardError, EncoderError, ValueError, RunInUse) as exc:
+    except (ConfigError, ShardError, EncoderError, SyncError, ValueError, RunInUse) as exc:
         owned.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -535,7 +550,7 @@ def extract_and_record(args, cfg: ExtractConfig, out: Path, run: Path | None, in
     except BaseException as exc:
         if state is None or state.is_main_process:
             record_run(run, cfg, status="failed", error=f"{type(exc).__name__}: {exc}", ended_at=now())
-        if isinstance(exc, (ShardError, EncoderError)):
+        if isinstance(exc, (ShardError, EncoderError, SyncError)):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

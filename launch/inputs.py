@@ -14,7 +14,7 @@ from pathlib import Path
 
 from data_shards.files import atomic_write_text, cache_root, hash_file
 from jobs import JobSpec
-from jobs.contract import CheckReport, FileInput, JobInput, KaggleOutputsInput, ShardsInput, VideosInput
+from jobs.contract import CheckReport, FileInput, JobInput, KaggleOutputsInput, LocatedFileInput, ShardsInput, VideosInput
 from launch.errors import LaunchError
 
 VIDEO_LISTING = "videos.json"  # marks a carried video collection (jobs.extract's input)
@@ -89,6 +89,8 @@ def staged_form(spec: JobInput) -> Staged:
     if isinstance(spec, KaggleOutputsInput):
         raise LaunchError(f"{spec.location}: shards in Kaggle kernels' outputs are read where they are by launch kaggle only; "
                           f"for another backend bring them over first: launch sync {spec.sources[0].url} DIR")
+    if isinstance(spec, LocatedFileInput):
+        raise LaunchError(f"{spec.location}: read where it lives; nothing of it travels from here")
     if isinstance(spec, VideosInput):
         digest, files, digests = _video_files(spec)
         return Staged(f"videos-{digest[:16]}", digest, files, digests, VIDEO_LISTING, {"kind": "videos", "digest": digest},

@@ -20,12 +20,11 @@ import time
 from operator import attrgetter
 from pathlib import Path
 
-from data_shards.files import CHUNK, atomic_destination
-from sync.base import SYNC_MANIFEST, Entry, Progress, Store, SyncError, Verifier
+from sync.base import SYNC_MANIFEST, Entry, Progress, Store, SyncError
+from sync.http import RETRIED, fetch, ranged, retry_policy, session
+from sync.http import delay as _delay
 
 PAGE_SIZE = 100
-DOWNLOAD_TIMEOUT_S = 60
-RETRIED = {429, 500, 502, 503, 504}
 log = logging.getLogger("streamapprox.kaggle")
 
 
@@ -70,17 +69,7 @@ class KaggleRequestError(SyncError):
 
 
 def _attempts() -> tuple[int, float]:
-    return int(os.environ.get("STREAMAPPROX_KAGGLE_ATTEMPTS", "6")), float(os.environ.get("STREAMAPPROX_KAGGLE_BACKOFF_S", "2"))
-
-
-def _delay(attempt: int, backoff: float, response=None) -> float:
-    retry_after = response.headers.get("Retry-After") if response is not None else None
-    if retry_after:
-        try:
-            return min(float(retry_after), 300.0)
-        except ValueError:
-            pass
-    return min(backoff * 2 ** (attempt - 1), 60.0)
+    return retry_policy("STREAMAPPROX_KAGGLE")
 
 
 def with_retries(what: str, fn, *args, **kwargs):
@@ -105,68 +94,6 @@ def with_retries(what: str, fn, *args, **kwargs):
         log.warning("kaggle: %s: %s; retrying in %.1f s (attempt %d of %d)", what, reason, delay, attempt, attempts)
         time.sleep(delay)
     raise AssertionError("unreachable")
-
-
-class _BrokenOff(Exception):
-    """A body ended before its promised length."""
-
-
-def fetch(url: str, open_at, dest: Path, expected: Entry, progress: Progress) -> Entry:
-    """Download to ``dest`` only if the whole, successful body arrives. ``open_at(start)`` opens a streamed
-    response for the bytes from ``start``: a body that breaks off is resumed with a Range request (or started
-    again where the server ignores it), under the same retry policy as every Kaggle call."""
-    import requests
-
-    attempts, backoff = _attempts()
-    with atomic_destination(dest) as sink:
-        verifier, total = Verifier(url, expected), expected.size
-        for attempt in range(1, attempts + 1):
-            try:
-                with open_at(verifier.size) as response:
-                    if response.status_code == 206 and verifier.size:
-                        total = int(response.headers["Content-Range"].rsplit("/", 1)[1])
-                    elif response.status_code == 200:
-                        if verifier.size:  # the server sent the whole file again
-                            sink.seek(0)
-                            sink.truncate()
-                        length = response.headers.get("Content-Length")
-                        total = int(length) if length is not None else expected.size
-                        verifier = Verifier(url, Entry(total, expected.sha256, expected.md5))
-                    elif response.status_code in RETRIED:
-                        raise _BrokenOff(f"HTTP {response.status_code}")
-                    else:
-                        kind = response.headers.get("Content-Type", "unknown type")
-                        raise SyncError(f"{url}: the file server answered HTTP {response.status_code} ({kind}) instead of the file; "
-                                        "nothing was kept")
-                    for block in response.iter_content(CHUNK):
-                        sink.write(block)
-                        verifier.update(block)
-                        progress(len(block))
-                if total is not None and verifier.size < total:
-                    raise _BrokenOff("cut short")
-                return verifier.check()
-            except (_BrokenOff, requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError,
-                    requests.exceptions.Timeout) as exc:
-                if attempt == attempts:
-                    reason = str(exc) if isinstance(exc, _BrokenOff) else type(exc).__name__
-                    raise SyncError(f"{url}: the download broke off at {verifier.size} of {total} bytes, {attempts} times "
-                                    f"({reason}); nothing was kept") from None
-                delay = _delay(attempt, backoff)
-                log.warning("kaggle: %s broke off at %d of %s bytes; resuming in %.1f s (attempt %d of %d)", url, verifier.size, total,
-                            delay, attempt, attempts)
-                time.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-def _session():
-    """Plain HTTP for the signed file URLs Kaggle hands out (status retries are ``fetch``'s)."""
-    import requests
-
-    return requests.Session()
-
-
-def _ranged(session, url: str):
-    return lambda start: session.get(url, stream=True, timeout=DOWNLOAD_TIMEOUT_S, headers={"Range": f"bytes={start}-"} if start else {})
 
 
 def pages(url: str, method, request_type, **fields):
@@ -235,8 +162,8 @@ class KaggleKernelOutputStore(Store):
                 raise SyncError(f"{self.url}/{SYNC_MANIFEST}: unreadable content manifest ({exc})") from None
 
     def _fetch(self, rel: str, dest: Path, expected: Entry, progress: Progress) -> Entry:
-        with _session() as session:
-            return fetch(f"{self.url}/{rel}", _ranged(session, self._urls[rel]), dest, expected, progress)
+        with session() as http:
+            return fetch(f"{self.url}/{rel}", ranged(http, self._urls[rel]), dest, expected, progress, _attempts())
 
     def download(self, rel: str, dest: Path, expected: Entry, progress: Progress) -> Entry:
         if rel not in self._urls:
@@ -269,5 +196,5 @@ class KaggleDatasetStore(Store):
         with kaggle_client() as client:  # the API answers with a redirect to a signed URL, where the bytes are
             response = _call(self.url, client.datasets.dataset_api_client.download_dataset, request)
             response.close()
-        with _session() as session:
-            return fetch(f"{self.url}/{rel}", _ranged(session, response.url), dest, expected, progress)
+        with session() as http:
+            return fetch(f"{self.url}/{rel}", ranged(http, response.url), dest, expected, progress, _attempts())

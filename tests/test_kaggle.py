@@ -2,14 +2,17 @@
 that executes the pushed kernels in a sandbox laid out like /kaggle."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import secrets
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST_MLP, SMALL, TINY_EXTRACT, cli_env, launch_command, read_jsonl
+from conftest import FAST_MLP, FIXTURES, SMALL, TINY_EXTRACT, cli_env, launch_command, read_jsonl
 from contract import BackendContract, Target
 from kaggle_server import FAST, KEY, USER, kaggle_env, launch_kaggle, only_run_dir, packed
 
@@ -249,38 +252,25 @@ def test_one_process_per_gpu_and_fp16_where_there_is_no_bf16():
     assert "10.0.0.1" in two_nodes and env == {"ACCELERATE_USE_CPU": "true"}  # CPU processes over gloo, as use_cpu says
 
 
-def test_sweep_runs_inside_one_kernel_and_the_best_run_comes_back(tmp_path, kaggle, shard_dir):
-    tiny = ["train.epochs=2", "model.width=32", "model.heads=2", "data.batch_size=128", f"data.shards={shard_dir}"]
-    result = launch_kaggle(kaggle, tmp_path, "kaggle", "sweep", *FAST, "--space", "temperature_depth", "--num-samples", "3",
-                           "--max-concurrent", "2", "--set", *tiny, timeout=400)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
-    assert "winner on validation" in result.stdout  # the kernel's log, streamed here
-    sweep = only_run_dir(tmp_path)
-    info = json.loads((sweep / "run.json").read_text())
-    assert info["status"] == "complete" and info["job"] == "sweep" and info["backend"] == "kaggle"
-    rows = json.loads((sweep / "trials.json").read_text())
-    assert len(rows) == 3 and {row["model.depth"] for row in rows} <= {1, 2, 3, 4}
-    best = sweep / "best"
-    assert (best / "checkpoints" / "best.pt").is_file() and (sweep / "val_r1.png").is_file()
-    evaluated = subprocess.run(launch_command("local", "evaluate", str(best), "--shards", str(shard_dir)), cwd=tmp_path,
-                               capture_output=True, text=True, timeout=120)
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads((best / "eval" / "results.json").read_text())["metrics"]["s2t_r1"] == pytest.approx(info["test"]["s2t_r1"])
-
-    stray = tmp_path / "my_space.yaml"  # a space file outside the code bundle cannot reach the kernel: refused before any push
+def test_a_space_file_outside_the_code_bundle_is_refused_before_any_push(tmp_path, kaggle, shard_dir):
+    """A sweep in one kernel is the docs' example (docs/backends/kaggle.md, run as written); a space file the kernel
+    cannot reach is refused here before anything is pushed."""
+    stray = tmp_path / "my_space.yaml"
     stray.write_text((Path(__file__).parent.parent / "tune" / "spaces" / "temperature_depth.yaml").read_text())
-    refused = launch_kaggle(kaggle, tmp_path, "kaggle", "sweep", *FAST, "--space", str(stray), "--set", *tiny)
+    refused = launch_kaggle(kaggle, tmp_path, "kaggle", "sweep", *FAST, "--space", str(stray), "--set", f"data.shards={shard_dir}")
     assert refused.returncode == 2 and "is not in the code bundle" in refused.stderr
+    assert not [m for m, _ in kaggle.requests if m in ("SaveKernel", "CreateDataset", "CreateDatasetVersion")]
 
 
 def test_sweep_continues_over_three_kernels_and_exports_the_best_trial(tmp_path, kaggle, small_shards):
-    """--epoch-budget 5: each kernel reports five trial-epochs (a budget of work, not wall time), so three trials of
-    four epochs take exactly three kernels on any machine. Every kernel's Tune state restores (each trial's epochs
+    """--epoch-budget 2: each kernel reports two trial-epochs (a budget of work, not wall time), so two trials of
+    three epochs take exactly three kernels on any machine, the first trial ending in the second kernel and the second
+    trial starting there. Every kernel's Tune state restores (each trial's epochs
     are reported once, in order), and the winner exported is the best trial on validation, its checkpoints there."""
     space = Path(__file__).parent.parent / "tune" / "spaces" / "temperature_depth.yaml"
     result = launch_kaggle(kaggle, tmp_path, "kaggle", "sweep", *FAST, "--space", str(space), "--preset", "train_transformer",
-                           "--num-samples", "3", "--max-concurrent", "1", "--scheduler", "none", "--epoch-budget", "5",
-                           "--max-continuations", "3", "--set", "train.epochs=4", "model.width=32", "model.heads=2",
+                           "--num-samples", "2", "--max-concurrent", "1", "--scheduler", "none", "--epoch-budget", "2",
+                           "--max-continuations", "3", "--set", "train.epochs=3", "model.width=32", "model.heads=2",
                            "data.batch_size=128", f"data.shards={SMALL}", timeout=500)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
     sweep = only_run_dir(tmp_path)
@@ -288,30 +278,61 @@ def test_sweep_continues_over_three_kernels_and_exports_the_best_trial(tmp_path,
     info = json.loads((sweep / "run.json").read_text())
     assert len(record["units"]) == 3 and info["status"] == "complete" and len(info["resumed_at"]) == 2
     rows = json.loads((sweep / "trials.json").read_text())
-    assert [row["status"] for row in rows] == ["TERMINATED"] * 3 and all(row["epochs_run"] == 4 for row in rows)
+    assert [row["status"] for row in rows] == ["TERMINATED"] * 2 and all(row["epochs_run"] == 3 for row in rows)
     for rows_of_trial in (read_jsonl(p) for p in (sweep / "tune").glob("*/result.json")):
-        assert [row["epoch"] for row in rows_of_trial] == [1, 2, 3, 4]  # nothing lost, nothing redone
+        assert [row["epoch"] for row in rows_of_trial] == [1, 2, 3]  # nothing lost, nothing redone
     best_row = max(rows, key=lambda row: row["val_s2t_r1"])
     assert info["winner"]["trial_id"] == best_row["trial_id"] and info["winner"]["value"] == best_row["val_s2t_r1"]
     best = sweep / "best"
     assert (best / "checkpoints" / "best.pt").is_file() and (best / "eval" / "results.json").is_file()
     assert json.loads((best / "run.json").read_text())["sweep"]["trial_id"] == best_row["trial_id"]
+    evaluated = subprocess.run(launch_command("local", "evaluate", str(best), "--shards", str(SMALL)), cwd=tmp_path,
+                               capture_output=True, text=True, timeout=120)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((best / "eval" / "results.json").read_text())["metrics"]["s2t_r1"] == pytest.approx(info["test"]["s2t_r1"])
 
 
-def test_extract_fans_out_over_kernels_with_the_videos_as_a_dataset(tmp_path, kaggle):
-    """The videos travel as one dataset (listing + files); two kernels each extract their slice; the
-    merged set is byte for byte the one a local single worker writes."""
+def tiny_encoder_weights(folder: Path) -> dict[str, Path]:
+    """Checkpoint files of the tiny encoders, as their real loaders read them (no --random-init)."""
+    import open_clip
+    import torchvggish
+
+    from model.imagebind import ImageBind, ImageBindConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    open_clip.add_model_config(FIXTURES / "tiny_clip.json")
+    files = {"student.clip.weights": folder / "clip.pt", "student.audio.vggish.weights": folder / "vggish.pt",
+             "teacher.imagebind.weights": folder / "imagebind.pt"}
+    torch.save(open_clip.create_model("tiny_clip").state_dict(), files["student.clip.weights"])
+    torch.save(torchvggish.VGG(torchvggish.make_layers(), postprocess=False).state_dict(), files["student.audio.vggish.weights"])
+    torch.save(ImageBind(ImageBindConfig.model_validate_json((FIXTURES / "tiny_imagebind.json").read_text())).state_dict(),
+               files["teacher.imagebind.weights"])
+    return files
+
+
+def test_weights_travel_once_as_datasets_or_are_read_from_the_users_own_dataset(tmp_path, kaggle):
+    """Extraction on 2 kernels with real (tiny) weights given as local paths: each file goes up once, as a dataset
+    named by its sha256; a second launch uploads nothing, and with the teacher's weights in a dataset of the user's
+    (made beforehand with the kaggle package; Kaggle unpacks the checkpoint, a zip) reads them there. The shards equal a
+    local extraction's. A URL weight is refused for a kernel without internet before anything is uploaded."""
     import sys
 
     from data_shards.synthetic_videos import write_collection
+    from sync import SyncError
+    from sync.kaggle import kaggle_api
+    from sync.remote_file import local_file
 
     listing = write_collection(tmp_path / "videos", 7, seconds=2.0)
-    args = ["--videos", str(listing), "--random-init", *TINY_EXTRACT]
+    weights = tiny_encoder_weights(tmp_path / "weights")
+    local_weights = [f"{key}={path}" for key, path in weights.items()]
+    args = ["--videos", str(listing), *TINY_EXTRACT, *local_weights]
     result = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", *FAST, "--num-kernels", "2", *args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = only_run_dir(tmp_path)
-    uploads = [body for method, body in kaggle.requests if method == "CreateDataset"]
-    assert any("streamapprox-videos-" in json.dumps(body) for body in uploads)
+    created = json.dumps([body for method, body in kaggle.requests if method == "CreateDataset"])
+    assert "streamapprox-videos-" in created
+    for path in weights.values():
+        assert f"streamapprox-file-{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}" in created, created[:2000]
     local = subprocess.run([sys.executable, "-m", "jobs.extract", *args, "--out", str(tmp_path / "local")], env=cli_env(),
                            capture_output=True, text=True, timeout=300)
     assert local.returncode == 0, local.stderr[-3000:]
@@ -319,6 +340,46 @@ def test_extract_fans_out_over_kernels_with_the_videos_as_a_dataset(tmp_path, ka
     assert tars == sorted(p.name for p in (run / "shards").glob("*.tar")) and len(tars) == 3
     assert all((run / "shards" / name).read_bytes() == (tmp_path / "local" / name).read_bytes() for name in tars)
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
+
+    folder = tmp_path / "my-encoders"
+    folder.mkdir()
+    (folder / "imagebind.pt").write_bytes(weights["teacher.imagebind.weights"].read_bytes())
+    (folder / "dataset-metadata.json").write_text(json.dumps({"title": "my encoders", "id": f"{USER}/my-encoders",
+                                                              "licenses": [{"name": "CC0-1.0"}]}))
+    saved = dict(os.environ)
+    os.environ.update(kaggle_env(kaggle, USER, KEY, tmp_path / "kaggle-config"))
+    try:
+        kaggle_api().dataset_create_new(str(folder), public=False, quiet=True)
+        fetched = None
+        for _ in range(50):  # off Kaggle, the same location is fetched with the kaggle package once the dataset is ready
+            try:
+                fetched = local_file(f"kaggle://datasets/{USER}/my-encoders/imagebind.pt")
+                break
+            except SyncError:
+                time.sleep(0.2)
+        assert fetched is not None and fetched.sha256 == hashlib.sha256(weights["teacher.imagebind.weights"].read_bytes()).hexdigest()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    received = kaggle.bytes_received
+    mounted = [*local_weights[:2], f"teacher.imagebind.weights=kaggle://datasets/{USER}/my-encoders/imagebind.pt"]
+    again = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", *FAST, "--runs-dir", "again", "--videos", str(listing), *TINY_EXTRACT,
+                          *mounted)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert kaggle.bytes_received == received and "uploaded 0 bytes of datasets" in again.stdout, [l for l in again.stdout.splitlines() if "upload" in l or "already" in l]
+    assert "was unpacked by Kaggle; zipped again" in again.stdout
+    shards = next((tmp_path / "again").iterdir()) / "shards"
+    assert all((shards / name).read_bytes() == (tmp_path / "local" / name).read_bytes() for name in tars)
+    files = json.loads((shards / "manifest.json").read_text())["source"]["files"]
+    assert files["teacher.imagebind.weights"]["sha256"] != hashlib.sha256(weights["teacher.imagebind.weights"].read_bytes()).hexdigest()
+
+    pushes = len(kaggle.requests)
+    refused = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", *FAST, "--no-internet", "--runs-dir", "refused", "--videos",
+                            str(listing), *TINY_EXTRACT, *local_weights[:2], "teacher.imagebind.weights=https://example.org/imagebind.pt")
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert "teacher.imagebind.weights: https://example.org/imagebind.pt is downloaded by the job, and a --no-internet kernel cannot" \
+        in refused.stderr
+    assert not [m for m, _ in kaggle.requests[pushes:] if m in ("CreateDataset", "CreateDatasetVersion", "SaveKernel")]
 
 
 def test_index_runs_in_a_kernel_with_the_student_as_a_dataset_and_comes_back_reusable(tmp_path, kaggle, shard_dir):

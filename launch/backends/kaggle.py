@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs import JOBS, JobSpec
+from jobs.contract import LocatedFileInput
 from launch import carry
 from launch.accelerate import PRECISIONS, REPO_ROOT
 from pydantic import BaseModel
@@ -38,6 +39,7 @@ from launch.record import LaunchRecord, Unit
 from launch.transports import kaggle_quota
 from launch.transports.kaggle_api import TERMINAL, KaggleService, LogStream
 from launch.transports.kaggle_upload import Uploader, kernel_requirements
+from sync.remote_file import FileLocation
 
 ACCELERATORS = {"t4x2": "NvidiaTeslaT4", "p100": "NvidiaTeslaP100", "none": None}  # Kaggle machine shapes
 SESSION_LIMIT_S = 12 * 3600
@@ -317,9 +319,11 @@ class Kaggle(Backend):
         assert bundle is not None  # sends_code
         options, service, spec = self.options, self.service(), job.spec
         job_args = bundled_file_arguments(job.args, bundle, frozenset(value.location for value in job.inputs.values()))
+        mounted = self.mounted_files(job)
         uploader = Uploader(service, options.dataset_timeout, dry_run=options.dry_run)
         code = uploader.code(bundle)
-        carried = {key: value.model_dump() for key, value in job.inputs.items() if value.kind == "kaggle_outputs"}
+        carried: dict[str, dict[str, Any]] = {key: value.model_dump() for key, value in job.inputs.items() if value.kind == "kaggle_outputs"}
+        carried.update(mounted)
         carried.update({key: uploader.carry(key, value) for key, value in job.inputs.items()
                         if not value.regenerable and key not in carried})
         restore = uploader.run_directory(job.run_dir) if job.carry_run else None
@@ -333,6 +337,7 @@ class Kaggle(Backend):
         print(f"launch kaggle: uploaded {uploader.bytes_uploaded} bytes of datasets", flush=True)
         datasets = [code["dataset"], *(c["dataset"] for c in carried.values() if "dataset" in c), *([wheels["dataset"]] if wheels else []),
                     *([restore["dataset"]] if restore else [])]
+        datasets = list(dict.fromkeys(datasets))  # one weights dataset may hold several of the files a job names
         kernel = KernelPlan(run_id=job.run_dir.name, job=job.name, job_args=job_args, bundle=code, inputs=carried,
                             requirements=requirements, internet=not options.no_internet, wheels=wheels,
                             time_budget_s=self.budget if spec.resumable else 0.0, mixed_precision=options.mixed_precision, restore=restore)
@@ -340,6 +345,29 @@ class Kaggle(Backend):
                           kernel_sources=sorted({s["kernel"] for c in carried.values() for s in c.get("sources", [])}), kernel=kernel,
                           bytes_uploaded=uploader.bytes_uploaded, planned_gpu_hours=round(self.planned, 2),
                           session_limit=options.session_limit, job_args=job.args)
+
+    def mounted_files(self, job: Job) -> dict[str, dict[str, Any]]:
+        """Files the job reads where they live: ``kaggle://datasets/...`` ones are attached to the kernels (key -> where
+        the kernel finds them); a download (a URL, or an encoder library's own) needs the kernel's internet. Whatever a
+        kernel could not read is refused here, before anything is uploaded."""
+        mounted = {}
+        for key, spec in job.inputs.items():
+            if not isinstance(spec, LocatedFileInput):
+                continue
+            location = None if spec.library else FileLocation.parse(spec.location)
+            if location is not None and location.scheme == "kaggle":
+                kind, owner, handle, inside = location.kaggle_parts()
+                if kind == "models":
+                    raise LaunchError(f"{key}={spec.location}: Kaggle models are not attached by launch kaggle yet; add the file to a "
+                                      "dataset of yours and give kaggle://datasets/OWNER/SLUG/PATH, or give a local path (uploaded once)")
+                mounted[key] = {"kind": "mounted", "dataset": f"{owner}/{handle}", "path": inside}
+            elif location is not None and location.scheme == "s3":
+                raise LaunchError(f"{key}={spec.location}: a Kaggle kernel holds no AWS credentials of yours; give a local path "
+                                  "(uploaded once as a dataset), kaggle://datasets/OWNER/SLUG/PATH or an https:// URL")
+            elif self.options.no_internet:
+                raise LaunchError(f"{key}: {spec.location} is downloaded by the job, and a --no-internet kernel cannot; give {key}="
+                                  "a local path (uploaded once as a dataset) or kaggle://datasets/OWNER/SLUG/PATH; nothing was uploaded")
+        return mounted
 
     def describe(self, uploader: Uploader, job: str) -> None:
         """What ``--dry-run`` prints: uploads, kernels, waves, time and GPU hours."""

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 from data_shards.manifest import sha256_file
@@ -140,6 +141,28 @@ def kernel_shards(key: str, wanted: dict, input_root: Path, env: dict, code_dir:
     return merged
 
 
+def mounted_file(key: str, wanted: dict, input_root: Path) -> Path:
+    """A file of a user's dataset, where Kaggle mounted it (``datasets/OWNER/SLUG/PATH`` on current images, ``SLUG/PATH``
+    on older ones). Kaggle unpacks archives it is given, and a torch checkpoint is a zip: found as a folder, it is
+    zipped again (stored entries, as ``torch.save`` writes them) into scratch space, where ``torch.load`` reads it."""
+    owner, slug = wanted["dataset"].split("/")
+    inside = Path(wanted["path"])
+    for root in (input_root / "datasets" / owner / slug, input_root / slug):
+        if (root / inside).is_file():
+            return root / inside
+        folder = root / inside.parent / inside.stem
+        if folder.is_dir():
+            rebuilt = scratch() / "mounted" / slug / inside
+            rebuilt.parent.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(rebuilt, "w", zipfile.ZIP_STORED) as archive:
+                for member in sorted(p for p in folder.rglob("*") if p.is_file()):
+                    archive.write(member, member.relative_to(folder).as_posix())
+            say(f"input {key}: {wanted['dataset']}/{inside} was unpacked by Kaggle; zipped again as {rebuilt}")
+            return rebuilt
+    raise KernelFailure(f"input {key}: {inside} is not in dataset {wanted['dataset']} as mounted under {input_root}; check the path "
+                        "inside the dataset (kaggle datasets files OWNER/SLUG)")
+
+
 def previous_run(plan: dict, input_root: Path, run_dir: Path) -> None:
     """A continuation's starting point: the previous kernel's run directory, restored file by file (verified
     against its content manifest, archives rebuilt if Kaggle unpacked them) into ``run_dir`` -- or, for a run made
@@ -174,6 +197,8 @@ def job_arguments(plan: dict, input_root: Path, run_dir: Path, env: dict, code_d
     for key, wanted in plan["inputs"].items():
         if wanted["kind"] == "kaggle_outputs":
             value = kernel_shards(key, wanted, input_root, env, code_dir)
+        elif wanted["kind"] == "mounted":
+            value = mounted_file(key, wanted, input_root)
         else:
             folder = unpacked(input_root, wanted["pack"], f"input {key} (dataset {wanted['dataset']})")
             value = folder / wanted["target"] if wanted["target"] else folder
