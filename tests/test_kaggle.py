@@ -366,7 +366,8 @@ def test_weights_travel_once_as_datasets_or_are_read_from_the_users_own_dataset(
     again = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", *FAST, "--runs-dir", "again", "--videos", str(listing), *TINY_EXTRACT,
                           *mounted)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert kaggle.bytes_received == received and "uploaded 0 bytes of datasets" in again.stdout, [l for l in again.stdout.splitlines() if "upload" in l or "already" in l]
+    uploads = [line for line in again.stdout.splitlines() if "upload" in line or "already" in line]
+    assert kaggle.bytes_received == received and "uploaded 0 bytes of datasets" in again.stdout, uploads
     assert "was unpacked by Kaggle; zipped again" in again.stdout
     shards = next((tmp_path / "again").iterdir()) / "shards"
     assert all((shards / name).read_bytes() == (tmp_path / "local" / name).read_bytes() for name in tars)
