@@ -15,6 +15,7 @@ from model.config import STUDENT_CONFIGS, LossConfig, MLPStudentConfig, Strict, 
 from model.metrics import RECALL_AT
 
 PRESETS = Path(__file__).parent / "presets"
+INIT_CHECKPOINTS = ("best", "last")  # train.init_from=RUN:<which> takes RUN/checkpoints/<which>.pt
 STUDENT_KINDS = {config.model_fields["kind"].default for config in STUDENT_CONFIGS}
 SELECTABLE = sorted(
     [f"{d}_{m}" for d in ("s2t", "t2s") for m in [f"r{k}" for k in RECALL_AT] + ["medr", "meanr", "cos_gap"]] + ["mean_cos", "mse"]
@@ -66,6 +67,24 @@ class TrainConfig(Strict):
     # steps per session (the first run and each resume): stop resumably after this many, like a time budget
     # that does not depend on how fast the machine is; None = no limit
     session_steps: int | None = Field(None, ge=1)
+    # fine-tune: start the student from another run's weights (RUN = its best.pt, RUN:last, RUN:best, or a .pt file),
+    # with a fresh optimizer and schedule; jobs/init_from.py. None = random initialisation
+    init_from: str | None = None
+
+    @field_validator("init_from")
+    @classmethod
+    def _local_checkpoint(cls, value: str | None) -> str | None:
+        """Only the form is checked here: the file is opened by the job (never on --resume, which continues from last.pt)."""
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("empty: give a run directory (RUN, RUN:best, RUN:last) or a checkpoint file, or null")
+        if "://" in value:
+            raise ValueError("a run directory or checkpoint file on this machine; bring a remote run here first (launch pull RUN)")
+        which = value.rpartition(":")[2]
+        if ":" in value and which.isalpha() and which not in INIT_CHECKPOINTS:
+            raise ValueError(f"':{which}': a run's checkpoint is RUN:best or RUN:last")
+        return value
 
     @field_validator("select_metric")
     @classmethod

@@ -1,8 +1,9 @@
 """The run directory, identical on every backend:
 
 runs/<run-id>/run.json           run id, job, resolved config, git commit + dirty flag, shard digest,
-                                 hardware, backend, start/end, status (running|complete|incomplete|failed)
-runs/<run-id>/metrics.jsonl      one JSON object per logged step / epoch
+                                 hardware, backend, start/end, status (running|complete|incomplete|failed),
+                                 init_from (a fine-tuned run's source checkpoint and its sha256)
+runs/<run-id>/metrics.jsonl      one JSON object per logged step / epoch (a fine-tuned run's step-0 validation: kind start)
 runs/<run-id>/checkpoints/       best.pt (chosen on validation), last.pt (resumable)
 runs/<run-id>/eval/              results.json, results.csv, embeddings.npz (a test sample, for plots),
                                  report.md + *.png (``launch report``)

@@ -28,16 +28,20 @@ from data_shards.files import disk_problem
 from data_shards.reader import TrainBatches
 from jobs import new_run_id, now
 from jobs.config import ConfigError, JobConfig, apply_override, load_config, preset_names, validate_config
+from jobs.contract import CheckReport
 from jobs.embedding import embed_split, to_device
 from jobs.hardware import HardwareError, check_gpus
+from jobs.init_from import InitSource, open_source
 from jobs.run_lock import RunInUse, RunLock, liveness
 from jobs.rundir import RunDir, disk_cause, hardware, launched_by, new_run_record, save_atomic
-from jobs.shard_checks import check_batches, check_dims, warn_random_init, write_check_report
+from jobs.shard_checks import check_batches, check_dims, shards_input, warn_random_init
 from model import build_loss, build_student, retrieval_metrics
 from model.metrics import is_better
 
 log = logging.getLogger("streamapprox.train")
-SESSION_KEYS = ("data.shards", "train.session_steps")  # where and how long this session runs, not what it computes: free on --resume
+# where and how long this session runs, not what it computes: free on --resume (a resumed run never reads train.init_from;
+# a remote launcher passes the place the source was carried to, as it does for the shards)
+SESSION_KEYS = ("data.shards", "train.session_steps", "train.init_from")
 JOB_STARTED = time.monotonic()  # the time budget counts from here, imports and data loading included
 
 
@@ -137,9 +141,10 @@ def cpu_accelerator_options(process_group_kwargs) -> dict:
 
 class Trainer:
     def __init__(self, cfg: JobConfig, shards: ShardSet, run: RunDir, resume: dict | None, time_budget: float | None,
-                 on_epoch_end: Callable[[dict], None] | None = None):
+                 on_epoch_end: Callable[[dict], None] | None = None, init: InitSource | None = None):
         """``on_epoch_end(record)`` is called on every rank once an epoch's validation and last.pt are
-        done (how a sweep reports each epoch to Ray Tune)."""
+        done (how a sweep reports each epoch to Ray Tune). ``init``: ``train.init_from`` already opened (the job's
+        pre-flight did); a sweep trial leaves it to the trainer. A resumed run never uses it."""
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs, set_seed
 
@@ -156,6 +161,9 @@ class Trainer:
 
         set_seed(cfg.train.seed)  # identical initial weights on every rank
         distiller = Distiller(cfg)
+        self.init = None if resume else init or (open_source(cfg) if cfg.train.init_from else None)
+        if self.init is not None:
+            self.init.load_into(distiller.student)
         self.n_params = sum(p.numel() for p in distiller.student.parameters())
         d = cfg.data
         self.train_data = TrainBatches(
@@ -336,7 +344,21 @@ class Trainer:
             self.on_epoch_end({**record, "best_value": self.best_value})
         return True
 
+    def validate_start(self) -> None:
+        """A fine-tuned run's validation at step 0, before any update: proof of the weights it starts from (it equals the
+        source's own validation), logged as a ``start`` record. It takes no part in selecting best.pt."""
+        assert self.init is not None
+        metrics = self.validate()
+        self.accelerator.log({f"val/{name}": value for name, value in metrics.items()}, step=0)
+        if self.is_main:
+            source = self.init.record
+            self.run.log_metrics({"kind": "start", "epoch": 0, "step": 0, "val": metrics, "init_from": source.location})
+            log.info("step 0, from %s (sha256 %s): val s2t R@1 %.2f t2s R@1 %.2f mean cos %.3f", source.path, source.sha256[:12],
+                     metrics["s2t_r1"], metrics["t2s_r1"], metrics["mean_cos"])
+
     def fit(self) -> str:
+        if self.init is not None and self.global_step == 0:
+            self.validate_start()
         while self.epoch < self.cfg.train.epochs:
             if not self.run_epoch():
                 self.save_last()
@@ -382,7 +404,8 @@ def resolve(args: argparse.Namespace) -> tuple[JobConfig, RunDir, dict | None]:
         moved = [o for o in args.overrides if o.partition("=")[0].strip() in SESSION_KEYS]
         if args.config or len(moved) != len(args.overrides):
             raise ConfigError("--resume continues a run with its own saved config; drop --set/--config (only --set "
-                              "data.shards=PATH, the same shards in a new place, and train.session_steps=N|null may change)")
+                              "data.shards=PATH, the same shards in a new place, train.session_steps=N|null and train.init_from, which a "
+                              "resumed run does not read, may change)")
         run = RunDir(args.resume)
         if is_rank_zero():  # the other ranks share (or copy) the run directory rank 0 owns
             refuse_if_owned(run.path)
@@ -423,6 +446,8 @@ def run_training(trainer: Trainer, run: RunDir, cfg: JobConfig, resume: dict | N
             info.update(resumed_at=[*run.read().get("resumed_at", []), now()], error=None)
         else:
             info.update(**new_run_record(run, cfg, trainer.shards), student_parameters=trainer.n_params)
+            if trainer.init is not None:
+                info.update(init_from=trainer.init.record.model_dump())
         run.update(**info, hardware=hardware(acc), backend=launched_by())
         log.info("run directory %s (%s, %d processes, %d student parameters)", run.path, acc.device, acc.num_processes, trainer.n_params)
     try:
@@ -480,14 +505,17 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp", on_epoch_end:
         check_batches(cfg, shards.manifest.splits)
         warn_random_init(shards)
         check_gpus()
+        init = open_source(cfg) if cfg.train.init_from and not resume else None  # a resumed run continues from its own last.pt
         if args.check:
-            if args.check_report:
-                write_check_report(Path(args.check_report), cfg.job, cfg.data.shards, shards)
-            print(f"check ok: {cfg.job} ({cfg.model.kind} student) on {shards.root} {shards.manifest.splits}")
+            if args.check_report:  # what a remote launcher carries: the shards, and the source checkpoint of a fine-tuned run
+                inputs = {"data.shards": shards_input(cfg.data.shards, shards), **({"train.init_from": init.check_input()} if init else {})}
+                CheckReport(job=cfg.job, inputs=inputs).write(Path(args.check_report))
+            print(f"check ok: {cfg.job} ({cfg.model.kind} student) on {shards.root} {shards.manifest.splits}"
+                  + (f", starting from {init.record.path}" if init else ""))
             return 0
         if is_rank_zero():
             owned.enter_context(RunLock(run.path, cfg.job))
-        trainer = Trainer(cfg, shards, run, resume, args.time_budget, on_epoch_end=on_epoch_end)
+        trainer = Trainer(cfg, shards, run, resume, args.time_budget, on_epoch_end=on_epoch_end, init=init)
     except (ConfigError, ShardError, HardwareError, RunInUse) as exc:
         owned.close()
         print(f"error: {exc}", file=sys.stderr)
