@@ -263,14 +263,14 @@ def test_a_space_file_outside_the_code_bundle_is_refused_before_any_push(tmp_pat
 
 
 def test_sweep_continues_over_three_kernels_and_exports_the_best_trial(tmp_path, kaggle, small_shards):
-    """--epoch-budget 2: each kernel reports two trial-epochs (a budget of work, not wall time), so two trials of
-    three epochs take exactly three kernels on any machine, the first trial ending in the second kernel and the second
+    """--epoch-budget 3: each kernel reports three trial-epochs (a budget of work, not wall time), so two trials of
+    four epochs take exactly three kernels on any machine, the first trial ending in the second kernel and the second
     trial starting there. Every kernel's Tune state restores (each trial's epochs
     are reported once, in order), and the winner exported is the best trial on validation, its checkpoints there."""
     space = Path(__file__).parent.parent / "tune" / "spaces" / "temperature_depth.yaml"
     result = launch_kaggle(kaggle, tmp_path, "kaggle", "sweep", *FAST, "--space", str(space), "--preset", "train_transformer",
-                           "--num-samples", "2", "--max-concurrent", "1", "--scheduler", "none", "--epoch-budget", "2",
-                           "--max-continuations", "3", "--set", "train.epochs=3", "model.width=32", "model.heads=2",
+                           "--num-samples", "2", "--max-concurrent", "1", "--scheduler", "none", "--epoch-budget", "3",
+                           "--max-continuations", "3", "--set", "train.epochs=4", "model.width=32", "model.heads=2",
                            "data.batch_size=128", f"data.shards={SMALL}", timeout=500)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
     sweep = only_run_dir(tmp_path)
@@ -278,9 +278,9 @@ def test_sweep_continues_over_three_kernels_and_exports_the_best_trial(tmp_path,
     info = json.loads((sweep / "run.json").read_text())
     assert len(record["units"]) == 3 and info["status"] == "complete" and len(info["resumed_at"]) == 2
     rows = json.loads((sweep / "trials.json").read_text())
-    assert [row["status"] for row in rows] == ["TERMINATED"] * 2 and all(row["epochs_run"] == 3 for row in rows)
+    assert [row["status"] for row in rows] == ["TERMINATED"] * 2 and all(row["epochs_run"] == 4 for row in rows)
     for rows_of_trial in (read_jsonl(p) for p in (sweep / "tune").glob("*/result.json")):
-        assert [row["epoch"] for row in rows_of_trial] == [1, 2, 3]  # nothing lost, nothing redone
+        assert [row["epoch"] for row in rows_of_trial] == [1, 2, 3, 4]  # nothing lost, nothing redone
     best_row = max(rows, key=lambda row: row["val_s2t_r1"])
     assert info["winner"]["trial_id"] == best_row["trial_id"] and info["winner"]["value"] == best_row["val_s2t_r1"]
     best = sweep / "best"
