@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Sets up .venv on a fresh machine (idempotent: a second run with unchanged
 # requirements returns at once). Usage: ./setup.sh [--dev]
-#   --dev  also installs the test tools.
+#   --dev  also installs the test tools, and the trackers extra (W&B, MLflow) the tests read back.
 set -euo pipefail
 cd "$(dirname "$0")"
 extras="deepspeed,tune,extract,report,search"
-[[ "${1:-}" == "--dev" ]] && extras="deepspeed,tune,extract,report,search,dev"
+[[ "${1:-}" == "--dev" ]] && extras="deepspeed,tune,extract,report,search,trackers,dev"  # trackers: the tests read W&B and MLflow back
 
 # The tests run a real sshd on loopback (launch ssh): Debian's openssh-server and rsync; drive the search page in a
 # real headless browser: Debian's chromium; and give the loopback Kaggle's kernels without internet a network namespace

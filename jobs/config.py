@@ -58,6 +58,20 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(0, ge=0)  # steps between mid-epoch last.pt saves; 0 = epoch ends only
     evaluate_test: bool = True
     audit: bool = False  # per-rank sample ids + parameter digests per step in logs/audit-rank*.jsonl
+    # where metrics.jsonl's figures also go, through Accelerate's trackers (jobs/trackers.py); [] = metrics.jsonl only
+    log_with: list[Literal["tensorboard", "wandb", "mlflow"]] = ["tensorboard"]  # pydantic copies it for each config
+    tracker_project: str = Field("streamapprox", min_length=1)  # the W&B project and MLflow experiment; a run is named by its id
+
+    @field_validator("log_with", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        """``--set train.log_with=tensorboard,wandb`` reads as one string: a comma-separated list. Each tracker once."""
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list) and all(isinstance(part, str) for part in value):
+            return list(dict.fromkeys(value))
+        return value
+
     @field_validator("mixed_precision", mode="before")
     @classmethod
     def _no_is_not_false(cls, value: Any) -> Any:

@@ -35,6 +35,7 @@ from jobs.init_from import InitSource, open_source
 from jobs.run_lock import RunInUse, RunLock, liveness
 from jobs.rundir import RunDir, disk_cause, hardware, launched_by, new_run_record, save_atomic
 from jobs.shard_checks import check_batches, check_dims, shards_input, warn_random_init
+from jobs.trackers import TrackerError, check_trackers, make_trackers, start_trackers
 from model import build_loss, build_student, retrieval_metrics
 from model.metrics import is_better
 
@@ -153,7 +154,8 @@ class Trainer:
         self.cfg, self.run, self.on_epoch_end = cfg, run, on_epoch_end
         self.started = JOB_STARTED
         self.deadline = self.started + time_budget if time_budget else None
-        self.accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with="tensorboard", project_dir=str(run.path),
+        self.accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, project_dir=str(run.path),
+                                       log_with=make_trackers(cfg, run, resume is not None, is_rank_zero()),
                                        **cpu_accelerator_options(InitProcessGroupKwargs))
         acc = self.accelerator
         self.is_main = acc.is_main_process
@@ -438,8 +440,8 @@ def run_training(trainer: Trainer, run: RunDir, cfg: JobConfig, resume: dict | N
         run.create()
     acc.wait_for_everyone()
     setup_logging(run, acc.process_index)
-    # TensorBoard events in RUN/tensorboard; a resumed run first drops the events after its checkpoint (the replayed steps)
-    acc.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": trainer.global_step + 1} if resume else {}})
+    # TensorBoard events in RUN/tensorboard (a resumed run first drops the events after its checkpoint: the replayed steps), W&B, MLflow
+    start_trackers(acc, cfg, trainer.global_step, resume is not None)
     if trainer.is_main:
         info: dict = {"status": "running", **record}
         if resume:
@@ -461,6 +463,8 @@ def run_training(trainer: Trainer, run: RunDir, cfg: JobConfig, resume: dict | N
                 pass
         raise
     acc.wait_for_everyone()
+    for tracker in acc.trackers:  # their runs end with the training (a sweep's trial ends here; main's end_training repeats it)
+        tracker.finish()
     if trainer.is_main:
         run.update(status=status, ended_at=now(), global_step=trainer.global_step,
                    best={"metric": cfg.train.select_metric, "value": trainer.best_value})
@@ -513,6 +517,7 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp", on_epoch_end:
             print(f"check ok: {cfg.job} ({cfg.model.kind} student) on {shards.root} {shards.manifest.splits}"
                   + (f", starting from {init.record.path}" if init else ""))
             return 0
+        check_trackers(cfg)  # on the machine that trains (a remote launcher runs --check on its own)
         if is_rank_zero():
             owned.enter_context(RunLock(run.path, cfg.job))
         trainer = Trainer(cfg, shards, run, resume, args.time_budget, on_epoch_end=on_epoch_end, init=init)
@@ -538,6 +543,9 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp", on_epoch_end:
         except Diverged as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        except TrackerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         except Exception as exc:
             cause = disk_cause(exc)
             if cause is None:
