@@ -18,7 +18,8 @@ from pathlib import Path
 
 DEFAULT_MAX_MB = 50
 SECRET_NAMES = ("kaggle.json", "access_token", ".env", ".env.*", ".netrc", "credentials", "id_rsa*", "id_ed25519*", "id_ecdsa*", "*.pem", "*.key")
-SECRET_VARIABLES = ("KAGGLE_KEY", "KAGGLE_API_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN")
+SECRET_VARIABLES = ("KAGGLE_KEY", "KAGGLE_API_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN", "WANDB_API_KEY",
+                    "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 MANIFEST = "BUNDLE.json"
 
 
