@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -44,13 +44,20 @@ def _checked(entries: list[VideoEntry], origin: str) -> list[VideoEntry]:
     return sorted(entries, key=lambda e: (SPLITS.index(e.split) if e.split in SPLITS else len(SPLITS), e.split, e.video_id))
 
 
-def from_directory(root: Path, default_split: str) -> list[VideoEntry]:
-    """Video files under ``root``; a file inside a ``train``/``val``/``test`` folder takes that split."""
+def from_names(root: str, names: list[str], default_split: str) -> list[VideoEntry]:
+    """The video files among ``names`` (relative to ``root``: a directory here, or a folder's URL); a file inside a
+    ``train``/``val``/``test`` folder takes that split."""
     entries = []
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()):
-        split = next((part for part in path.relative_to(root).parts[:-1] if part in SPLITS), default_split)
-        entries.append(VideoEntry(path.stem, str(path), split))
-    return _checked(entries, str(root))
+    for name in sorted(n for n in names if PurePosixPath(n).suffix.lower() in VIDEO_SUFFIXES):
+        rel = PurePosixPath(name)
+        split = next((part for part in rel.parts[:-1] if part in SPLITS), default_split)
+        entries.append(VideoEntry(rel.stem, f"{root.rstrip('/')}/{name}", split))
+    return _checked(entries, root)
+
+
+def from_directory(root: Path, default_split: str) -> list[VideoEntry]:
+    """Video files under ``root`` (see ``from_names``)."""
+    return from_names(str(root), [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()], default_split)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -64,18 +71,23 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def from_list(path: Path, default_split: str) -> list[VideoEntry]:
-    """CSV or JSON rows with ``id`` (or ``video_id``), ``path`` (relative to the list) and optional ``split``."""
+def from_list(path: Path, default_split: str, base: str | None = None, origin: str | None = None) -> list[VideoEntry]:
+    """CSV or JSON rows with ``id`` (or ``video_id``), ``path`` (relative to the list, absolute, or a URL) and optional
+    ``split``. ``base``: where relative paths start when the list was fetched from elsewhere (its folder's URL)."""
+    origin = origin or str(path)
     entries = []
     for number, row in enumerate(_rows(path), start=2 if path.suffix.lower() == ".csv" else 0):
         video_id = row.get("id") or row.get("video_id")
         if not video_id or not row.get("path"):
             where = f"line {number}" if path.suffix.lower() == ".csv" else f"entry {number}"
-            raise ShardError(f"{path} {where}: needs 'id' (or 'video_id') and 'path' fields, got {sorted(row)}")
-        video_path = Path(row["path"])
-        entries.append(VideoEntry(str(video_id), str(video_path if video_path.is_absolute() else path.parent / video_path),
-                                  row.get("split") or default_split))
-    return _checked(entries, str(path))
+            raise ShardError(f"{origin} {where}: needs 'id' (or 'video_id') and 'path' fields, got {sorted(row)}")
+        given = str(row["path"])
+        if "://" in given or Path(given).is_absolute():
+            located = given
+        else:
+            located = f"{base.rstrip('/')}/{given}" if base is not None else str(path.parent / given)
+        entries.append(VideoEntry(str(video_id), located, row.get("split") or default_split))
+    return _checked(entries, origin)
 
 
 def _msrvtt_ids(path: Path) -> list[str]:
@@ -88,14 +100,15 @@ def _msrvtt_ids(path: Path) -> list[str]:
     return sorted({row["video_id"] for row in rows})
 
 
-def from_msrvtt(videos: Path, splits_dir: Path, val_count: int = 500, seed: int = 0) -> list[VideoEntry]:
-    """MSR-VTT: train 7k (``val_count`` of them carved out as validation, seeded) and test 1k-A."""
+def from_msrvtt(videos: str, names: list[str], splits_dir: Path, val_count: int = 500, seed: int = 0) -> list[VideoEntry]:
+    """MSR-VTT: train 7k (``val_count`` of them carved out as validation, seeded) and test 1k-A; ``names`` are the
+    files in the folder ``videos`` (a directory here, or a folder's URL)."""
     train, test = _msrvtt_ids(splits_dir / MSRVTT_TRAIN), _msrvtt_ids(splits_dir / MSRVTT_TEST)
     val = set(np.random.default_rng(seed).choice(train, size=min(val_count, len(train)), replace=False).tolist())
-    files = {p.stem: p for p in videos.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES}
+    files = {PurePosixPath(n).stem: n for n in names if "/" not in n and PurePosixPath(n).suffix.lower() in VIDEO_SUFFIXES}
 
     def entry(video_id: str, split: str) -> VideoEntry:
-        return VideoEntry(video_id, str(files.get(video_id, videos / f"{video_id}.mp4")), split)
+        return VideoEntry(video_id, f"{videos.rstrip('/')}/{files.get(video_id, f'{video_id}.mp4')}", split)
 
     entries = [entry(v, "val" if v in val else "train") for v in train] + [entry(v, "test") for v in test]
     return _checked(entries, f"{splits_dir} + {videos}")
@@ -108,7 +121,7 @@ def list_videos(source: str, msrvtt_splits: str | None = None, default_split: st
     if msrvtt_splits:
         if not path.is_dir():
             raise ShardError(f"{source}: with --msrvtt-splits the input must be the directory of MSR-VTT videos")
-        return from_msrvtt(path, Path(msrvtt_splits))
+        return from_msrvtt(str(path), [p.name for p in path.iterdir()], Path(msrvtt_splits))
     if path.is_dir():
         return from_directory(path, default_split)
     if path.suffix.lower() in {".csv", ".json"}:

@@ -90,7 +90,19 @@ class LocatedFileInput(_Input):
     library: bool = False
 
 
-JobInput = Annotated[ShardsInput | KaggleOutputsInput | VideosInput | FileInput | LocatedFileInput, Field(discriminator="kind")]
+class LocatedVideosInput(_Input):
+    """A video collection read where it lives -- ``location`` is ``s3://BUCKET/PREFIX`` or
+    ``kaggle://datasets/OWNER/SLUG[/FOLDER]`` (a folder, or a CSV/JSON list in it) -- listed here for the plan
+    (``videos``, ``bytes``); no video byte travels from here. Kaggle mounts ``kaggle://`` ones on its kernels."""
+
+    kind: Literal["located_videos"] = "located_videos"
+    regenerable: bool = True
+    videos: int
+    bytes: int | None = None
+
+
+JobInput = Annotated[ShardsInput | KaggleOutputsInput | VideosInput | FileInput | LocatedFileInput | LocatedVideosInput,
+                     Field(discriminator="kind")]
 
 
 class CheckReport(BaseModel):

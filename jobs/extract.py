@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +36,12 @@ from data_shards.ledger import Ledger, Plan, PlannedShard
 from data_shards.merge import merge_shard_sets
 from data_shards.sampling import TooShort, check_strategy, sample_frames, video_rng
 from data_shards.schema import Dims
-from data_shards.sources import VideoEntry, list_videos
+from data_shards.sources import VideoEntry
 from data_shards.video import Audio, DecodeError, decode_audio, decode_frames, probe
 from jobs import new_run_id, now
 from jobs.config import ConfigError, format_validation_error, layered
-from jobs.contract import CheckReport, VideoFile, VideosInput
+from jobs.contract import CheckReport, JobInput, VideoFile, VideosInput
+from jobs.video_sources import fetch_video, is_remote, listed_videos, located_input
 from jobs.encoder_files import content_identity, declared_inputs, fetched, portable_name, provenance
 from jobs.run_lock import RunInUse, RunLock
 from jobs.rundir import RunDir, launched_by
@@ -170,15 +172,25 @@ class Extractor:
         """Probe, sample, decode, preprocess: everything before the models. ``threads``: decoder threads (a worker
         among several takes 1). Frame i is the i-th frame of the stream (decord's index), for the student and the
         teacher alike; the student's audio is what VGGish can use, the teacher's what it can (``audio_status``)."""
+        if is_remote(entry.path):
+            with tempfile.TemporaryDirectory(prefix="streamapprox-video-") as scratch:
+                try:
+                    here = fetch_video(entry, Path(scratch))
+                except FileNotFoundError as exc:
+                    return Prepared(entry, failure=str(exc))
+                return self.prepare_file(entry, here, threads)
         if not Path(entry.path).is_file():
             return Prepared(entry, failure=f"file not found: {entry.path}")
+        return self.prepare_file(entry, Path(entry.path), threads)
+
+    def prepare_file(self, entry: VideoEntry, path: Path, threads: int) -> Prepared:
         try:
-            info = probe(entry.path)
+            info = probe(str(path))
             rng = video_rng(self.cfg.seed, entry.video_id)
             student = sample_frames(self.cfg.student.sampling, info.frame_count, self.cfg.student.frames, rng)
             teacher = self.teacher.frame_groups(info, rng)
             frames = decode_frames(info, [i for group in student + teacher for i in group], threads=threads)
-            audio = decode_audio(entry.path)
+            audio = decode_audio(str(path))
             examples, audio_status = self.student_audio(audio)
             teacher_audio_status = self.teacher.audio_status(audio)
             teacher_inputs = self.teacher.prepare([mean_image(frames, group) for group in teacher],
@@ -357,7 +369,7 @@ def run_worker(cfg: ExtractConfig, out: Path, index: int, count: int, state, tim
     """Extract this worker's shards of the plan into ``out``; returns (summary, finished)."""
     started = time.monotonic()
     device = state.device if state is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    entries = list_videos(cfg.input.videos, cfg.input.msrvtt_splits, cfg.input.default_split)
+    entries = listed_videos(cfg.input.videos, cfg.input.msrvtt_splits, cfg.input.default_split)
     local, files = fetched(cfg, cfg.random_init)
     extractor = Extractor(ExtractConfig.model_validate(local), device)
     encoders = named_by(extractor.encoders(), {str(file.path): portable_name(file) for file in files.values()})
@@ -438,11 +450,16 @@ def report(manifest) -> str:
 
 def write_check_report(path: Path, cfg: ExtractConfig, entries: list[VideoEntry]) -> None:
     """The videos as one flat listing a remote launcher can upload and the kernel can find again."""
-    listing = [VideoFile(id=e.video_id, path=f"{e.video_id}{Path(e.path).suffix}", split=e.split, source=e.path) for e in entries]
-    missing = [e.path for e in entries if not Path(e.path).is_file()]
-    if missing:
-        raise ShardError(f"{len(missing)} listed videos are missing here (e.g. {missing[0]}); remote kernels only get what exists locally")
-    videos = VideosInput(location=cfg.input.videos, listing=listing, also_set={"input.msrvtt_splits": None})
+    if is_remote(cfg.input.videos):
+        videos: JobInput = located_input(cfg.input.videos, entries)
+    else:
+        listing = [VideoFile(id=e.video_id, path=e.path if is_remote(e.path) else f"{e.video_id}{Path(e.path).suffix}", split=e.split,
+                             source="" if is_remote(e.path) else e.path) for e in entries]
+        missing = [e.path for e in entries if not is_remote(e.path) and not Path(e.path).is_file()]
+        if missing:
+            raise ShardError(f"{len(missing)} listed videos are missing here (e.g. {missing[0]}); remote kernels only get what exists "
+                             "locally (or what a URL in the list names)")
+        videos = VideosInput(location=cfg.input.videos, listing=listing, also_set={"input.msrvtt_splits": None})
     CheckReport(job="extract", inputs={"input.videos": videos, **declared_inputs(cfg, cfg.random_init)}).write(path)
 
 
@@ -524,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             return merge_slices(Path(args.merge_slices))
         cfg, out, run = resolve(args)
         if args.check:
-            entries = list_videos(cfg.input.videos, cfg.input.msrvtt_splits, cfg.input.default_split)
+            entries = listed_videos(cfg.input.videos, cfg.input.msrvtt_splits, cfg.input.default_split)
             if args.check_report:
                 write_check_report(Path(args.check_report), cfg, entries)
             print(f"check ok: {len(entries)} videos, {cfg.teacher.kind} teacher, student sampling {cfg.student.sampling}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from data_shards.files import atomic_write_text, cache_root, hash_file
 from jobs import JobSpec
-from jobs.contract import CheckReport, FileInput, JobInput, KaggleOutputsInput, LocatedFileInput, ShardsInput, VideosInput
+from jobs.contract import CheckReport, FileInput, JobInput, KaggleOutputsInput, LocatedFileInput, LocatedVideosInput, ShardsInput, VideosInput
 from launch.errors import LaunchError
 
 VIDEO_LISTING = "videos.json"  # marks a carried video collection (jobs.extract's input)
@@ -48,15 +48,16 @@ def listing(spec: VideosInput) -> list[dict]:
 def _video_files(spec: VideosInput) -> tuple[str, list[tuple[str, Path]], dict[str, str]]:
     """The listing digest (ids, flat names, splits and every file's bytes), each video under its flat name, and
     ``videos.json`` (holding that digest, to be found by) written beside the cache."""
-    digests = {entry.path: hash_file(entry.source, "sha256")[1][0] for entry in spec.listing}
+    here = [entry for entry in spec.listing if entry.source]  # the others are URLs, read where the job runs
+    digests = {entry.path: hash_file(entry.source, "sha256")[1][0] for entry in here}
     content = hashlib.sha256(json.dumps(listing(spec), sort_keys=True).encode())
-    for entry in spec.listing:
+    for entry in here:
         content.update(digests[entry.path].encode())
     digest = content.hexdigest()
     marker = cache_root() / "inputs" / f"videos-{digest[:16]}" / VIDEO_LISTING
     marker.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(marker, json.dumps({"digest": digest, "videos": listing(spec)}, indent=1) + "\n")
-    files = [*((entry.path, Path(entry.source)) for entry in spec.listing), (VIDEO_LISTING, marker)]
+    files = [*((entry.path, Path(entry.source)) for entry in here), (VIDEO_LISTING, marker)]
     return digest, files, digests
 
 
@@ -89,7 +90,7 @@ def staged_form(spec: JobInput) -> Staged:
     if isinstance(spec, KaggleOutputsInput):
         raise LaunchError(f"{spec.location}: shards in Kaggle kernels' outputs are read where they are by launch kaggle only; "
                           f"for another backend bring them over first: launch sync {spec.sources[0].url} DIR")
-    if isinstance(spec, LocatedFileInput):
+    if isinstance(spec, (LocatedFileInput, LocatedVideosInput)):
         raise LaunchError(f"{spec.location}: read where it lives; nothing of it travels from here")
     if isinstance(spec, VideosInput):
         digest, files, digests = _video_files(spec)

@@ -44,7 +44,7 @@ class FileLocation:
             raise SyncError(f"{text}: unknown scheme {scheme!r}: give a path, https://..., s3://BUCKET/KEY or kaggle://datasets/OWNER/SLUG/PATH")
         location = cls(text, url, scheme, sha256)
         if scheme == "kaggle":
-            location.kaggle_parts()
+            location.kaggle_parts(folder=True)  # a file's form is checked where a file is wanted
         return location
 
     @property
@@ -56,10 +56,13 @@ class FileLocation:
         """Whether a machine must reach the internet to get it (a Kaggle kernel mounts kaggle:// instead)."""
         return self.scheme in ("https", "http", "s3")
 
-    def kaggle_parts(self) -> tuple[str, str, str, str]:
-        """("datasets" | "models", OWNER, the dataset slug or model handle, the file's path inside it)."""
+    def kaggle_parts(self, folder: bool = False) -> tuple[str, str, str, str]:
+        """("datasets" | "models", OWNER, the dataset slug or model handle, the path inside it: a file's, or with
+        ``folder`` a folder's, '' for the whole dataset)."""
         parsed = urlparse(self.url)
         parts = [p for p in (parsed.netloc + parsed.path).split("/") if p]
+        if folder and len(parts) == 3 and parts[0] == "datasets":
+            return "datasets", parts[1], parts[2], ""
         if len(parts) >= 4 and parts[0] == "datasets":
             return "datasets", parts[1], parts[2], "/".join(parts[3:])
         if len(parts) >= 6 and parts[0] == "models":  # models/OWNER/MODEL/FRAMEWORK/VARIATION[/VERSION]/PATH
@@ -100,19 +103,43 @@ def _cached(location: FileLocation, folder: Path, source: Entry | None) -> Local
     return LocalFile(location.text, path, record["sha256"], record["size"], False)
 
 
-def _store_and_name(location: FileLocation) -> tuple[Store, str]:
+def _store_and_name(location: FileLocation, folder: bool = False) -> tuple[Store, str]:
+    """The store that holds the file (or, with ``folder``, the folder) and its name there."""
     parsed = urlparse(location.url)
     if location.scheme == "s3":
         key = parsed.path.lstrip("/")
+        if folder:
+            if not parsed.netloc:
+                raise SyncError(f"{location.text}: expected s3://BUCKET/PREFIX")
+            return S3Store(location.url.rstrip("/"), parsed.netloc, key.rstrip("/")), ""
         if not parsed.netloc or not key or key.endswith("/"):
             raise SyncError(f"{location.text}: expected s3://BUCKET/KEY (a file)")
         prefix, _, name = key.rpartition("/")
         return S3Store(f"s3://{parsed.netloc}/{prefix}", parsed.netloc, prefix), name
-    kind, owner, handle, inside = location.kaggle_parts()
+    if location.scheme != "kaggle":
+        raise SyncError(f"{location.text}: listed and read through a store only for s3:// and kaggle://datasets/ locations")
+    kind, owner, handle, inside = location.kaggle_parts(folder)
     if kind == "models":
         raise SyncError(f"{location.text}: Kaggle models are mounted on Kaggle kernels (launch kaggle); elsewhere download the model "
                         "with `kaggle models instances versions download` and give the file's path")
     return KaggleDatasetStore(f"kaggle-dataset://{owner}/{handle}", owner, handle), inside
+
+
+def list_folder(text: str) -> dict[str, Entry]:
+    """The files under an ``s3://BUCKET/PREFIX`` or ``kaggle://datasets/OWNER/SLUG[/FOLDER]`` (relative path -> entry)."""
+    store, inside = _store_and_name(FileLocation.parse(text), folder=True)
+    prefix = f"{inside.strip('/')}/" if inside.strip("/") else ""
+    return {rel[len(prefix):]: entry for rel, entry in store.list().items() if rel.startswith(prefix)}
+
+
+def download(text: str, dest: Path) -> Entry:
+    """One remote file (a URL, ``s3://``, ``kaggle://datasets/...``) to ``dest``, not cached: a video read once."""
+    location = FileLocation.parse(text)
+    if location.scheme in ("https", "http"):
+        with session() as http:
+            return fetch(location.url, ranged(http, location.url), dest, Entry(None), lambda n: None, retry_policy("STREAMAPPROX_HTTP"))
+    store, name = _store_and_name(location)
+    return store.download(name, dest, Entry(None), lambda n: None)
 
 
 def local_file(text: str) -> LocalFile:

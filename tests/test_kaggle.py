@@ -318,8 +318,6 @@ def test_weights_travel_once_as_datasets_or_are_read_from_the_users_own_dataset(
     import sys
 
     from data_shards.synthetic_videos import write_collection
-    from sync import SyncError
-    from sync.kaggle import kaggle_api
     from sync.remote_file import local_file
 
     listing = write_collection(tmp_path / "videos", 7, seconds=2.0)
@@ -344,20 +342,12 @@ def test_weights_travel_once_as_datasets_or_are_read_from_the_users_own_dataset(
     folder = tmp_path / "my-encoders"
     folder.mkdir()
     (folder / "imagebind.pt").write_bytes(weights["teacher.imagebind.weights"].read_bytes())
-    (folder / "dataset-metadata.json").write_text(json.dumps({"title": "my encoders", "id": f"{USER}/my-encoders",
-                                                              "licenses": [{"name": "CC0-1.0"}]}))
+    create_dataset(kaggle, tmp_path, "my-encoders", folder)
     saved = dict(os.environ)
     os.environ.update(kaggle_env(kaggle, USER, KEY, tmp_path / "kaggle-config"))
-    try:
-        kaggle_api().dataset_create_new(str(folder), public=False, quiet=True)
-        fetched = None
-        for _ in range(50):  # off Kaggle, the same location is fetched with the kaggle package once the dataset is ready
-            try:
-                fetched = local_file(f"kaggle://datasets/{USER}/my-encoders/imagebind.pt")
-                break
-            except SyncError:
-                time.sleep(0.2)
-        assert fetched is not None and fetched.sha256 == hashlib.sha256(weights["teacher.imagebind.weights"].read_bytes()).hexdigest()
+    try:  # off Kaggle, the same location is fetched with the kaggle package
+        fetched = local_file(f"kaggle://datasets/{USER}/my-encoders/imagebind.pt")
+        assert fetched.sha256 == hashlib.sha256(weights["teacher.imagebind.weights"].read_bytes()).hexdigest()
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -381,6 +371,56 @@ def test_weights_travel_once_as_datasets_or_are_read_from_the_users_own_dataset(
     assert "teacher.imagebind.weights: https://example.org/imagebind.pt is downloaded by the job, and a --no-internet kernel cannot" \
         in refused.stderr
     assert not [m for m, _ in kaggle.requests[pushes:] if m in ("CreateDataset", "CreateDatasetVersion", "SaveKernel")]
+
+
+def create_dataset(kaggle, tmp_path: Path, slug: str, folder: Path) -> None:
+    """A dataset of the user's, made with the kaggle package as a user makes one (processing for a while after)."""
+    from sync.kaggle import kaggle_api
+
+    (folder / "dataset-metadata.json").write_text(json.dumps({"title": slug, "id": f"{USER}/{slug}", "licenses": [{"name": "CC0-1.0"}]}))
+    saved = dict(os.environ)
+    os.environ.update(kaggle_env(kaggle, USER, KEY, tmp_path / "kaggle-config"))
+    try:
+        api = kaggle_api()
+        api.dataset_create_new(str(folder), public=False, quiet=True)
+        for _ in range(100):  # as a user does: `kaggle datasets status` until it is ready
+            try:
+                if api.dataset_status(f"{USER}/{slug}").lower() == "ready":
+                    break
+            except Exception:  # the kaggle package raises its HTTP errors as they come (404 while Kaggle hides a new dataset)
+                pass
+            time.sleep(0.2)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_videos_in_a_kaggle_dataset_are_read_there_and_no_video_byte_is_uploaded(tmp_path, kaggle):
+    """Extraction on 2 kernels of a collection already on Kaggle (a dataset with a videos.csv, made beforehand with the
+    kaggle package): listed through the API for the plan, attached to the kernels; the launcher uploads no byte of any
+    video, and the shards equal a local extraction of the same files."""
+    import sys
+
+    from data_shards.synthetic_videos import write_collection
+
+    listing = write_collection(tmp_path / "my-videos", 7, seconds=2.0)
+    videos = [p.read_bytes() for p in sorted((tmp_path / "my-videos").glob("*.mp4"))]
+    create_dataset(kaggle, tmp_path, "my-videos", tmp_path / "my-videos")
+    received, blobs = kaggle.bytes_received, len(kaggle.uploaded)
+    args = ["--random-init", *TINY_EXTRACT]
+    result = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", *FAST, "--num-kernels", "2", "--videos",
+                           f"kaggle://datasets/{USER}/my-videos/{listing.name}", *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    sent = b"".join(data for _, data in kaggle.uploaded[blobs:])
+    assert kaggle.bytes_received > received and not any(video[1000:3000] in sent for video in videos)  # code, not videos
+    assert not [body for method, body in kaggle.requests if method == "CreateDataset" and "streamapprox-videos-" in json.dumps(body)]
+    run = only_run_dir(tmp_path)
+    local = subprocess.run([sys.executable, "-m", "jobs.extract", "--videos", str(listing), *args, "--out", str(tmp_path / "local")],
+                           env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert local.returncode == 0, local.stderr[-3000:]
+    tars = sorted(p.name for p in (tmp_path / "local").glob("*.tar"))
+    assert tars == sorted(p.name for p in (run / "shards").glob("*.tar")) and len(tars) == 3
+    assert all((run / "shards" / name).read_bytes() == (tmp_path / "local" / name).read_bytes() for name in tars)
 
 
 def test_index_runs_in_a_kernel_with_the_student_as_a_dataset_and_comes_back_reusable(tmp_path, kaggle, shard_dir):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs import JOBS, JobSpec
-from jobs.contract import LocatedFileInput
+from jobs.contract import LocatedFileInput, LocatedVideosInput
 from launch import carry
 from launch.accelerate import PRECISIONS, REPO_ROOT
 from pydantic import BaseModel
@@ -352,6 +352,9 @@ class Kaggle(Backend):
         kernel could not read is refused here, before anything is uploaded."""
         mounted = {}
         for key, spec in job.inputs.items():
+            if isinstance(spec, LocatedVideosInput):
+                mounted[key] = self.mounted_videos(key, spec, job)
+                continue
             if not isinstance(spec, LocatedFileInput):
                 continue
             location = None if spec.library else FileLocation.parse(spec.location)
@@ -368,6 +371,20 @@ class Kaggle(Backend):
                 raise LaunchError(f"{key}: {spec.location} is downloaded by the job, and a --no-internet kernel cannot; give {key}="
                                   "a local path (uploaded once as a dataset) or kaggle://datasets/OWNER/SLUG/PATH; nothing was uploaded")
         return mounted
+
+    @staticmethod
+    def mounted_videos(key: str, spec: LocatedVideosInput, job: Job) -> dict[str, Any]:
+        """A collection in a Kaggle dataset is attached to the kernels, where the job lists and reads it; one elsewhere
+        (s3://) cannot be read by a kernel, which holds no AWS credentials of yours."""
+        location = FileLocation.parse(spec.location)
+        if location.scheme != "kaggle":
+            raise LaunchError(f"{key}={spec.location}: a Kaggle kernel holds no AWS credentials of yours; put the videos in a Kaggle "
+                              "dataset (kaggle://datasets/OWNER/SLUG[/FOLDER]) or give a local folder (uploaded once)")
+        if option_value(job.args, "--msrvtt-splits") or any(a.startswith("input.msrvtt_splits=") for a in job.args):
+            raise LaunchError(f"{key}={spec.location}: --msrvtt-splits with videos in a Kaggle dataset is not carried yet; list the "
+                              "videos with their splits in a CSV (id,path,split) inside the dataset and give its kaggle:// path")
+        _, owner, slug, inside = location.kaggle_parts(folder=True)
+        return {"kind": "mounted", "dataset": f"{owner}/{slug}", "path": inside}
 
     def describe(self, uploader: Uploader, job: str) -> None:
         """What ``--dry-run`` prints: uploads, kernels, waves, time and GPU hours."""

@@ -142,13 +142,13 @@ def kernel_shards(key: str, wanted: dict, input_root: Path, env: dict, code_dir:
 
 
 def mounted_file(key: str, wanted: dict, input_root: Path) -> Path:
-    """A file of a user's dataset, where Kaggle mounted it (``datasets/OWNER/SLUG/PATH`` on current images, ``SLUG/PATH``
+    """A file (or folder) of a user's dataset, where Kaggle mounted it (``datasets/OWNER/SLUG/PATH`` on current images, ``SLUG/PATH``
     on older ones). Kaggle unpacks archives it is given, and a torch checkpoint is a zip: found as a folder, it is
     zipped again (stored entries, as ``torch.save`` writes them) into scratch space, where ``torch.load`` reads it."""
     owner, slug = wanted["dataset"].split("/")
     inside = Path(wanted["path"])
     for root in (input_root / "datasets" / owner / slug, input_root / slug):
-        if (root / inside).is_file():
+        if (root / inside).exists():  # a file, or a folder of videos
             return root / inside
         folder = root / inside.parent / inside.stem
         if folder.is_dir():

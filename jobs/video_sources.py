@@ -1,0 +1,54 @@
+"""An extraction's videos wherever they live: a directory or CSV/JSON list here (``data_shards.sources``), a folder
+``s3://BUCKET/PREFIX`` or ``kaggle://datasets/OWNER/SLUG[/FOLDER]`` listed through its store, or a list whose paths
+are URLs. A video that is not here is read on the machine that extracts it, one at a time, into scratch space."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlparse
+
+from data_shards.sources import VideoEntry, from_list, from_msrvtt, from_names, list_videos
+from jobs.contract import LocatedVideosInput
+from sync import SyncError
+from sync.remote_file import download, list_folder
+
+LIST_SUFFIXES = (".csv", ".json")
+
+
+def is_remote(location: str) -> bool:
+    return "://" in location
+
+
+def listed_videos(location: str, msrvtt_splits: str | None, default_split: str) -> list[VideoEntry]:
+    """The videos of ``location`` (see the module), sorted as the plan wants them."""
+    if not is_remote(location):
+        return list_videos(location, msrvtt_splits, default_split)
+    if urlparse(location).scheme in ("http", "https") or location.lower().endswith(LIST_SUFFIXES):
+        with tempfile.TemporaryDirectory(prefix="streamapprox-list-") as tmp:
+            local = Path(tmp) / (PurePosixPath(urlparse(location).path).name or "videos.csv")
+            download(location, local)
+            return from_list(local, default_split, base=location.rsplit("/", 1)[0], origin=location)
+    names = list(list_folder(location))
+    if msrvtt_splits:
+        return from_msrvtt(location, names, Path(msrvtt_splits))
+    return from_names(location, names, default_split)
+
+
+def located_input(location: str, entries: list[VideoEntry]) -> LocatedVideosInput:
+    """What ``--check`` reports for a collection that stays where it is: how many videos, and their bytes where the
+    store lists sizes (for the plan)."""
+    root = location.rsplit("/", 1)[0] if location.lower().endswith(LIST_SUFFIXES) else location.rstrip("/")
+    sizes = list_folder(root) if urlparse(root).scheme in ("s3", "kaggle") else {}
+    listed = [sizes.get(e.path[len(root) + 1:]) for e in entries if e.path.startswith(root + "/")]
+    total = sum(entry.size for entry in listed if entry is not None and entry.size is not None)
+    return LocatedVideosInput(location=location, videos=len(entries), bytes=total if sizes else None)
+
+
+def fetch_video(entry: VideoEntry, scratch: Path) -> Path:
+    """A video that is not here, read into ``scratch`` (the caller removes it after decoding)."""
+    dest = scratch / f"{entry.video_id}{PurePosixPath(urlparse(entry.path).path).suffix}"
+    try:
+        download(entry.path, dest)
+    except SyncError as exc:
+        raise FileNotFoundError(f"cannot fetch {entry.path}: {exc}") from None
+    return dest
