@@ -105,13 +105,36 @@ JobInput = Annotated[ShardsInput | KaggleOutputsInput | VideosInput | FileInput 
                      Field(discriminator="kind")]
 
 
+class ShardWork(BaseModel):
+    items: int
+    bytes: int | None = None  # what its items weigh where they are, when that is known
+
+
+class WorkEstimate(BaseModel):
+    """A sliceable job's work, for a launcher's plan: the plan's shards in order (slice i of n takes shards i, i + n,
+    ...) and what one item costs, in FLOPs counted on shapes (torch's flop counter over meta tensors: no weights, no
+    compute), of ``models``."""
+
+    item: str  # what an item is: "video"
+    shards: list[ShardWork]
+    flops_per_item: int
+    models: str
+
+    def slice(self, index: int, count: int) -> tuple[int, int | None]:
+        """(items, bytes) of slice ``index`` of ``count``; bytes None where any shard's are unknown."""
+        mine = self.shards[index::count]
+        sizes = [shard.bytes for shard in mine]
+        return sum(shard.items for shard in mine), None if any(b is None for b in sizes) else sum(b or 0 for b in sizes)
+
+
 class CheckReport(BaseModel):
-    """A job's inputs (config key -> input), and what it would write outside its run directory (option -> path): a
-    remote backend brings back only the run directory, so it refuses those."""
+    """A job's inputs (config key -> input), what it would write outside its run directory (option -> path): a
+    remote backend brings back only the run directory, so it refuses those; and, for a sliceable job, its work."""
 
     job: str
     inputs: dict[str, JobInput] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict)
+    work: WorkEstimate | None = None
 
     def write(self, path: Path) -> None:
         atomic_write_text(path, self.model_dump_json(indent=2) + "\n")

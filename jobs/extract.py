@@ -41,7 +41,9 @@ from data_shards.video import Audio, DecodeError, decode_audio, decode_frames, p
 from jobs import new_run_id, now
 from jobs.config import ConfigError, format_validation_error, layered
 from jobs.contract import CheckReport, JobInput, VideoFile, VideosInput
-from jobs.video_sources import fetch_video, is_remote, listed_videos, located_input
+from jobs.extract_cost import table as cost_table
+from jobs.extract_cost import work_estimate
+from jobs.video_sources import fetch_video, is_remote, listed_videos, located_input, video_sizes
 from jobs.encoder_files import content_identity, declared_inputs, fetched, portable_name, provenance
 from jobs.run_lock import RunInUse, RunLock
 from jobs.rundir import RunDir, launched_by
@@ -450,8 +452,9 @@ def report(manifest) -> str:
 
 def write_check_report(path: Path, cfg: ExtractConfig, entries: list[VideoEntry]) -> None:
     """The videos as one flat listing a remote launcher can upload and the kernel can find again."""
+    sizes = video_sizes(cfg.input.videos, entries)
     if is_remote(cfg.input.videos):
-        videos: JobInput = located_input(cfg.input.videos, entries)
+        videos: JobInput = located_input(cfg.input.videos, entries, sizes)
     else:
         listing = [VideoFile(id=e.video_id, path=e.path if is_remote(e.path) else f"{e.video_id}{Path(e.path).suffix}", split=e.split,
                              source="" if is_remote(e.path) else e.path) for e in entries]
@@ -460,7 +463,8 @@ def write_check_report(path: Path, cfg: ExtractConfig, entries: list[VideoEntry]
             raise ShardError(f"{len(missing)} listed videos are missing here (e.g. {missing[0]}); remote kernels only get what exists "
                              "locally (or what a URL in the list names)")
         videos = VideosInput(location=cfg.input.videos, listing=listing, also_set={"input.msrvtt_splits": None})
-    CheckReport(job="extract", inputs={"input.videos": videos, **declared_inputs(cfg, cfg.random_init)}).write(path)
+    CheckReport(job="extract", inputs={"input.videos": videos, **declared_inputs(cfg, cfg.random_init)},
+                work=work_estimate(cfg, entries, sizes)).write(path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -484,6 +488,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--encode-batch", type=int, metavar="V",
                         help="videos per encoder call (default: 1 on a CPU, by GPU memory up to 16 on a GPU); more than one "
                         "may change the features' last bit")
+    parser.add_argument("--costs", action="store_true", help="print the FLOPs a video of each encoder the config names, then exit")
     parser.add_argument("--check", action="store_true", help="validate config and inputs, then exit")
     parser.add_argument("--check-report", metavar="FILE", help="with --check: write the inputs for remote launchers")
     return parser.parse_args(argv)
@@ -539,6 +544,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.merge_slices:
             return merge_slices(Path(args.merge_slices))
+        if args.costs:
+            print(cost_table(validate_extract_config(layered({"input": {"videos": "-"}}, args.config, args.overrides))))
+            return 0
         cfg, out, run = resolve(args)
         if args.check:
             entries = listed_videos(cfg.input.videos, cfg.input.msrvtt_splits, cfg.input.default_split)

@@ -147,14 +147,18 @@ def test_quota_is_shown_planned_and_enforced_before_anything_is_pushed(tmp_path,
     dry = launch_kaggle(kaggle, tmp_path, *plan, "--dry-run", env_extra=cache)
     assert dry.returncode == 0, dry.stdout[-2000:] + dry.stderr[-2000:]
     assert "3 x t4x2 (NvidiaTeslaT4), at most 2 at a time: 2 waves" in dry.stdout
-    # 3 kernels x 2 in a chain x (1 h + 0.5 h margin); the ledger has no earlier extract run to expect anything from
-    assert "expected: no estimate yet (no earlier extract run in the ledger), worst case 9.00 h" in dry.stdout
+    # 3 kernels x 2 in a chain x (1 h + 0.5 h margin) at worst; expected: the videos' FLOPs at 30 % of 2 x 65 TFLOP/s
+    assert "expected about 0.00 h (estimated from FLOPs at 30% of the fp16 peak), worst case 9.00 h" in dry.stdout
     assert "with this week's, at most 29.50 h" in dry.stdout
+    kernels = [line.strip() for line in dry.stdout.splitlines() if line.strip().startswith("kernel ")]
+    assert [line.split(" (")[0] for line in kernels] == ["kernel 0: 1 video", "kernel 1: 1 video", "kernel 2: 1 video"], kernels
+    assert all(line.endswith(" GPU s") and " MB), about " in line for line in kernels)
+    assert "GPU hours: an estimate from FLOPs, not a measurement:" in dry.stdout and "at 30% of 130 TFLOP/s (t4x2" in dry.stdout
     assert "upload: kaggle-user/streamapprox-videos-" in dry.stdout and "upload: kaggle-user/streamapprox-code" in dry.stdout
     assert kaggle.bytes_received == 0 and not any(method in ("SaveKernel", "StartBlobUpload") for method, _ in kaggle.requests)
 
-    refused = launch_kaggle(kaggle, tmp_path, *plan, "--quota-hours", "25", env_extra=cache)
-    assert refused.returncode == 2 and "with this week's, at most 29.50 h of --quota-hours 25" in refused.stderr
-    assert ": over the limit" in refused.stderr
+    refused = launch_kaggle(kaggle, tmp_path, *plan, "--quota-hours", "20", env_extra=cache)  # 20.5 h used already
+    assert refused.returncode == 2 and "with this week's, at most 29.50 h of --quota-hours 20" in refused.stderr
+    assert ": over the limit (by the estimate, 0.00 h)" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and kaggle.bytes_received == 0
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

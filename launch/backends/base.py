@@ -25,7 +25,7 @@ from typing import ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from jobs import JOBS, JobSpec
-from jobs.contract import JobInput
+from jobs.contract import JobInput, WorkEstimate
 from launch.bundle import DEFAULT_MAX_MB, Bundle
 from launch.record import LaunchRecord, Unit
 
@@ -88,6 +88,7 @@ class Job:
     args: list[str]
     run_dir: Path
     inputs: dict[str, JobInput] = field(default_factory=dict)
+    work: WorkEstimate | None = None  # a sliceable job's shards and cost per item, as its check reported them
     resume: bool = False  # the run directory holds a run to continue
     carry_run: bool = False  # ... made elsewhere: stage sends it to the compute
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs import JOBS, JobSpec
-from jobs.contract import LocatedFileInput, LocatedVideosInput
+from jobs.contract import LocatedFileInput, LocatedVideosInput, WorkEstimate
 from launch import carry
 from launch.accelerate import PRECISIONS, REPO_ROOT
 from pydantic import BaseModel
@@ -43,10 +43,22 @@ from sync.remote_file import FileLocation
 
 ACCELERATORS = {"t4x2": "NvidiaTeslaT4", "p100": "NvidiaTeslaP100", "none": None}  # Kaggle machine shapes
 SESSION_LIMIT_S = 12 * 3600
+# fp16 peaks of the machine shapes (NVIDIA's data sheets: T4 65 TFLOP/s with tensor cores, P100 PCIe 18.7 TFLOP/s),
+# and the share of it a plan assumes until per-video costs are measured on the card
+PEAK_FP16_FLOPS = {"t4x2": 2 * 65e12, "p100": 18.7e12, "none": 0.0}
+GPU_UTILISATION = 0.30
 MAX_GPU_SESSIONS = 2  # Kaggle runs at most two GPU sessions of an account at a time
 LOG_END_WAIT_S = 30  # a kernel that ended: how long its log stream may take to deliver the last lines
 STATES = {"QUEUED": "queued", "RUNNING": "running", "COMPLETE": "succeeded", "ERROR": "failed", "CANCEL_REQUESTED": "running",
           "CANCEL_ACKNOWLEDGED": "stopped"}
+
+
+def gpu_time(hours: float) -> str:
+    return f"{hours:.2f} GPU h" if hours >= 0.1 else f"{hours * 60:.1f} GPU min" if hours * 60 >= 1 else f"{hours * 3600:.1f} GPU s"
+
+
+def size_text(count: int) -> str:
+    return f"{count / 1e9:.2f} GB" if count >= 1e9 else f"{count / 1e6:.1f} MB"
 
 
 def slugify(text: str) -> str:
@@ -294,9 +306,22 @@ class Kaggle(Backend):
         self.planned = self.planned_gpu_hours(spec)
         if self.planned:
             self.expected = kaggle_quota.expected_hours(service.owner, job.name, options.num_kernels, self.planned)
-        if options.quota_hours is not None and kaggle_quota.used_hours(service.owner) + self.planned > options.quota_hours:
-            raise LaunchError(f"{self.quota_line(job.name)}: over the limit. Lower --time-budget, --max-continuations or "
+        if job.spec.sliceable and job.spec.checkable:
+            return  # its check reports its work: the quota is checked against the estimate before staging
+        self.refuse_over_quota(job.name, self.planned)
+
+    def refuse_over_quota(self, job: str, hours: float) -> None:
+        """Refuse a launch whose ``hours`` (the worst case, or a sliceable job's estimate) take the week past --quota-hours."""
+        options = self.options
+        if options.quota_hours is not None and kaggle_quota.used_hours(self.service().owner) + hours > options.quota_hours:
+            basis = f" (by the estimate, {hours:.2f} h)" if hours != self.planned else ""
+            raise LaunchError(f"{self.quota_line(job)}: over the limit{basis}. Lower --time-budget, --max-continuations or "
                               "--num-kernels, or raise --quota-hours; nothing was uploaded or pushed")
+
+    def estimated_hours(self, work: WorkEstimate, part: int) -> float:
+        """GPU hours of slice ``part``: its items' FLOPs at ``GPU_UTILISATION`` of the machine's fp16 peak."""
+        items, _ = work.slice(part, self.options.num_kernels)
+        return items * work.flops_per_item / (PEAK_FP16_FLOPS[self.options.accelerator] * GPU_UTILISATION) / 3600
 
     def planned_gpu_hours(self, spec: JobSpec) -> float:
         """The most GPU hours a launch can use: every kernel to its budget plus the margin (capped by the session
@@ -320,6 +345,12 @@ class Kaggle(Backend):
         options, service, spec = self.options, self.service(), job.spec
         job_args = bundled_file_arguments(job.args, bundle, frozenset(value.location for value in job.inputs.values()))
         mounted = self.mounted_files(job)
+        if job.work is not None and ACCELERATORS[options.accelerator]:  # the estimate, not every kernel to its budget
+            estimate = sum(self.estimated_hours(job.work, part) for part in range(options.num_kernels))
+            self.expected = kaggle_quota.Expected(estimate, f"estimated from FLOPs at {GPU_UTILISATION:.0%} of the fp16 peak")
+            self.refuse_over_quota(job.name, estimate)
+        elif spec.sliceable and spec.checkable:
+            self.refuse_over_quota(job.name, self.planned)
         uploader = Uploader(service, options.dataset_timeout, dry_run=options.dry_run)
         code = uploader.code(bundle)
         carried: dict[str, dict[str, Any]] = {key: value.model_dump() for key, value in job.inputs.items() if value.kind == "kaggle_outputs"}
@@ -331,7 +362,7 @@ class Kaggle(Backend):
         wheels = uploader.wheels(requirements) if options.no_internet else None
         uploader.settle()
         if options.dry_run:
-            self.describe(uploader, job.name)
+            self.describe(uploader, job)
             return None
         print(f"launch kaggle: {self.quota_line(job.name)}", flush=True)
         print(f"launch kaggle: uploaded {uploader.bytes_uploaded} bytes of datasets", flush=True)
@@ -386,8 +417,8 @@ class Kaggle(Backend):
         _, owner, slug, inside = location.kaggle_parts(folder=True)
         return {"kind": "mounted", "dataset": f"{owner}/{slug}", "path": inside}
 
-    def describe(self, uploader: Uploader, job: str) -> None:
-        """What ``--dry-run`` prints: uploads, kernels, waves, time and GPU hours."""
+    def describe(self, uploader: Uploader, job: Job) -> None:
+        """What ``--dry-run`` prints: uploads, kernels (with their share of a sliceable job's work), waves, time and GPU hours."""
         options = self.options
         shape = ACCELERATORS[options.accelerator]
         waves = -(-options.num_kernels // options.max_gpu_sessions) if shape else 1
@@ -400,7 +431,18 @@ class Kaggle(Backend):
               + (f", at most {options.max_gpu_sessions} at a time: {waves} wave{'s' if waves > 1 else ''}" if shape else ""))
         print(f"  each kernel: a budget of {self.budget / 3600:.2f} h (session limit {options.session_limit / 3600:g} h), "
               f"up to {options.max_continuations} continuation(s)")
-        print(f"  {self.quota_line(job)}")
+        work = job.work
+        if work is not None:
+            flops = f"{work.flops_per_item / 1e12:.2f} TFLOPs a {work.item} ({work.models})"
+            for part in range(options.num_kernels):
+                items, weight = work.slice(part, options.num_kernels)
+                hours = f", about {gpu_time(self.estimated_hours(work, part))}" if shape else ""
+                what = f"{items} {work.item}{'' if items == 1 else 's'}" + (f" ({size_text(weight)})" if weight is not None else "")
+                print(f"  kernel {part}: {what}{hours}")
+            if shape:
+                print(f"  GPU hours: an estimate from FLOPs, not a measurement: {flops} at {GPU_UTILISATION:.0%} of "
+                      f"{PEAK_FP16_FLOPS[options.accelerator] / 1e12:g} TFLOP/s ({options.accelerator}, fp16 peak); decoding is not counted")
+        print(f"  {self.quota_line(job.name)}")
 
     def parts(self, job: Job) -> int:
         return self.options.num_kernels
