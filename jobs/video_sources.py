@@ -34,14 +34,24 @@ def listed_videos(location: str, msrvtt_splits: str | None, default_split: str) 
     return from_names(location, names, default_split)
 
 
-def located_input(location: str, entries: list[VideoEntry]) -> LocatedVideosInput:
+def video_sizes(location: str, entries: list[VideoEntry]) -> dict[str, int | None]:
+    """Bytes of each listed video by its path: from the disk here, or as its store lists it (None where unknown)."""
+    if not is_remote(location):
+        return {e.path: Path(e.path).stat().st_size if Path(e.path).is_file() else None for e in entries}
+    root = location.rsplit("/", 1)[0] if location.lower().endswith(LIST_SUFFIXES) else location.rstrip("/")
+    listed = list_folder(root) if urlparse(root).scheme in ("s3", "kaggle") else {}
+    sizes = {}
+    for entry in entries:
+        found = listed.get(entry.path[len(root) + 1:]) if entry.path.startswith(root + "/") else None
+        sizes[entry.path] = found.size if found is not None else None
+    return sizes
+
+
+def located_input(location: str, entries: list[VideoEntry], sizes: dict[str, int | None]) -> LocatedVideosInput:
     """What ``--check`` reports for a collection that stays where it is: how many videos, and their bytes where the
     store lists sizes (for the plan)."""
-    root = location.rsplit("/", 1)[0] if location.lower().endswith(LIST_SUFFIXES) else location.rstrip("/")
-    sizes = list_folder(root) if urlparse(root).scheme in ("s3", "kaggle") else {}
-    listed = [sizes.get(e.path[len(root) + 1:]) for e in entries if e.path.startswith(root + "/")]
-    total = sum(entry.size for entry in listed if entry is not None and entry.size is not None)
-    return LocatedVideosInput(location=location, videos=len(entries), bytes=total if sizes else None)
+    known = [size for size in sizes.values() if size is not None]
+    return LocatedVideosInput(location=location, videos=len(entries), bytes=sum(known) if known else None)
 
 
 def fetch_video(entry: VideoEntry, scratch: Path) -> Path:
