@@ -4,8 +4,9 @@
 #   --dev  also installs the test tools, and the trackers extra (W&B, MLflow) the tests read back.
 set -euo pipefail
 cd "$(dirname "$0")"
-extras="deepspeed,tune,extract,report,search"
-[[ "${1:-}" == "--dev" ]] && extras="deepspeed,tune,extract,report,search,trackers,dev"  # trackers: the tests read W&B and MLflow back
+plain="deepspeed,tune,extract,report,search"
+extras="$plain"
+[[ "${1:-}" == "--dev" ]] && extras="$plain,trackers,dev"  # trackers: the tests read W&B and MLflow back
 
 # The tests run a real sshd on loopback (launch ssh): Debian's openssh-server and rsync; drive the search page in a
 # real headless browser: Debian's chromium; and give the loopback Kaggle's kernels without internet a network namespace
@@ -16,7 +17,8 @@ if [[ "${1:-}" == "--dev" ]] && ! { command -v rsync && command -v chromium && c
     openssh-server rsync chromium iproute2 > /dev/null
 fi
 
-stamp=".venv/.setup-$(cat pyproject.toml constraints.txt setup.sh | sha256sum | cut -c1-16)-${extras//,/-}"
+stamp=".venv/.setup-$(cat pyproject.toml constraints.txt setup.sh | sha256sum | cut -c1-16)-${plain//,/-}"
+[[ "${1:-}" == "--dev" ]] && stamp="$stamp-dev"
 # A --dev setup holds everything the plain one installs: `./setup.sh` after `./setup.sh --dev` returns at once too.
 if [[ -f "$stamp" || ( "${1:-}" != "--dev" && -f "$stamp-dev" ) ]]; then exit 0; fi
 
