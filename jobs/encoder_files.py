@@ -8,6 +8,7 @@ mounted somewhere else (another kernel, a continuation) are the same extraction.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ from sync.remote_file import FileLocation, LocalFile, local_file
 
 if TYPE_CHECKING:
     from jobs.extract import EncodersConfig
+    from model.encoders import ClipConfig
 
 IMAGEBIND_HUGE_URL = "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"  # where the official code downloads it from
 OFFICIAL_CHECKPOINT = Path(".checkpoints") / "imagebind_huge.pth"  # where the official code keeps it
@@ -29,13 +31,19 @@ def _set(data: dict, key: str, value: Any) -> None:
     data[last] = value
 
 
+def clip_configs(cfg: EncodersConfig) -> dict[str, ClipConfig]:
+    """Config prefix -> each CLIP the extraction builds: the student's, and a dense-CLIP teacher's own where it has one."""
+    clips = {"student.clip": cfg.student.clip}
+    if cfg.teacher.kind == "dense_clip" and cfg.teacher.clip is not None:
+        clips["teacher.clip"] = cfg.teacher.clip
+    return clips
+
+
 def named_files(cfg: EncodersConfig, random_init: bool) -> dict[str, str]:
     """Config key -> the file it names (as given) for every file this extraction reads, defaults included: ImageBind's
     official checkpoint URL (or ``.checkpoints/imagebind_huge.pth`` where the official code would find it)."""
     named: dict[str, str] = {}
-    clips = {"student.clip": cfg.student.clip}
-    if cfg.teacher.kind == "dense_clip" and cfg.teacher.clip is not None:
-        clips["teacher.clip"] = cfg.teacher.clip
+    clips = clip_configs(cfg)
     for prefix, clip in clips.items():
         if clip.architecture:
             named[f"{prefix}.architecture"] = clip.architecture
@@ -63,9 +71,7 @@ def library_downloads(cfg: EncodersConfig, random_init: bool) -> dict[str, str]:
     import torchvggish.torchvggish as vggish_release  # torchvggish's package imports resampy and numba: seconds, only here
 
     wanted = {}
-    clips = {"student.clip": cfg.student.clip}
-    if cfg.teacher.kind == "dense_clip" and cfg.teacher.clip is not None:
-        clips["teacher.clip"] = cfg.teacher.clip
+    clips = clip_configs(cfg)
     for prefix, clip in clips.items():
         if not clip.weights:
             wanted[f"{prefix}.weights"] = f"open_clip's pretrained tag {clip.model}/{clip.pretrained}"
@@ -113,14 +119,9 @@ def fetched(cfg: EncodersConfig, random_init: bool) -> tuple[dict, dict[str, Loc
 
 def content_identity(config: dict, files: dict[str, LocalFile]) -> dict:
     """``config`` with each file it names replaced by the file's sha256: what the plan of an extraction compares."""
-    identity = {**config}
+    identity = copy.deepcopy(config)
     for key, file in files.items():
-        parents, _, last = key.rpartition(".")
-        node = identity
-        for part in parents.split("."):
-            node[part] = {**node[part]}
-            node = node[part]
-        node[last] = {"sha256": file.sha256}
+        _set(identity, key, {"sha256": file.sha256})
     return identity
 
 
