@@ -162,7 +162,7 @@ class Trainer:
         self.shards = shards
 
         set_seed(cfg.train.seed)  # identical initial weights on every rank
-        distiller = Distiller(cfg)
+        distiller = self.module = Distiller(cfg)
         self.init = None if resume else init or (open_source(cfg) if cfg.train.init_from else None)
         if self.init is not None:
             self.init.load_into(distiller.student)
@@ -203,9 +203,8 @@ class Trainer:
         from accelerate.utils import gather_object
 
         rngs = gather_object([rng_state()])
-        model_state = self.accelerator.get_state_dict(self.model)
         return {
-            "model": model_state,
+            "model": self.model_state(),
             # ZeRO partitions optimizer state across ranks; one rank's shard is no resumable state.
             "optimizer": None if self.deepspeed else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -229,8 +228,14 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         self.reserve_seconds = max(self.reserve_seconds, 2 * (time.monotonic() - began))
 
+    def model_state(self) -> dict:
+        """The weights: gathered by DeepSpeed, else those of ``self.module`` -- the Distiller this trainer built, which DDP
+        wraps without a copy. (accelerate's unwrap_model would return that same module, but imports DeepSpeed to ask, ~2 s
+        per process, whenever DeepSpeed is installed.)"""
+        return self.accelerator.get_state_dict(self.model) if self.deepspeed else self.module.state_dict()
+
     def save_best(self, metrics: dict) -> None:
-        state = self.accelerator.get_state_dict(self.model)
+        state = self.model_state()
         if self.is_main:
             save_atomic({"model": state, "epoch": self.epoch, "val": metrics, "config": self.cfg.model_dump(mode="json"),
                          "shards_digest": self.shards.digest()}, self.run.checkpoints / "best.pt")
@@ -243,7 +248,7 @@ class Trainer:
         if state["optimizer"] is None or self.deepspeed:
             raise ConfigError("resuming DeepSpeed runs is not supported yet (ZeRO shards the optimizer state); "
                               "resume with a DDP accelerate config, or start a new run")
-        self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
+        self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
@@ -287,7 +292,7 @@ class Trainer:
     def _audit(self, batch: dict) -> None:
         ids = [hashlib.sha1(row.numpy().tobytes()).hexdigest()[:12] for row in batch["teacher"].cpu()]
         record = {"step": self.global_step, "rank": self.accelerator.process_index, "samples": ids,
-                  "params": param_digest(self.accelerator.unwrap_model(self.model))}
+                  "params": param_digest(self.module)}
         with open(self.run.path / "logs" / f"audit-rank{self.accelerator.process_index}.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -316,7 +321,7 @@ class Trainer:
             if cfg.train.audit:
                 self._audit(batch)
             if self.is_main and self.global_step % cfg.train.log_every == 0:
-                scale = float(acc.unwrap_model(self.model).loss.scale().detach())
+                scale = float(self.module.loss.scale().detach())
                 record = {"kind": "step", "epoch": self.epoch, "step": self.global_step, "lr": self.scheduler.get_last_lr()[0],
                           "logit_scale": scale, **terms}
                 self.run.log_metrics(record)

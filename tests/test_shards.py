@@ -27,6 +27,18 @@ def write_tiny(root, n=10, samples_per_shard=4):
     return writer.manifest
 
 
+def assert_as_webdataset_decodes(root, split, tensors):
+    """``tensors`` (a split as ``load_split`` decodes it) are the split as WebDataset reads it: tarfile and np.load."""
+    samples = [sample for path in open_shards(root).paths(split)
+               for sample in wds.WebDataset(path, shardshuffle=False, empty_check=False).decode()]
+    assert tensors.keys == [sample["__key__"] for sample in samples]
+    audio = [sample["audio.npy"] if sample["audio.npy"].ndim == 1 else sample["audio.npy"].mean(axis=0) for sample in samples]
+    assert torch.equal(tensors.clip, torch.from_numpy(np.stack([sample["clip.npy"] for sample in samples])))
+    assert torch.equal(tensors.audio, torch.from_numpy(np.stack(audio)))
+    assert tensors.has_audio.tolist() == [sample["meta.json"]["has_audio"] for sample in samples]
+    assert torch.equal(tensors.teacher, torch.from_numpy(np.stack([sample["teacher.npy"] for sample in samples])))
+
+
 def test_writer_manifest_roundtrip(tmp_path):
     manifest = write_tiny(tmp_path / "set")
     assert [s.samples for s in manifest.shards] == [4, 4, 2]
@@ -121,6 +133,7 @@ def test_streamed_epoch_is_the_in_memory_split_and_a_bad_member_names_its_shard(
             writer.write("train", key, rng.standard_normal((2, 8)), rng.standard_normal(4), teacher / np.linalg.norm(teacher), meta)
     shards = open_shards(root)
     memory = shards.load_split("train")
+    assert_as_webdataset_decodes(root, "train", memory)
 
     def rows(batches, keys):
         return [(keys[i], c.numpy().tobytes(), a.numpy().tobytes(), bool(h), t.numpy().tobytes())
@@ -176,8 +189,8 @@ def v7_header(name: bytes, size: int, signed: bool = False) -> bytes:
 
 def test_a_v7_tar_streams_the_samples_tarfile_reads(tmp_path):
     """A shard set whose tars are pre-POSIX (v7: headers without the ustar magic, one checksum signed, a v7 directory
-    entry first) gives the same samples through the memory path (tarfile, via WebDataset) and the stream path (the reader
-    of memory-mapped tars), and those are the samples of the same set written as ustar; a v7 header whose checksum does
+    entry first) gives the samples WebDataset reads (through tarfile) on the memory path and the stream path (both the
+    reader of memory-mapped tars), and those are the samples of the same set written as ustar; a v7 header whose checksum does
     not add up is named as corruption by the stream path."""
     import tarfile
 
@@ -192,6 +205,7 @@ def test_a_v7_tar_streams_the_samples_tarfile_reads(tmp_path):
                     "sampling": "uniform"}
             writer.write("train", key, rng.standard_normal((2, 8)), rng.standard_normal(4), teacher / np.linalg.norm(teacher), meta)
     ustar = open_shards(root).load_split("train")
+    assert_as_webdataset_decodes(root, "train", ustar)
 
     manifest = Manifest.read(root)
     for entry in manifest.shards:
@@ -215,6 +229,7 @@ def test_a_v7_tar_streams_the_samples_tarfile_reads(tmp_path):
     manifest.write(root)
 
     memory = open_shards(root).load_split("train")
+    assert_as_webdataset_decodes(root, "train", memory)
     assert memory.keys == ustar.keys and "vidéo-5" in memory.keys
     for field in ("clip", "audio", "has_audio", "teacher"):
         assert torch.equal(getattr(memory, field), getattr(ustar, field)), field
