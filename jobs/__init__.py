@@ -6,13 +6,22 @@ what is inside them.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import secrets
+import sys
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import NoReturn, TypedDict
 
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def exit_job(code: int) -> NoReturn:
+    """End a job's process with ``code``. ``gc.freeze()`` first: the interpreter's last collections then skip what torch
+    and the job leave behind -- about 0.7 s of every training process's exit, and of its launcher's --check."""
+    gc.freeze()
+    sys.exit(code)
 
 
 def new_run_id(job: str) -> str:

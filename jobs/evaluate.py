@@ -20,7 +20,7 @@ import torch
 from data_shards import ShardError, open_shards
 from data_shards.files import atomic_destination, atomic_write_text
 from jobs.config import ConfigError, validate_config
-from jobs import now
+from jobs import exit_job, now
 from jobs.rundir import RunDir
 from jobs.embedding import embed_indices
 from jobs.shard_checks import check_dims
@@ -105,4 +105,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_job(main())

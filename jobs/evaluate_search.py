@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from data_shards.files import atomic_write_text
-from jobs import now
+from jobs import exit_job, now
 from jobs.config import ConfigError, apply_override, format_validation_error
 from model.encoders import EncoderError
 from model.metrics import RECALL_AT
@@ -188,4 +188,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_job(main())

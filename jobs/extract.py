@@ -38,7 +38,7 @@ from data_shards.sampling import TooShort, check_strategy, sample_frames, video_
 from data_shards.schema import Dims
 from data_shards.sources import VideoEntry
 from data_shards.video import Audio, DecodeError, decode_audio, decode_frames, probe
-from jobs import new_run_id, now
+from jobs import exit_job, new_run_id, now
 from jobs.config import ConfigError, format_validation_error, layered
 from jobs.contract import CheckReport, JobInput, VideoFile, VideosInput
 from jobs.extract_cost import table as cost_table
@@ -591,4 +591,4 @@ def extract_and_record(args, cfg: ExtractConfig, out: Path, run: Path | None, in
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_job(main())

@@ -26,7 +26,7 @@ from data_shards import ShardError, SplitTensors, check_shards, open_shards
 from data_shards.files import DISK_ADVICE, disk_problem
 from data_shards.manifest import sha256_file
 from data_shards.sources import list_videos
-from jobs import now
+from jobs import exit_job, now
 from jobs.config import ConfigError, apply_override, format_validation_error
 from jobs.contract import CheckReport, FileInput
 from jobs.evaluate import load_student
@@ -281,4 +281,4 @@ def disk_message(error: OSError, cfg: IndexConfig | None) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_job(main())

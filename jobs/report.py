@@ -28,7 +28,7 @@ import torch
 
 from data_shards import ShardError
 from data_shards.files import atomic_write_text
-from jobs import new_run_id, now
+from jobs import exit_job, new_run_id, now
 from jobs.config import ConfigError, layered
 from jobs.evaluate import load_student
 from jobs.report_text import METRIC_COLUMNS, cost_rows, data_text, markdown_table, metric_rows, ratio_lines, render
@@ -211,4 +211,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_job(main())

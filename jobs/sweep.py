@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from data_shards import ShardError, check_shards, open_shards
-from jobs import new_run_id, now
+from jobs import exit_job, new_run_id, now
 from jobs.config import ConfigError, parse_assignment
 from jobs.hardware import HardwareError, check_gpus
 from jobs.rundir import RunDir, git_state, launched_by, shards_record
@@ -310,4 +310,4 @@ def run(args: argparse.Namespace, sweep: Sweep, shards: ShardSet) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_job(main())

@@ -13,7 +13,7 @@ from pathlib import Path
 from data_shards.errors import ShardError
 from data_shards.merge import merge_shard_sets
 from data_shards.synthetic import SyntheticSpec, generate
-from jobs import new_run_id, now
+from jobs import exit_job, new_run_id, now
 from jobs.contract import update_run
 from jobs.rundir import launched_by
 
@@ -61,4 +61,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_job(main())

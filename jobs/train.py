@@ -26,7 +26,7 @@ from torch import nn
 from data_shards import ShardError, ShardSet, check_shards, open_shards
 from data_shards.files import disk_problem
 from data_shards.reader import TrainBatches
-from jobs import new_run_id, now
+from jobs import exit_job, new_run_id, now
 from jobs.config import ConfigError, JobConfig, apply_override, load_config, preset_names, validate_config
 from jobs.contract import CheckReport
 from jobs.embedding import embed_split, to_device
@@ -562,4 +562,4 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp", on_epoch_end:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_job(main())

@@ -1,7 +1,6 @@
 """``python -m jobs.train_transformer``: the training job with the Transformer preset."""
-import sys
 
-from jobs import train
+from jobs import exit_job, train
 
 
 def main(argv: list[str] | None = None, on_epoch_end=None) -> int:
@@ -9,4 +8,4 @@ def main(argv: list[str] | None = None, on_epoch_end=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_job(main())

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from data_shards import ShardError, check_shards, open_shards
-from jobs import new_run_id, now
+from jobs import exit_job, new_run_id, now
 from jobs.config import ConfigError, load_config
 from jobs.evaluate import evaluate_run
 from jobs.run_lock import RunInUse, RunLock
@@ -83,4 +83,4 @@ def make_floor(run: RunDir, cfg, shards) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_job(main())
