@@ -56,7 +56,9 @@ def _video_files(spec: VideosInput) -> tuple[str, list[tuple[str, Path]], dict[s
     digest = content.hexdigest()
     marker = cache_root() / "inputs" / f"videos-{digest[:16]}" / VIDEO_LISTING
     marker.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(marker, json.dumps({"digest": digest, "videos": listing(spec)}, indent=1) + "\n")
+    text = json.dumps({"digest": digest, "videos": listing(spec)}, indent=1) + "\n"
+    if not marker.is_file() or marker.read_text() != text:  # left as it is, it is not sent again (rsync compares mtimes)
+        atomic_write_text(marker, text)
     files = [*((entry.path, Path(entry.source)) for entry in here), (VIDEO_LISTING, marker)]
     return digest, files, digests
 

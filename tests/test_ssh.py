@@ -184,8 +184,9 @@ def test_two_nodes_that_share_no_disk_train_as_one_survive_a_dropped_connection_
 
 
 def test_extract_runs_on_a_host_and_the_shards_come_back(sshd, tmp_path, capsys):
-    """On node0, which shares this machine's disk: extract's tiny encoder architectures are --set as local files, which
-    no launcher carries yet (extract's --check does not declare them as inputs), so node1 would not find them."""
+    """On node1, which shares no disk with this machine: the videos and the encoders' files (--set as local paths) travel
+    as the job's --check declares them, each once -- a second extraction sends 0 bytes of them -- and the shards come
+    back."""
     from conftest import TINY_EXTRACT
 
     from data_shards import open_shards
@@ -193,21 +194,34 @@ def test_extract_runs_on_a_host_and_the_shards_come_back(sshd, tmp_path, capsys)
 
     listing = write_collection(tmp_path / "videos", 4, seconds=2.0)
     venv = ["--venv", "--venv-system-site-packages"]  # made from the pinned requirements; this interpreter's torch is reused
-    result = launch_ssh(sshd, tmp_path, "ssh", "extract", *ssh_args(sshd, tmp_path / "remote", "node0"), *venv,
-                        "--videos", str(listing), "--random-init", *TINY_EXTRACT)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "(made)" in result.stdout and "/envs/" in result.stdout
+    remote = tmp_path / "remote"
+    args = ["ssh", "extract", *ssh_args(sshd, remote, "node1"), *venv, "--videos", str(listing), "--random-init", *TINY_EXTRACT]
+    first = launch_ssh(sshd, tmp_path, *args)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "(made)" in first.stdout and "/envs/" in first.stdout
+    sent = [line for line in first.stdout.splitlines() if line.startswith("launch ssh: node1: ") and " as " in line]
+    keys = {"input.videos", "student.clip.architecture", "teacher.imagebind.architecture"}
+    assert {line.split(": ")[2].split(" as ")[0] for line in sent} == keys and all(line.endswith(" bytes sent") for line in sent), sent
+    assert all(int(line.rsplit(": ", 1)[1].split(" ")[0].replace(",", "")) > 0 for line in sent), sent
     from jobs import JOBS
     from launch.transports.ssh import Host, make_venv
 
-    made = next(line for line in result.stdout.splitlines() if "(made)" in line).split("python environment ")[1].split(" (")[0]
-    host = Host("node0", str(sshd.client_config))
-    assert make_venv(host, str(tmp_path / "remote"), JOBS["extract"], sys.executable, True) == f"{made}/bin/python"
+    made = next(line for line in first.stdout.splitlines() if "(made)" in line).split("python environment ")[1].split(" (")[0]
+    host = Host("node1", str(sshd.client_config))
+    assert make_venv(host, str(remote), JOBS["extract"], sys.executable, True) == f"{made}/bin/python"
     assert "(reused)" in capsys.readouterr().out  # the same requirements: the environment is not made again
-    run = next((tmp_path / "runs").iterdir())
-    shards = open_shards(run / "shards")
-    assert sum(shards.manifest.splits.values()) == 4 and shards.manifest.encoders["random_init"]
-    assert list((tmp_path / "remote" / "data").glob("videos-*/videos.json"))  # the videos travelled once, by rsync
+    for run in (tmp_path / "runs").iterdir():
+        shards = open_shards(run / "shards")
+        assert sum(shards.manifest.splits.values()) == 4 and shards.manifest.encoders["random_init"]
+    assert not remote.exists()  # node1's disk is its own
+    there = on(sshd, "node1", f"ls {remote}/data")
+    assert there.returncode == 0 and sum(name.startswith(("videos-", "file-")) for name in there.stdout.split()) == 3, there
+
+    again = launch_ssh(sshd, tmp_path, *args)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    resent = [line for line in again.stdout.splitlines() if line.startswith("launch ssh: node1: ") and " as " in line]
+    assert len(resent) == 3 and all(line.endswith(": there already, 0 bytes sent") for line in resent), resent
+    assert len(list((tmp_path / "runs").iterdir())) == 2
 
 
 def test_bad_hosts_fail_before_anything_starts(sshd, shards, tmp_path):

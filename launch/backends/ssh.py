@@ -162,7 +162,9 @@ class Ssh(Backend):
                 staged.link(building)
                 building.rename(folder)
             for host in hosts:
-                host.rsync(f"{folder}/", f"{root}/data/{staged.name}/", "-L")
+                sent = host.rsync(f"{folder}/", f"{root}/data/{staged.name}/", "-L")
+                print(f"launch ssh: {host.name}: {key} as {staged.name}: "
+                      + (f"{sent:,} bytes sent" if sent else "there already, 0 bytes sent"), flush=True)
             relocated += staged.assignments(key, f"{root}/data/{staged.name}")
         return relocated
 

@@ -4,6 +4,7 @@ there: an interpreter as it is, or a venv made once from the project's pinned re
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 import subprocess
 
@@ -35,15 +36,18 @@ class Host:
                               f"{(result.stderr or result.stdout).strip()[-800:]}")
         return result.stdout
 
-    def rsync(self, source: str, dest: str, *flags: str) -> None:
+    def rsync(self, source: str, dest: str, *flags: str) -> int:
+        """Copy ``source`` to ``dest`` on this host; returns the bytes of the files rsync sent (0: all there already)."""
         target = self.base[-1]
         transport = " ".join(shlex.quote(a) for a in self.base[:-1])
-        result = subprocess.run(["rsync", "-a", "--partial", "--mkpath", *flags, "-e", transport, source, f"{target}:{dest}"],
+        result = subprocess.run(["rsync", "-a", "--partial", "--mkpath", "--stats", *flags, "-e", transport, source, f"{target}:{dest}"],
                                 capture_output=True, text=True)
         if result.returncode in (12, 30, 35, 255):  # protocol stream broken, timeouts, ssh gone
             raise Unreachable(f"rsync to {self.name}:{dest}: the connection failed (exit {result.returncode}): {result.stderr.strip()[-400:]}")
         if result.returncode != 0:
             raise LaunchError(f"rsync to {self.name}:{dest} failed (exit {result.returncode}): {result.stderr.strip()[-600:]}")
+        sent = re.search(r"^Total transferred file size: ([\d,.]+) bytes", result.stdout, re.M)
+        return int(re.sub(r"\D", "", sent.group(1))) if sent else 0
 
     def address(self) -> str:
         """The HostName ssh resolves this host to (aliases included): where the other nodes find it."""
