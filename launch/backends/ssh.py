@@ -163,8 +163,8 @@ class Ssh(Backend):
                 building.rename(folder)
             for host in hosts:
                 sent = host.rsync(f"{folder}/", f"{root}/data/{staged.name}/", "-L")
-                print(f"launch ssh: {host.name}: {key} as {staged.name}: "
-                      + (f"{sent:,} bytes sent" if sent else "there already, 0 bytes sent"), flush=True)
+                cost = "sent (rsync gave no byte count)" if sent is None else f"{sent:,} bytes sent" if sent else "there already, 0 bytes sent"
+                print(f"launch ssh: {host.name}: {key} as {staged.name}: {cost}", flush=True)
             relocated += staged.assignments(key, f"{root}/data/{staged.name}")
         return relocated
 

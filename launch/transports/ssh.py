@@ -36,8 +36,9 @@ class Host:
                               f"{(result.stderr or result.stdout).strip()[-800:]}")
         return result.stdout
 
-    def rsync(self, source: str, dest: str, *flags: str) -> int:
-        """Copy ``source`` to ``dest`` on this host; returns the bytes of the files rsync sent (0: all there already)."""
+    def rsync(self, source: str, dest: str, *flags: str) -> int | None:
+        """Copy ``source`` to ``dest`` on this host; returns the bytes of the files rsync sent (0: all there already; None:
+        its --stats named no figure)."""
         target = self.base[-1]
         transport = " ".join(shlex.quote(a) for a in self.base[:-1])
         result = subprocess.run(["rsync", "-a", "--partial", "--mkpath", "--stats", *flags, "-e", transport, source, f"{target}:{dest}"],
@@ -47,7 +48,7 @@ class Host:
         if result.returncode != 0:
             raise LaunchError(f"rsync to {self.name}:{dest} failed (exit {result.returncode}): {result.stderr.strip()[-600:]}")
         sent = re.search(r"^Total transferred file size: ([\d,.]+) bytes", result.stdout, re.M)
-        return int(re.sub(r"\D", "", sent.group(1))) if sent else 0
+        return int(re.sub(r"\D", "", sent.group(1))) if sent else None
 
     def address(self) -> str:
         """The HostName ssh resolves this host to (aliases included): where the other nodes find it."""
