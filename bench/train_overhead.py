@@ -3,9 +3,10 @@
 Three processes train the MLP student of the embedded default (preset ``train_mlp``, the synthetic default set in
 memory, 15 epochs) from a cold start, each timed from its start to its end:
 
-- **bare**: a plain PyTorch loop doing the same work -- the split decoded into memory, forward, backward, AdamW with
-  warm-up + cosine, a validation pass (R@K) and a checkpoint of model and optimizer every epoch, best.pt when
-  validation improves, one test pass at the end (the job evaluates its best.pt on test too);
+- **bare**: a plain PyTorch loop doing the same work -- the split decoded into memory, forward, backward, the job's
+  AdamW groups and warm-up + cosine schedule (``jobs.train``'s own builders), a validation pass (R@K) and a
+  checkpoint of model and optimizer every epoch, best.pt when validation improves, one test pass at the end (the job
+  evaluates its best.pt on test too);
 - **job**: ``python -m jobs.train_mlp``;
 - **launch**: ``launch local train_mlp`` (its --check, accelerate launch, the run's summary).
 
@@ -36,26 +37,23 @@ FIRST_STEP = re.compile(r"(step 1/\d+|BARE FIRST STEP)")
 
 def bare_loop(epochs: int, first_step_only: bool, out: Path) -> None:
     """The plain loop (run in its own process by ``--bare``): the job's config, model and loss, nothing of its harness."""
-    import math
-
     import torch
 
     from data_shards import open_shards
     from jobs.config import load_config
-    from model import build_loss, build_student, retrieval_metrics
+    from jobs.train import Distiller, build_optimizer, build_scheduler
+    from model import retrieval_metrics
 
     cfg = load_config("train_mlp", None, [])
     torch.manual_seed(cfg.train.seed)
     shards = open_shards(cfg.data.shards)
     train, val, test = (shards.load_split(split) for split in ("train", "val", "test"))
-    student, loss = build_student(cfg.model), build_loss(cfg.loss)
-    params = [*student.parameters(), *loss.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    distiller = Distiller(cfg)  # the student and its loss; the job's optimizer groups and schedule
+    student, loss = distiller.student, distiller.loss
+    params = list(distiller.parameters())
     per_epoch = len(train) // cfg.data.batch_size
-    total = per_epoch * epochs
-    warmup = max(1, math.ceil(cfg.optim.warmup_ratio * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (
-        1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, total - warmup)))))
+    optimizer = build_optimizer(distiller, cfg)
+    scheduler = build_scheduler(optimizer, cfg, per_epoch * epochs)
 
     def embed(split) -> torch.Tensor:
         student.eval()
