@@ -5,8 +5,10 @@ what is inside them.
 """
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import gc
+import os
 import secrets
 import sys
 from dataclasses import dataclass
@@ -17,9 +19,28 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+_KEPT: list[object] = []
+
+
+def keep_until_exit(obj: object) -> None:
+    """Keep ``obj`` alive to the end of the process, which ``exit_job`` then ends without freeing it. For what holds a
+    torch Gloo process group (a DDP model's reducer): its destructor joins Gloo's worker thread while holding the GIL,
+    and that thread may still need the GIL to free the last collective's tensors -- a deadlock torch has left open
+    (https://github.com/pytorch/pytorch/issues/56297). A rank that hit it hung after its job had finished, until torch
+    elastic's 300 s exit barrier gave up on it."""
+    _KEPT.append(obj)
+
+
 def exit_job(code: int) -> NoReturn:
-    """End a job's process with ``code``. ``gc.freeze()`` first: the interpreter's last collections then skip what torch
-    and the job leave behind -- about 0.7 s of every training process's exit, and of its launcher's --check."""
+    """End a job's process with ``code``. With objects kept (``keep_until_exit``): what a normal exit runs (the atexit
+    handlers: logs flushed, temporary files removed), then ``os._exit`` -- no interpreter teardown to free them in.
+    Otherwise ``gc.freeze()`` first: the interpreter's last collections then skip what torch and the job leave behind
+    -- about 0.7 s of every training process's exit, and of its launcher's --check."""
+    if _KEPT:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     gc.freeze()
     sys.exit(code)
 

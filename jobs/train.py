@@ -26,7 +26,7 @@ from torch import nn
 from data_shards import ShardError, ShardSet, check_shards, open_shards
 from data_shards.files import disk_problem
 from data_shards.reader import TrainBatches
-from jobs import exit_job, new_run_id, now
+from jobs import exit_job, keep_until_exit, new_run_id, now
 from jobs.config import ConfigError, JobConfig, apply_override, load_config, preset_names, validate_config
 from jobs.contract import CheckReport
 from jobs.embedding import embed_split, to_device
@@ -180,6 +180,8 @@ class Trainer:
         if acc.state.deepspeed_plugin is not None:  # our batches come from TrainBatches, not a DataLoader
             acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = d.batch_size
         self.model, self.optimizer = acc.prepare(distiller, optimizer)
+        if acc.num_processes > 1:
+            keep_until_exit(self.model)  # DDP's reducer (DeepSpeed's engine) holds the process group: never freed, see there
         # DeepSpeed in bf16/fp16 keeps the weights in that type and casts no inputs: the batches must come in it too, and
         # so must the float buffers it leaves behind (BatchNorm's running statistics)
         self.input_dtype = next(self.model.parameters()).dtype if self.deepspeed else None

@@ -1,9 +1,12 @@
 """Several processes: 2 CPU ranks over gloo see disjoint data and hold identical parameters after
 every step; DeepSpeed ZeRO-2 trains through Accelerate on CPU."""
 import json
+import subprocess
+import sys
 from collections import defaultdict
 
 from conftest import SMALL, launch, only_run, read_jsonl
+from servers import CHECKOUT
 
 TINY = [f"data.shards={SMALL}", "data.batch_size=32", "model.hidden=[128]", "train.log_every=5"]
 
@@ -40,3 +43,31 @@ def test_deepspeed_zero2_on_cpu(tmp_path, small_shards):
     epochs = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "epoch"]
     assert len(epochs) == 2 and epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     assert json.loads((run / "eval" / "results.json").read_text())["metrics"]["s2t_r1"] > 5 * 100 / 200
+
+
+def test_a_process_that_keeps_a_process_group_runs_its_exit_handlers_and_ends_without_freeing_it(tmp_path):
+    """How a distributed job's process ends (``jobs.keep_until_exit``, ``jobs.exit_job``): the atexit handlers run (logs
+    flushed) and what was kept is never freed -- a Gloo process group's destructor can deadlock on the GIL."""
+    script = """
+import atexit, logging, sys
+from jobs import exit_job, keep_until_exit
+
+class ProcessGroupHolder:
+    def __del__(self):
+        print("freed", end="")
+
+def job():  # as jobs.train.main: the holder is a local of the job's function
+    logging.basicConfig(filename=sys.argv[1])
+    logging.getLogger("job").warning("the job's last log line")
+    atexit.register(print, " and the exit handlers ran")
+    keep_until_exit(ProcessGroupHolder())
+    print("the job ended", end="")
+    return 3
+
+exit_job(job())
+"""
+    log = tmp_path / "job.log"
+    ended = subprocess.run([sys.executable, "-c", script, str(log)], cwd=CHECKOUT, capture_output=True, text=True, timeout=120)
+    assert ended.returncode == 3, ended.stderr
+    assert ended.stdout == "the job ended and the exit handlers ran\n", ended.stdout  # and nothing was freed
+    assert "the job's last log line" in log.read_text()
