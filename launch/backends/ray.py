@@ -32,6 +32,7 @@ from launch.record import Unit
 from launch.transports.ray_jobs import RayJobs
 
 PROBE_WAIT_S = 300
+ENDED_CHECK_S = 1.0  # while a job runs, how often its state is asked between polls (a cheap call to the Jobs API)
 
 
 @dataclass
@@ -221,6 +222,19 @@ class Ray(Backend):
 
     def poll(self, run: Run, unit: Unit) -> tuple[str, str]:
         return self.jobs(RayPlan.of(run).address).state(RayHandle.of(unit).submission_id)
+
+    def wait(self, run: Run, units: list[Unit], seconds: float) -> None:
+        """Until the next poll, or until one of ``units`` leaves Ray's queued and running states: a job that ended is
+        seen within a second, not at the end of a poll interval grown long while it ran quietly."""
+        jobs, deadline = self.jobs(RayPlan.of(run).address), time.monotonic() + seconds
+        ids = [RayHandle.of(unit).submission_id for unit in units]
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(ENDED_CHECK_S, left))
+            try:
+                if any(jobs.state(submission)[0] not in ("queued", "running") for submission in ids):
+                    return
+            except LaunchError:
+                return  # the poll asks again and says what went wrong
 
     def log(self, run: Run, unit: Unit, offset: int) -> tuple[str, int]:
         text = self.jobs(RayPlan.of(run).address).logs(RayHandle.of(unit).submission_id)
