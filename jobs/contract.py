@@ -91,9 +91,10 @@ class LocatedFileInput(_Input):
 
 
 class LocatedVideosInput(_Input):
-    """A video collection read where it lives -- ``location`` is ``s3://BUCKET/PREFIX`` or
-    ``kaggle://datasets/OWNER/SLUG[/FOLDER]`` (a folder, or a CSV/JSON list in it) -- listed here for the plan
-    (``videos``, ``bytes``); no video byte travels from here. Kaggle mounts ``kaggle://`` ones on its kernels."""
+    """A video collection read where it lives -- ``location`` is ``s3://BUCKET/PREFIX``,
+    ``kaggle://datasets/OWNER/SLUG[/FOLDER]`` or ``ssh://HOST/ABS/FOLDER`` (a folder, or a CSV/JSON list in it) -- listed
+    here for the plan (``videos``, ``bytes``); no video byte travels from here. Kaggle mounts ``kaggle://`` ones on its
+    kernels; ``launch ssh`` on HOST reads an ``ssh://HOST`` one in place."""
 
     kind: Literal["located_videos"] = "located_videos"
     regenerable: bool = True

@@ -1,6 +1,7 @@
 """An extraction's videos wherever they live: a directory or CSV/JSON list here (``data_shards.sources``), a folder
-``s3://BUCKET/PREFIX`` or ``kaggle://datasets/OWNER/SLUG[/FOLDER]`` listed through its store, or a list whose paths
-are URLs. A video that is not here is read on the machine that extracts it, one at a time, into scratch space."""
+``s3://BUCKET/PREFIX``, ``kaggle://datasets/OWNER/SLUG[/FOLDER]`` or ``ssh://HOST/ABS/FOLDER`` listed through its
+store, or a list whose paths are URLs. A video that is not here is read on the machine that extracts it, one at a
+time, into scratch space."""
 from __future__ import annotations
 
 import tempfile
@@ -39,7 +40,7 @@ def video_sizes(location: str, entries: list[VideoEntry]) -> dict[str, int | Non
     if not is_remote(location):
         return {e.path: Path(e.path).stat().st_size if Path(e.path).is_file() else None for e in entries}
     root = location.rsplit("/", 1)[0] if location.lower().endswith(LIST_SUFFIXES) else location.rstrip("/")
-    listed = list_folder(root) if urlparse(root).scheme in ("s3", "kaggle") else {}
+    listed = list_folder(root) if urlparse(root).scheme in ("s3", "kaggle", "ssh") else {}
     sizes = {}
     for entry in entries:
         found = listed.get(entry.path[len(root) + 1:]) if entry.path.startswith(root + "/") else None

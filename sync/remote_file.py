@@ -1,7 +1,8 @@
-"""One file named by where it lives -- a local path, ``https://...`` (optionally ``#sha256=HEX``), ``s3://BUCKET/KEY``
-or ``kaggle://datasets/OWNER/SLUG/PATH`` -- made a local file on the machine that asks, once: a fetched file is kept
-in the cache (``$STREAMAPPROX_CACHE/files``) beside a record of where it came from and its sha256, so a second use of
-the same URL sends no request. A ``#sha256=`` the bytes do not match keeps nothing and says so."""
+"""One file named by where it lives -- a local path, ``https://...`` (optionally ``#sha256=HEX``), ``s3://BUCKET/KEY``,
+``kaggle://datasets/OWNER/SLUG/PATH`` or ``ssh://HOST/ABS/PATH`` (through this machine's ssh) -- made a local file on
+the machine that asks, once: a fetched file is kept in the cache (``$STREAMAPPROX_CACHE/files``) beside a record of
+where it came from and its sha256, so a second use of the same URL sends no request. A ``#sha256=`` the bytes do not
+match keeps nothing and says so."""
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,7 @@ from sync.kaggle import KaggleDatasetStore
 from sync.progress import TransferProgress
 from sync.s3 import S3Store
 
-SCHEMES = ("https", "http", "s3", "kaggle")
+SCHEMES = ("https", "http", "s3", "kaggle", "ssh")
 RECORD = "record.json"
 
 
@@ -41,7 +42,8 @@ class FileLocation:
             sha256 = value.lower()
         scheme = urlparse(url).scheme if "://" in url else ""
         if scheme and scheme not in SCHEMES:
-            raise SyncError(f"{text}: unknown scheme {scheme!r}: give a path, https://..., s3://BUCKET/KEY or kaggle://datasets/OWNER/SLUG/PATH")
+            raise SyncError(f"{text}: unknown scheme {scheme!r}: give a path, https://..., s3://BUCKET/KEY, kaggle://datasets/OWNER/SLUG/PATH "
+                            "or ssh://HOST/ABS/PATH")
         location = cls(text, url, scheme, sha256)
         if scheme == "kaggle":
             location.kaggle_parts(folder=True)  # a file's form is checked where a file is wanted
@@ -116,8 +118,18 @@ def _store_and_name(location: FileLocation, folder: bool = False) -> tuple[Store
             raise SyncError(f"{location.text}: expected s3://BUCKET/KEY (a file)")
         prefix, _, name = key.rpartition("/")
         return S3Store(f"s3://{parsed.netloc}/{prefix}", parsed.netloc, prefix), name
+    if location.scheme == "ssh":
+        from sync.ssh import SshStore
+
+        path = parsed.path.rstrip("/")
+        if not parsed.netloc or not path:
+            raise SyncError(f"{location.text}: expected ssh://HOST/ABSOLUTE/PATH (HOST as ssh takes it: alias, user@host, host:port)")
+        if folder:
+            return SshStore(location.url.rstrip("/"), parsed.netloc, path, checksums=False), ""
+        parent, _, name = path.rpartition("/")
+        return SshStore(f"ssh://{parsed.netloc}{parent}", parsed.netloc, parent or "/", checksums=False), name
     if location.scheme != "kaggle":
-        raise SyncError(f"{location.text}: listed and read through a store only for s3:// and kaggle://datasets/ locations")
+        raise SyncError(f"{location.text}: listed and read through a store only for s3://, kaggle://datasets/ and ssh:// locations")
     kind, owner, handle, inside = location.kaggle_parts(folder)
     if kind == "models":
         raise SyncError(f"{location.text}: Kaggle models are mounted on Kaggle kernels (launch kaggle); elsewhere download the model "
@@ -126,14 +138,15 @@ def _store_and_name(location: FileLocation, folder: bool = False) -> tuple[Store
 
 
 def list_folder(text: str) -> dict[str, Entry]:
-    """The files under an ``s3://BUCKET/PREFIX`` or ``kaggle://datasets/OWNER/SLUG[/FOLDER]`` (relative path -> entry)."""
+    """The files under an ``s3://BUCKET/PREFIX``, ``kaggle://datasets/OWNER/SLUG[/FOLDER]`` or ``ssh://HOST/ABS/FOLDER``
+    (relative path -> entry)."""
     store, inside = _store_and_name(FileLocation.parse(text), folder=True)
     prefix = f"{inside.strip('/')}/" if inside.strip("/") else ""
     return {rel[len(prefix):]: entry for rel, entry in store.list().items() if rel.startswith(prefix)}
 
 
 def download(text: str, dest: Path) -> Entry:
-    """One remote file (a URL, ``s3://``, ``kaggle://datasets/...``) to ``dest``, not cached: a video read once."""
+    """One remote file (a URL, ``s3://``, ``kaggle://datasets/...``, ``ssh://``) to ``dest``, not cached: a video read once."""
     location = FileLocation.parse(text)
     if location.scheme in ("https", "http"):
         with session() as http:

@@ -66,3 +66,22 @@ def test_a_list_of_urls_is_fetched_video_by_video_and_one_that_fails_is_recorded
     assert shard_bytes(tmp_path / "out") == shard_bytes(collection / "reference")
     failures = json.loads((tmp_path / "out" / "manifest.json").read_text())["source"]["failures"]
     assert [f["video_id"] for f in failures] == ["gone"] and "cannot fetch" in failures[0]["reason"] and "404" in failures[0]["reason"]
+
+
+def test_a_collection_named_by_ssh_is_refused_where_no_ssh_of_yours_reaches(tmp_path):
+    """``ssh://HOST/...`` is read through this machine's ssh: a Kaggle kernel and a Ray worker have none, so their
+    launchers refuse it from the job's check report, before anything is uploaded or submitted (``launch ssh`` and
+    ``launch local`` read it: tests/test_ssh.py)."""
+    from jobs.contract import LocatedVideosInput
+    from launch.backends.base import Job
+    from launch.backends.kaggle import Kaggle, KaggleOptions
+    from launch.backends.ray import Ray
+    from launch.errors import LaunchError
+
+    videos = LocatedVideosInput(location="ssh://gpu1/data/msrvtt/videos.csv", videos=3, bytes=3000)
+    job = Job("extract", [], tmp_path / "run", inputs={"input.videos": videos})
+    with pytest.raises(LaunchError, match=r"input.videos=ssh://gpu1/data/msrvtt/videos.csv: read through this machine's ssh, which a "
+                                          r"Kaggle kernel does not have"):
+        Kaggle(KaggleOptions()).mounted_files(job)
+    with pytest.raises(LaunchError, match=r"which a Ray worker does not have; put it on storage the cluster shares"):
+        Ray.check_inputs(job)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -222,6 +223,45 @@ def test_extract_runs_on_a_host_and_the_shards_come_back(sshd, tmp_path, capsys)
     resent = [line for line in again.stdout.splitlines() if line.startswith("launch ssh: node1: ") and " as " in line]
     assert len(resent) == 3 and all(line.endswith(": there already, 0 bytes sent") for line in resent), resent
     assert len(list((tmp_path / "runs").iterdir())) == 2
+
+
+def test_videos_on_the_host_are_read_there_and_nothing_of_them_is_sent(sshd, tmp_path):
+    """``--videos ssh://node1/ABS/videos.csv``: a collection on node1's own disk (nowhere on this machine) is listed over
+    ssh for the job's check here and read in place by the extraction there; no video byte is sent."""
+    from conftest import TINY_EXTRACT
+
+    from data_shards import open_shards
+    from data_shards.synthetic_videos import write_collection
+
+    made = write_collection(tmp_path / "made-here", 3, seconds=2.0).parent
+    there = tmp_path / "on-node1"  # under pytest's basetemp: on node1 a tmpfs of its own
+    packed = subprocess.run(["tar", "-C", str(made), "-c", "."], capture_output=True, check=True).stdout
+    copied = subprocess.run(["ssh", "-F", str(sshd.client_config), "-o", "BatchMode=yes", "node1", f"mkdir -p {there} && tar -C {there} -x"],
+                            input=packed, capture_output=True, timeout=60)
+    assert copied.returncode == 0, copied.stderr
+    shutil.rmtree(made)
+    assert not there.exists() and on(sshd, "node1", f"test -f {there}/videos.csv").returncode == 0  # on node1 only
+
+    location = f"ssh://node1{there}/videos.csv"
+    result = launch_ssh(sshd, tmp_path, "ssh", "extract", *ssh_args(sshd, tmp_path / "remote", "node1"), "--videos", location,
+                        "--random-init", *TINY_EXTRACT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"launch ssh: node1: input.videos is there already ({location}): nothing sent" in result.stdout
+    shards = open_shards(next((tmp_path / "runs").iterdir()) / "shards")
+    assert sum(shards.manifest.splits.values()) == 3
+    data = on(sshd, "node1", f"ls {tmp_path}/remote/data")
+    assert data.returncode == 0 and not any(name.startswith("videos-") for name in data.stdout.split()), data.stdout
+
+    elsewhere = launch_ssh(sshd, tmp_path, "ssh", "extract", *ssh_args(sshd, tmp_path / "remote", "node0"), "--videos", location,
+                           "--random-init", *TINY_EXTRACT)
+    assert elsewhere.returncode == 2 and "read in place by a job that runs on that host alone (--host node1)" in elsewhere.stderr
+
+    here = tmp_path / "here"  # launch local reads the same videos over this machine's ssh, one at a time: the same shards
+    local = subprocess.run(launch_command("local", "extract", "--run-dir", str(here), "--videos", location, "--random-init", *TINY_EXTRACT),
+                           cwd=tmp_path, env={**cli_env(), "STREAMAPPROX_SSH_CONFIG": str(sshd.client_config)}, capture_output=True,
+                           text=True, timeout=300)
+    assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
+    assert [s.sha256 for s in open_shards(here / "shards").manifest.shards] == [s.sha256 for s in shards.manifest.shards]
 
 
 def test_bad_hosts_fail_before_anything_starts(sshd, shards, tmp_path):

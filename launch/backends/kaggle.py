@@ -383,6 +383,9 @@ class Kaggle(Backend):
         kernel could not read is refused here, before anything is uploaded."""
         mounted = {}
         for key, spec in job.inputs.items():
+            if spec.location.startswith("ssh://"):
+                raise LaunchError(f"{key}={spec.location}: read through this machine's ssh, which a Kaggle kernel does not have; give a "
+                                  "local path (uploaded once as a dataset) or kaggle://datasets/OWNER/SLUG/PATH; nothing was uploaded")
             if isinstance(spec, LocatedVideosInput):
                 mounted[key] = self.mounted_videos(key, spec, job)
                 continue

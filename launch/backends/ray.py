@@ -158,6 +158,9 @@ class Ray(Backend):
             if spec.kind == "kaggle_outputs":
                 raise LaunchError(f"{key}={spec.location}: shards in Kaggle kernels' outputs are read where they are by launch kaggle "
                                   "only; copy them to storage the cluster shares first (launch sync URL s3://...)")
+            if spec.location.startswith("ssh://"):
+                raise LaunchError(f"{key}={spec.location}: read through this machine's ssh, which a Ray worker does not have; put it on "
+                                  "storage the cluster shares (an absolute path there, or s3://)")
             if not spec.regenerable and "://" not in spec.location and not Path(spec.location).is_absolute():
                 raise LaunchError(f"{key}={spec.location}: a Ray job reads inputs where the cluster sees them; give an absolute path "
                                   "on storage the cluster shares (nothing is uploaded besides the code)")

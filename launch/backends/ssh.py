@@ -17,6 +17,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from data_shards.files import cache_root
 from jobs import JOBS
@@ -67,6 +68,16 @@ class SshHandle(Handle):
     files: list[str]  # each node's log/exit/pid prefix
 
 
+def on_the_host(key: str, location: str, hosts: list[Host]) -> str:
+    """``ssh://HOST/ABS/PATH`` given to a job that runs on HOST alone: its path there, read in place (nothing sent)."""
+    parsed = urlparse(location)
+    if len(hosts) != 1 or parsed.netloc != hosts[0].name or not parsed.path.startswith("/"):
+        raise LaunchError(f"{key}={location}: an ssh:// input is read in place by a job that runs on that host alone (--host "
+                          f"{parsed.netloc or 'HOST'}); for other hosts give a path here (copied once to each)")
+    print(f"launch ssh: {hosts[0].name}: {key} is there already ({location}): nothing sent", flush=True)
+    return parsed.path
+
+
 class Ssh(Backend):
     name = "ssh"
     help = "machines over SSH (--host, repeat for more nodes; they need share no disk), one accelerate launch per node"
@@ -106,6 +117,7 @@ class Ssh(Backend):
             if not Path(options.ssh_config).is_file():
                 raise LaunchError(f"--ssh-config {options.ssh_config}: no such file")
             options.ssh_config = str(Path(options.ssh_config).resolve())
+            os.environ["STREAMAPPROX_SSH_CONFIG"] = options.ssh_config  # the job's check here lists ssh:// inputs with it
         if len(options.host) > 1 and not job.spec.distributed:
             multi = ", ".join(n for n, s in JOBS.items() if s.distributed)
             raise LaunchError(f"{job.name} runs as one process; several --host work with: {multi}")
@@ -123,13 +135,14 @@ class Ssh(Backend):
         assert bundle is not None  # sends_code
         options, root = self.options, self.root
         hosts = [Host(name, options.ssh_config) for name in options.host]
+        in_place = [f"{key}={on_the_host(key, spec.location, hosts)}" for key, spec in job.inputs.items() if spec.location.startswith("ssh://")]
         staged = bundle.write(cache_root() / "ssh" / "bundle")
         code = f"{root}/code"
         for host in hosts:
             host.rsync(f"{staged}/", f"{code}/", "--delete", "--checksum")
         pythons = [prepare_python(host, root, job.spec, options.python, options.venv, options.venv_system_site_packages)
                    for host in hosts]
-        relocated = self.send_inputs(hosts, root, job)
+        relocated = in_place + self.send_inputs(hosts, root, job)
         remote_run = f"{root}/runs/{job.run_dir.name}"
         if job.carry_run:
             self.send_run(hosts, job.run_dir, remote_run)
