@@ -74,7 +74,6 @@ def on_the_host(key: str, location: str, hosts: list[Host]) -> str:
     if len(hosts) != 1 or parsed.netloc != hosts[0].name or not parsed.path.startswith("/"):
         raise LaunchError(f"{key}={location}: an ssh:// input is read in place by a job that runs on that host alone (--host "
                           f"{parsed.netloc or 'HOST'}); for other hosts give a path here (copied once to each)")
-    print(f"launch ssh: {hosts[0].name}: {key} is there already ({location}): nothing sent", flush=True)
     return parsed.path
 
 
@@ -135,14 +134,16 @@ class Ssh(Backend):
         assert bundle is not None  # sends_code
         options, root = self.options, self.root
         hosts = [Host(name, options.ssh_config) for name in options.host]
-        in_place = [f"{key}={on_the_host(key, spec.location, hosts)}" for key, spec in job.inputs.items() if spec.location.startswith("ssh://")]
+        in_place = {key: on_the_host(key, spec.location, hosts) for key, spec in job.inputs.items() if spec.location.startswith("ssh://")}
+        for key in in_place:
+            print(f"launch ssh: {hosts[0].name}: {key} is there already ({job.inputs[key].location}): nothing sent", flush=True)
         staged = bundle.write(cache_root() / "ssh" / "bundle")
         code = f"{root}/code"
         for host in hosts:
             host.rsync(f"{staged}/", f"{code}/", "--delete", "--checksum")
         pythons = [prepare_python(host, root, job.spec, options.python, options.venv, options.venv_system_site_packages)
                    for host in hosts]
-        relocated = in_place + self.send_inputs(hosts, root, job)
+        relocated = [f"{key}={path}" for key, path in in_place.items()] + self.send_inputs(hosts, root, job)
         remote_run = f"{root}/runs/{job.run_dir.name}"
         if job.carry_run:
             self.send_run(hosts, job.run_dir, remote_run)
