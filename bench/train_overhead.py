@@ -119,11 +119,12 @@ def main() -> int:
         subprocess.run([python, "-m", "jobs.train_mlp", "--check"], cwd=REPO, check=True, capture_output=True)  # the default set, made once
 
         def sides(epochs: int, first_step: bool, run: int) -> dict[str, list[str]]:
-            extra = ["--set", "train.log_every=1"] if first_step else []
+            # every epoch, as the bare loop runs them (the preset's early stopping would end the job sooner)
+            settings = ["--set", f"train.epochs={epochs}", "train.patience=null", *(["train.log_every=1"] if first_step else [])]
             return {"bare": [python, str(Path(__file__).resolve()), "--bare", str(work), "--epochs", str(epochs),
                              *(["--first-step-only"] if first_step else [])],
-                    "job": [python, "-m", "jobs.train_mlp", "--set", f"train.epochs={epochs}", *extra, "--run-dir", str(work / f"job{run}")],
-                    "launch": [launch, "local", "train_mlp", "--runs-dir", str(work / "runs"), "--set", f"train.epochs={epochs}", *extra]}
+                    "job": [python, "-m", "jobs.train_mlp", *settings, "--run-dir", str(work / f"job{run}")],
+                    "launch": [launch, "local", "train_mlp", "--runs-dir", str(work / "runs"), *settings]}
 
         walls: dict[str, list[float]] = {"bare": [], "job": [], "launch": []}
         firsts: dict[str, list[float]] = {"bare": [], "job": [], "launch": []}

@@ -51,6 +51,9 @@ class OptimConfig(Strict):
 
 class TrainConfig(Strict):
     epochs: int = Field(20, ge=1)
+    # early stopping: the run ends, complete, once this many epochs in a row bring no better validation select_metric
+    # (best.pt is the best epoch either way); None = every epoch runs
+    patience: int | None = Field(None, ge=1)
     seed: int = 0
     mixed_precision: Literal["no", "fp16", "bf16"] | None = None  # None: as the accelerate config says
     log_every: int = Field(20, ge=1)

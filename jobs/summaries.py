@@ -15,9 +15,13 @@ def _results(path: Path) -> list[str]:
 
 
 def training(run_dir: Path, info: dict) -> list[str]:
-    """The best validation value the run selected on, and the test figures of that checkpoint."""
+    """The best validation value the run selected on, an early stop if it made one, and the test figures of best.pt."""
     best = info.get("best") or {}
     lines = [f"best validation {best['metric']}: {best['value']:.2f}"] if best.get("value") is not None else []
+    stop = info.get("early_stop")
+    if stop:
+        lines.append(f"early stop after epoch {stop['after_epoch']}: no better {best.get('metric')} for {stop['patience']} epochs "
+                     f"(train.patience); best.pt is epoch {best.get('epoch')}")
     return lines + _results(run_dir / "eval" / "results.json")
 
 

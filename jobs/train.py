@@ -195,6 +195,7 @@ class Trainer:
         self.first_loss: float | None = None  # the scale divergence is judged against
         self.epoch_losses: list[float] = []  # this epoch's step losses so far (checkpointed: a resumed epoch logs the same mean)
         self.best_value: float | None = None
+        self.best_epoch: int | None = None
         self.step_seconds = 0.0
         self.reserve_seconds = 5.0  # grows to the slowest measured save + evaluation
         if resume:
@@ -215,6 +216,7 @@ class Trainer:
             "epoch_losses": self.epoch_losses,
             "global_step": self.global_step,
             "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
             "first_loss": self.first_loss,
             "rng": rngs,
             "world_size": self.accelerator.num_processes,
@@ -256,6 +258,7 @@ class Trainer:
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.epoch_losses = list(state.get("epoch_losses", []))
         self.global_step, self.best_value = state["global_step"], state["best_value"]
+        self.best_epoch = state.get("best_epoch")
         self.first_loss = state.get("first_loss")  # divergence is judged against the run's start, not this session's
         if state["world_size"] == self.accelerator.num_processes:
             set_rng_state(state["rng"][self.accelerator.process_index])
@@ -335,7 +338,7 @@ class Trainer:
         metrics = self.validate()
         improved = is_better(cfg.train.select_metric, metrics[cfg.train.select_metric], self.best_value)
         if improved:
-            self.best_value = metrics[cfg.train.select_metric]
+            self.best_value, self.best_epoch = metrics[cfg.train.select_metric], self.epoch
             self.save_best(metrics)
         record = {"kind": "epoch", "epoch": self.epoch, "step": self.global_step,
                   "train_loss": float(np.mean(self.epoch_losses)) if self.epoch_losses else None, "val": metrics, "best": improved,
@@ -350,7 +353,7 @@ class Trainer:
         self.step_in_epoch, self.epoch_losses = 0, []
         self.save_last()
         if self.on_epoch_end:
-            self.on_epoch_end({**record, "best_value": self.best_value})
+            self.on_epoch_end({**record, "best_value": self.best_value, "patience_spent": self.patience_spent()})
         return True
 
     def validate_start(self) -> None:
@@ -368,11 +371,20 @@ class Trainer:
     def fit(self) -> str:
         if self.init is not None and self.global_step == 0:
             self.validate_start()
-        while self.epoch < self.cfg.train.epochs:
+        while self.epoch < self.cfg.train.epochs and not self.patience_spent():
             if not self.run_epoch():
                 self.save_last()
                 return "incomplete"
+        if self.epoch < self.cfg.train.epochs and self.is_main:
+            log.info("early stop after epoch %d: no better validation %s in the %d epochs since epoch %d (train.patience)",
+                     self.epoch - 1, self.cfg.train.select_metric, self.cfg.train.patience, self.best_epoch)
         return "complete"
+
+    def patience_spent(self) -> bool:
+        """``train.patience`` epochs in a row have ended without a better validation figure (the same on every rank: the
+        figures are gathered). Asked before each epoch, so a run resumed at that point stops where the uninterrupted one did."""
+        patience = self.cfg.train.patience
+        return patience is not None and self.best_epoch is not None and self.epoch - 1 - self.best_epoch >= patience
 
 
 def parse_args(argv: list[str] | None, preset: str) -> argparse.Namespace:
@@ -473,8 +485,10 @@ def run_training(trainer: Trainer, run: RunDir, cfg: JobConfig, resume: dict | N
     for tracker in acc.trackers:  # their runs end with the training (a sweep's trial ends here; main's end_training repeats it)
         tracker.finish()
     if trainer.is_main:
-        run.update(status=status, ended_at=now(), global_step=trainer.global_step,
-                   best={"metric": cfg.train.select_metric, "value": trainer.best_value})
+        stopped = trainer.epoch < cfg.train.epochs and status == "complete"
+        run.update(status=status, ended_at=now(), global_step=trainer.global_step, epochs_run=trainer.epoch,
+                   best={"metric": cfg.train.select_metric, "value": trainer.best_value, "epoch": trainer.best_epoch},
+                   **({"early_stop": {"after_epoch": trainer.epoch - 1, "patience": cfg.train.patience}} if stopped else {}))
     return status
 
 

@@ -139,7 +139,7 @@ class BackendContract:
         assert json.loads((tmp_path / run / "run.json").read_text())["status"] == "failed"  # a failed run comes back too
 
         before = runs_in(tmp_path)
-        started = launch(target, tmp_path, *self.job(target, tmp_path, "train.epochs=400", detach=True))
+        started = launch(target, tmp_path, *self.job(target, tmp_path, "train.epochs=400", "train.patience=null", detach=True))
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
         run = new_run(tmp_path, before)
         assert ": running" in wait_for(target, tmp_path, run, ": running")

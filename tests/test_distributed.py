@@ -71,3 +71,35 @@ exit_job(job())
     assert ended.returncode == 3, ended.stderr
     assert ended.stdout == "the job ended and the exit handlers ran\n", ended.stdout  # and nothing was freed
     assert "the job's last log line" in log.read_text()
+
+
+def test_one_process_runs_the_job_in_accelerates_own_process_with_the_environment_it_prepares(tmp_path):
+    """``launch.compute.accelerate_run`` with one process: accelerate reads its arguments and picks its simple launcher,
+    whose child would import torch a second time; the job runs in the launching process instead, as ``python -m``,
+    with the environment accelerate prepared (its thread count applied) and its exit code. Two processes still go
+    through accelerate's launcher, each rank a process of its own."""
+    (tmp_path / "probe_job.py").write_text("""
+import json, os, sys, torch
+record = {"pid": os.getpid(), "name": __name__, "argv": sys.argv[1:], "threads": torch.get_num_threads(),
+          "cpu": os.environ.get("ACCELERATE_USE_CPU"), "precision": os.environ.get("ACCELERATE_MIXED_PRECISION"),
+          "rank": os.environ.get("RANK")}
+with open(f"probe-{os.environ.get('RANK', 'single')}.json", "w") as handle:
+    json.dump(record, handle)
+sys.exit(3)
+""")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{CHECKOUT}:{tmp_path}", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
+    one = ["--num_machines", "1", "--num_processes", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no", "--cpu",
+           "--num_cpu_threads_per_process", "2"]
+    process = subprocess.Popen([sys.executable, "-m", "launch.compute.accelerate_run", *one, "-m", "probe_job", "--set", "a=1"],
+                               cwd=tmp_path, env=env)
+    assert process.wait(timeout=120) == 3
+    single = json.loads((tmp_path / "probe-single.json").read_text())
+    assert single == {"pid": process.pid, "name": "__main__", "argv": ["--set", "a=1"], "threads": 2, "cpu": "True",
+                      "precision": "bf16", "rank": None}
+    two = ["--num_machines", "1", "--num_processes", "2", "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", "0"]
+    process = subprocess.Popen([sys.executable, "-m", "launch.compute.accelerate_run", *two, "-m", "probe_job"], cwd=tmp_path,
+                               env={**env, "ACCELERATE_USE_CPU": "true"})
+    assert process.wait(timeout=120) == 3
+    ranks = [json.loads((tmp_path / f"probe-{rank}.json").read_text()) for rank in ("0", "1")]
+    assert len({process.pid, *(rank["pid"] for rank in ranks)}) == 3 and [rank["rank"] for rank in ranks] == ["0", "1"]

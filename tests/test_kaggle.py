@@ -106,11 +106,12 @@ def run_state(run: Path):
 
 
 def test_continuation_chain_equals_an_uninterrupted_run(tmp_path, kaggle, small_shards):
-    """Each kernel may take 400 of the run's 1,110 steps (train.session_steps: a budget that does not depend on
+    """Each kernel may take 160 of the run's 444 steps (train.session_steps: a budget that does not depend on
     the machine's speed), so the run takes exactly three kernels; it must read as one continuous run."""
-    settings = [f"data.shards={SMALL}", "train.epochs=30", "data.batch_size=16", "model.hidden=[256,256]", "train.log_every=5"]
+    settings = [f"data.shards={SMALL}", "train.epochs=12", "data.batch_size=16", "model.hidden=[256,256]", "train.log_every=5",
+                "train.patience=null"]
     chained = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, "--max-continuations", "8",
-                            "--set", *settings, "train.session_steps=400", timeout=600)
+                            "--set", *settings, "train.session_steps=160", timeout=600)
     assert chained.returncode == 0, chained.stdout[-3000:] + chained.stderr[-3000:]
     run = only_run_dir(tmp_path)
     record = json.loads((run / "launch.json").read_text())

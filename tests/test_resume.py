@@ -59,7 +59,8 @@ def test_killed_mid_epoch_resumes_to_identical_results(tmp_path, small_shards):
 
 def test_time_budget_stops_with_a_resumable_checkpoint(tmp_path, small_shards):
     run = tmp_path / "budget"
-    args = [f"data.shards={SMALL}", "train.epochs=40", "data.batch_size=16", "model.hidden=[512,512]", "train.evaluate_test=false"]
+    args = [f"data.shards={SMALL}", "train.epochs=40", "data.batch_size=16", "model.hidden=[512,512]", "train.evaluate_test=false",
+            "train.patience=null"]  # every epoch: the budget, not the validation curve, ends each session
     began = time.monotonic()
     first = launch("local", "train_mlp", "--run-dir", str(run), "--time-budget", "8", "--set", *args, cwd=tmp_path)
     assert first.returncode == 3, first.stderr[-3000:]  # incomplete
@@ -74,3 +75,33 @@ def test_time_budget_stops_with_a_resumable_checkpoint(tmp_path, small_shards):
     assert second.returncode == 3, second.stderr[-3000:]
     later = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert later["global_step"] > state["global_step"]  # picked up where it stopped, not from scratch
+
+
+def test_early_stopping_ends_complete_at_the_same_epoch_uninterrupted_or_over_sessions(tmp_path, small_shards):
+    """``train.patience``: the run ends, complete, once that many epochs in a row brought no better validation figure;
+    best.pt is the best epoch. A run stopped and resumed session after session ends at the same epoch, the same way."""
+    args = [f"data.shards={SMALL}", "train.epochs=30", "data.batch_size=32", "model.hidden=[256]", "train.patience=2",
+            "train.evaluate_test=false"]
+    straight = launch("local", "train_mlp", "--run-dir", str(tmp_path / "straight"), "--set", *args, cwd=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    info = json.loads((tmp_path / "straight" / "run.json").read_text())
+    epochs = [r for r in read_jsonl(tmp_path / "straight" / "metrics.jsonl") if r["kind"] == "epoch"]
+    best = info["best"]["epoch"]
+    assert info["status"] == "complete" and info["early_stop"] == {"after_epoch": best + 2, "patience": 2}
+    assert epochs[-1]["epoch"] == best + 2 < 29 and info["epochs_run"] == best + 3
+    assert [r["epoch"] for r in epochs if r["best"]][-1] == best  # nothing better after it
+    assert torch.load(tmp_path / "straight" / "checkpoints" / "best.pt", weights_only=False)["epoch"] == best
+    assert f"early stop after epoch {best + 2}: no better s2t_r1 for 2 epochs (train.patience); best.pt is epoch {best}" in straight.stdout
+
+    sessions = tmp_path / "sessions"
+    result = launch("local", "train_mlp", "--run-dir", str(sessions), "--set", *args, "train.session_steps=40", cwd=tmp_path)
+    for _ in range(12):
+        if result.returncode != 3:
+            break
+        result = launch("local", "train_mlp", "--resume", str(sessions), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = json.loads((sessions / "run.json").read_text())
+    assert len(resumed["resumed_at"]) >= 2
+    assert [(r["epoch"], r["val"]) for r in read_jsonl(sessions / "metrics.jsonl") if r["kind"] == "epoch"] == \
+        [(r["epoch"], r["val"]) for r in epochs]
+    assert (resumed["best"], resumed["early_stop"], resumed["epochs_run"]) == (info["best"], info["early_stop"], info["epochs_run"])

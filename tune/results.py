@@ -36,7 +36,8 @@ def load_experiment(experiment: Experiment):
 
 
 def trial_rows(analysis, space: SearchSpace) -> list[dict]:
-    """One row per trial Tune knows: params, validation metrics at its best epoch, epochs run, stopped early."""
+    """One row per trial Tune knows: params, validation metrics at its best epoch, epochs run, stopped early (by the
+    scheduler; a trial that ended by its own ``train.patience`` completed)."""
     frames = analysis.trial_dataframes
     metric = space.metric
     rows = []
@@ -51,7 +52,7 @@ def trial_rows(analysis, space: SearchSpace) -> list[dict]:
                 best = record
         epochs = int(records[-1]["epoch"]) if records else 0
         row = {"trial_id": trial.trial_id, "status": trial.status, **params, "epochs_run": epochs, "epochs_planned": planned,
-               "stopped_early": trial.status == "TERMINATED" and epochs < planned,
+               "stopped_early": trial.status == "TERMINATED" and epochs < planned and not ended_by_patience(records),
                "best_epoch": int(best["epoch"]) if best else None,
                **{f"val_{name}": (float(best[f"val_{name}"]) if best else None) for name in REPORTED},
                "seconds": round(float(records[-1]["time_total_s"]), 1) if records else None}
@@ -59,6 +60,11 @@ def trial_rows(analysis, space: SearchSpace) -> list[dict]:
             row[f"val_{metric}"] = float(best[f"val_{metric}"])
         rows.append(row)
     return rows
+
+
+def ended_by_patience(records: list[dict]) -> bool:
+    """The trial's last report says its own ``train.patience`` ended it (a column Tune fills with NaN where absent)."""
+    return bool(records) and records[-1].get("patience_spent") in (True,)
 
 
 def finished(rows: list[dict], expected: int) -> bool:

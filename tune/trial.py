@@ -31,9 +31,11 @@ REPORTED = ("s2t_r1", "s2t_r5", "s2t_r10", "s2t_medr", "t2s_r1", "mean_cos")  # 
 
 
 def report_metrics(record: dict, metric: str) -> dict:
-    """What Tune sees after each epoch: ``val_<metric>`` drives ASHA; ``best_val`` is the trial's best so far."""
+    """What Tune sees after each epoch: ``val_<metric>`` drives ASHA; ``best_val`` is the trial's best so far;
+    ``patience_spent``: the trial ends here by its own early stopping (``train.patience``), not by the scheduler."""
     metrics = {f"val_{key}": record["val"][key] for key in dict.fromkeys([*REPORTED, metric])}
-    metrics.update(epoch=record["epoch"] + 1, step=record["step"], train_loss=record["train_loss"], best_val=record["best_value"])
+    metrics.update(epoch=record["epoch"] + 1, step=record["step"], train_loss=record["train_loss"], best_val=record["best_value"],
+                   patience_spent=record["patience_spent"])
     return metrics
 
 
