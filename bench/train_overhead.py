@@ -4,7 +4,7 @@ Three processes train the MLP student of the embedded default (preset ``train_ml
 memory, 15 epochs) from a cold start, each timed from its start to its end:
 
 - **bare**: a plain PyTorch loop doing the same work -- the split decoded into memory, forward, backward, the job's
-  AdamW groups and warm-up + cosine schedule (``jobs.train``'s own builders), a validation pass (R@K) and a
+  AdamW groups and warm-up + cosine schedule (``jobs.trainer``'s own builders), a validation pass (R@K) and a
   checkpoint of model and optimizer every epoch, best.pt when validation improves, one test pass at the end (the job
   evaluates its best.pt on test too);
 - **job**: ``python -m jobs.train_mlp``;
@@ -39,15 +39,15 @@ def bare_loop(epochs: int, first_step_only: bool, out: Path) -> None:
     """The plain loop (run in its own process by ``--bare``): the job's config, model and loss, nothing of its harness."""
     import torch
 
-    from data_shards import open_shards
+    from data_shards import load_split, open_shards
     from jobs.config import load_config
-    from jobs.train import Distiller, build_optimizer, build_scheduler
+    from jobs.trainer import Distiller, build_optimizer, build_scheduler
     from model import retrieval_metrics
 
     cfg = load_config("train_mlp", None, [])
     torch.manual_seed(cfg.train.seed)
     shards = open_shards(cfg.data.shards)
-    train, val, test = (shards.load_split(split) for split in ("train", "val", "test"))
+    train, val, test = (load_split(shards, split) for split in ("train", "val", "test"))
     distiller = Distiller(cfg)  # the student and its loss; the job's optimizer groups and schedule
     student, loss = distiller.student, distiller.loss
     params = list(distiller.parameters())

@@ -14,9 +14,10 @@ _EXPORTS = {
     "Manifest": "data_shards.manifest",
     "ShardEntry": "data_shards.manifest",
     "ShardError": "data_shards.errors",
-    "ShardSet": "data_shards.reader",
+    "ShardSet": "data_shards.shard_set",
     "ShardSetWriter": "data_shards.writer",
     "SplitTensors": "data_shards.reader",
+    "load_split": "data_shards.reader",
     "open_shards": "data_shards.locations",
     "check_shards": "data_shards.locations",
 }

@@ -12,6 +12,7 @@ from data_shards.errors import ShardError
 from data_shards.importer import ROLES, import_arrays, parse_mapping
 from data_shards.merge import merge_shard_sets
 from data_shards import open_shards
+from data_shards.reader import load_split
 from data_shards.schema import TEACHER_NORM_TOLERANCE
 from data_shards.synthetic import SyntheticSpec, generate
 
@@ -21,7 +22,7 @@ def validate(location: str) -> str:
     shards = open_shards(location)
     lines = [f"shard set {shards.root}", f"  digest   {shards.digest()}", f"  dims     {shards.dims.to_dict()}"]
     for split, count in sorted(shards.manifest.splits.items()):
-        tensors = shards.load_split(split)
+        tensors = load_split(shards, split)
         duplicates = [key for key, n in Counter(tensors.keys).items() if n > 1]
         if duplicates:
             raise ShardError(f"split {split!r}: duplicate video ids {duplicates[:5]}")

@@ -1,12 +1,12 @@
 """Where a shard set is: a path, ``file://``, ``s3://`` or ``kaggle://`` (mirrored into the cache) or ``synthetic://``;
-``open_shards`` brings it here and opens it with the reader."""
+``open_shards`` brings it here, opens and verifies it (torch-free: decoding is ``data_shards.reader``'s)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from data_shards.errors import ShardError
 from data_shards.kaggle_outputs import is_kaggle, mirror, remote_manifests
-from data_shards.reader import ShardSet, open_root
+from data_shards.shard_set import ShardSet, open_root
 
 
 def _resolve_root(location: str | Path) -> Path:

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from data_shards.errors import ShardError
 from data_shards.manifest import Manifest, ShardEntry
-from data_shards.reader import open_root
+from data_shards.shard_set import open_root
 
 Part = TypeVar("Part")  # how a caller names a part: its folder (Path), or its URL (str)
 

@@ -1,4 +1,4 @@
-"""Read a shard set: verify it against its manifest, decode splits once into tensors, and serve
+"""Read a shard set (``data_shards.shard_set``: found and verified): decode splits once into tensors, and serve
 per-rank batches in which every rank gets the same number of batches (so DDP never hangs).
 
 Both training paths read samples from the memory-mapped tar and check them against the manifest's schema without
@@ -21,15 +21,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from itertools import islice
-from pathlib import Path
 
 import numpy as np
 import torch
 import webdataset as wds
 
 from data_shards.errors import ShardError
-from data_shards.manifest import MANIFEST_NAME, Manifest, ShardEntry, sha256_file
+from data_shards.manifest import ShardEntry
 from data_shards.schema import Dims
+from data_shards.shard_set import ShardSet
 
 log = logging.getLogger(__name__)
 
@@ -373,100 +373,35 @@ class _EpochBatches(torch.utils.data.IterableDataset):
         return islice(iter(pipeline), share)
 
 
-class ShardSet:
-    """A verified shard set on local disk; ``splits`` limits what this process may read (None: all).
-    ``sources`` is set on a set checked by its manifests alone, whose shards stay in Kaggle kernels' outputs."""
-
-    def __init__(self, root: Path, manifest: Manifest, splits: tuple[str, ...] | None = None, sources: list[dict] | None = None):
-        self.root = root
-        self.manifest = manifest
-        self.splits = splits
-        self.sources = sources
-
-    @property
-    def dims(self) -> Dims:
-        return self.manifest.dims
-
-    def digest(self) -> str:
-        return self.manifest.digest()
-
-    def paths(self, split: str) -> list[str]:
-        if self.splits is not None and split not in self.splits:
-            raise ShardError(f"{self.root}: split {split!r} is withheld from this process (it may read {', '.join(self.splits)} only).")
-        entries = self.manifest.shards_of(split)
-        if not entries:
-            raise ShardError(
-                f"{self.root / MANIFEST_NAME}: no shards for split {split!r} (splits present: {sorted(self.manifest.splits)})."
-            )
-        return [str(self.root / entry.name) for entry in entries]
-
-    def verify(self) -> None:
-        """Check every readable shard's presence, size and sha256 against the manifest."""
-        for entry in self.manifest.shards:
-            if self.splits is not None and entry.split not in self.splits:
-                continue
-            path = self.root / entry.name
-            if not path.is_file():
-                raise ShardError(f"{path}: shard listed in manifest.json is missing; re-copy or regenerate the shard set.")
-            size = path.stat().st_size
-            if size != entry.bytes:
-                raise ShardError(
-                    f"{path}: {size} bytes, manifest.json says {entry.bytes} (truncated or partly copied?); "
-                    "re-copy the shard or regenerate the set."
-                )
-            if sha256_file(path) != entry.sha256:
-                raise ShardError(
-                    f"{path}: sha256 does not match manifest.json (corrupted shard); re-copy the shard or regenerate the set."
-                )
-
-    def read_shard(self, entry: ShardEntry) -> list[ShardSample]:
-        """Every sample of one (verified) shard, in stored order."""
-        path = self.root / entry.name
-        samples = [ShardSample(sample["__key__"], *_sample_arrays(sample, self.dims, str(path)), sample["meta.json"])
-                   for sample in _decoded([str(path)], shardshuffle=False, nodesplitter=None, workersplitter=None)]
-        if len(samples) != entry.samples:
-            raise ShardError(f"{path}: {len(samples)} samples, manifest.json declares {entry.samples}; re-copy or regenerate it.")
-        return samples
-
-    def load_split(self, split: str) -> SplitTensors:
-        """Decode a whole split once into tensors, through the stream path's decoder (each shard's sample count, every
-        member's schema and dims checked as it reads; ~10x WebDataset's tarfile and np.load)."""
-        paths, entries, d = self.paths(split), self.manifest.shards_of(split), self.dims
-        count = sum(entry.samples for entry in entries)
-        clip = np.empty((count, d.frames * d.clip), np.float16)
-        audio = np.empty((count, d.audio), np.float16)
-        has_audio = np.empty((count,), bool)
-        teacher = np.empty((count, d.teacher), np.float32)
-        keys: list[str] = []
-        decoder = _StreamDecoder(d, {path: (0, entry.samples) for path, entry in zip(paths, entries)})
-        for path in paths:
-            for key, (audible, clip_bytes, audio_bytes, teacher_bytes) in decoder.keyed(path):
-                i = len(keys)
-                clip[i], audio[i] = np.frombuffer(clip_bytes, np.float16), np.frombuffer(audio_bytes, np.float16)
-                has_audio[i], teacher[i] = audible, np.frombuffer(teacher_bytes, np.float32)
-                keys.append(key.decode())
-        return SplitTensors(keys, torch.from_numpy(clip).view(count, d.frames, d.clip), torch.from_numpy(audio),
-                            torch.from_numpy(has_audio), torch.from_numpy(teacher))
+def read_shard(shards: ShardSet, entry: ShardEntry) -> list[ShardSample]:
+    """Every sample of one (verified) shard, in stored order."""
+    path = shards.root / entry.name
+    samples = [ShardSample(sample["__key__"], *_sample_arrays(sample, shards.dims, str(path)), sample["meta.json"])
+               for sample in _decoded([str(path)], shardshuffle=False, nodesplitter=None, workersplitter=None)]
+    if len(samples) != entry.samples:
+        raise ShardError(f"{path}: {len(samples)} samples, manifest.json declares {entry.samples}; re-copy or regenerate it.")
+    return samples
 
 
-def open_root(root: Path, verify: bool = True, splits: tuple[str, ...] | None = None, partial: bool = False) -> ShardSet:
-    """Open the shard set in ``root`` (a folder here) and verify its digests.
-
-    With ``splits``, only those splits are verified and readable: a sweep's trials open the set this
-    way, so the test split cannot influence model selection. An unfinished extraction (one worker's
-    slice) opens only with ``partial`` (for merging): nobody trains on part of a dataset by mistake."""
-    if not root.is_dir():
-        raise ShardError(f"{root}: shard directory not found. Generate one with `data_shards synthetic --out {root}` "
-                         "or point data.shards at an existing set.")
-    manifest = Manifest.read(root)
-    if not partial and not manifest.source.get("complete", True):
-        done, planned = len(manifest.source["done"]), len(manifest.source["plan"]["shards"])
-        raise ShardError(f"{root}: an unfinished extraction ({done} of {planned} planned shards). Finish it by rerunning the same "
-                         "extract command (or the missing workers), or join slices written apart with `data_shards merge`.")
-    shards = ShardSet(root, manifest, splits)
-    if verify:
-        shards.verify()
-    return shards
+def load_split(shards: ShardSet, split: str) -> SplitTensors:
+    """Decode a whole split once into tensors, through the stream path's decoder (each shard's sample count, every
+    member's schema and dims checked as it reads; ~10x WebDataset's tarfile and np.load)."""
+    paths, entries, d = shards.paths(split), shards.manifest.shards_of(split), shards.dims
+    count = sum(entry.samples for entry in entries)
+    clip = np.empty((count, d.frames * d.clip), np.float16)
+    audio = np.empty((count, d.audio), np.float16)
+    has_audio = np.empty((count,), bool)
+    teacher = np.empty((count, d.teacher), np.float32)
+    keys: list[str] = []
+    decoder = _StreamDecoder(d, {path: (0, entry.samples) for path, entry in zip(paths, entries)})
+    for path in paths:
+        for key, (audible, clip_bytes, audio_bytes, teacher_bytes) in decoder.keyed(path):
+            i = len(keys)
+            clip[i], audio[i] = np.frombuffer(clip_bytes, np.float16), np.frombuffer(audio_bytes, np.float16)
+            has_audio[i], teacher[i] = audible, np.frombuffer(teacher_bytes, np.float32)
+            keys.append(key.decode())
+    return SplitTensors(keys, torch.from_numpy(clip).view(count, d.frames, d.clip), torch.from_numpy(audio),
+                        torch.from_numpy(has_audio), torch.from_numpy(teacher))
 
 
 class TrainBatches:
@@ -499,7 +434,7 @@ class TrainBatches:
         needed_gb = total * shards.dims.decoded_bytes_per_sample() / 1e9
         self.mode = mode if mode != "auto" else ("memory" if needed_gb <= cache_max_gb else "stream")
         if self.mode == "memory":
-            self.tensors = shards.load_split(split)
+            self.tensors = load_split(shards, split)
         else:
             self._check_streamable()
             paths, entries = shards.paths(split), shards.manifest.shards_of(split)

@@ -8,13 +8,16 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import webdataset as wds
 
 from data_shards.errors import ShardError
 from data_shards.manifest import Manifest, ShardEntry, sha256_file
 from data_shards.schema import META_FIELDS, TEACHER_NORM_TOLERANCE, Dims
+
+if TYPE_CHECKING:
+    import webdataset as wds
 
 
 def sample_record(dims: Dims, key: str, clip: np.ndarray, audio: np.ndarray, teacher: np.ndarray, meta: dict) -> dict:
@@ -64,6 +67,10 @@ class ShardSetWriter:
         self._keys: set[str] = set()
 
     def _writer_for(self, split: str) -> wds.ShardWriter:
+        """WebDataset's writer, imported at the first sample: webdataset imports torch, which a job's ``--check`` (it
+        opens the synthetic default through this module) should not pay for."""
+        import webdataset as wds
+
         if split not in self._writers:
             pattern = str(self.staging / f"{self.name_prefix}{split}-%06d.tar")
             writer = wds.ShardWriter(pattern, maxcount=self.samples_per_shard, verbose=0, mtime=self.mtime)

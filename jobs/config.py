@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from model.config import STUDENT_CONFIGS, LossConfig, MLPStudentConfig, Strict, StudentConfig
-from model.metrics import RECALL_AT
+from model.selection import RECALL_AT
 
 PRESETS = Path(__file__).parent / "presets"
 INIT_CHECKPOINTS = ("best", "last")  # train.init_from=RUN:<which> takes RUN/checkpoints/<which>.pt

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from data_shards import ShardError, open_shards
+from data_shards.reader import load_split
 from data_shards.files import atomic_destination, atomic_write_text
 from jobs.config import ConfigError, validate_config
 from jobs import exit_job, now
@@ -51,7 +52,7 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "best", shards: str | No
     if shard_set.digest() != state.get("shards_digest"):
         log.warning("evaluating on shards %s, not the set this checkpoint was trained on", shard_set.root)
     split = split or cfg.data.test_split
-    tensors = shard_set.load_split(split)
+    tensors = load_split(shard_set, split)
     embeddings = embed_indices(student, tensors, torch.arange(len(tensors)), cfg.data.eval_batch_size, torch.device("cpu"))
     metrics = retrieval_metrics(embeddings, tensors.teacher)
     results = {

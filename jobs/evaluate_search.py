@@ -27,7 +27,7 @@ from data_shards.files import atomic_write_text
 from jobs import exit_job, now
 from jobs.config import ConfigError, apply_override, format_validation_error
 from model.encoders import EncoderError
-from model.metrics import RECALL_AT
+from model.selection import RECALL_AT
 from search.store import SearchIndexError, Snapshot, is_server
 
 DEFAULT_QUERIES = (

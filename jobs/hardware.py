@@ -2,10 +2,9 @@
 for sm_75 and newer), instead of dying later with 'no kernel image is available'."""
 from __future__ import annotations
 
+import glob
 import json
 import sys
-
-import torch
 
 
 class HardwareError(RuntimeError):
@@ -29,8 +28,25 @@ def arch_supports(capability: tuple[int, int], arch_list: list[str]) -> bool:
     return False
 
 
+GPU_DEVICE_NODES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")  # NVIDIA's per-GPU nodes, ROCm's, WSL2's
+
+
+def gpu_devices_present() -> bool:
+    """A GPU torch can drive shows up as a device node first; without one torch.cuda finds none, and asking it costs a
+    torch import (about 1 s: every job's --check on a CPU machine)."""
+    return any(glob.glob(pattern) for pattern in GPU_DEVICE_NODES)
+
+
 def check_gpus() -> list[dict]:
-    """Describe the visible GPUs; raise if torch has no kernels for one of them."""
+    """Describe the visible GPUs; raise if torch has no kernels for one of them. Where no GPU device node exists there
+    is nothing to ask torch about."""
+    return gpus_torch_sees() if gpu_devices_present() else []
+
+
+def gpus_torch_sees() -> list[dict]:
+    """The GPUs as the installed torch sees them; raise if it has no kernels for one of them."""
+    import torch
+
     if not torch.cuda.is_available():
         return []
     arch_list = torch.cuda.get_arch_list()
@@ -50,8 +66,10 @@ def check_gpus() -> list[dict]:
 def main() -> int:
     """``python -m jobs.hardware``: the probe remote entry scripts run before installing anything.
     Prints the visible GPUs as JSON; exits 3 with the reason when torch cannot use one of them."""
+    import torch
+
     try:
-        gpus = check_gpus()
+        gpus = gpus_torch_sees()  # torch's own view, asked outright: this probe is how a remote learns what it has
     except HardwareError as exc:
         print(f"hardware probe: {exc}", file=sys.stderr)
         return 3

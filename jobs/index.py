@@ -25,6 +25,7 @@ from pydantic import Field, ValidationError
 from data_shards import ShardError, SplitTensors, check_shards, open_shards
 from data_shards.files import DISK_ADVICE, disk_problem
 from data_shards.manifest import sha256_file
+from data_shards.reader import read_shard
 from data_shards.sources import list_videos
 from jobs import exit_job, now
 from jobs.config import ConfigError, apply_override, format_validation_error
@@ -110,7 +111,7 @@ def opened_index(cfg: IndexConfig, student: dict, dims) -> tuple[VectorIndex, di
 
 def index_shard(index: VectorIndex, shard_set, entry, student, sources: dict[str, str], batch_size: int) -> int:
     """Embed and store one shard's videos and frames; returns how many videos."""
-    samples = shard_set.read_shard(entry)
+    samples = read_shard(shard_set, entry)
     tensors = SplitTensors([s.key for s in samples], torch.from_numpy(np.stack([s.clip for s in samples])),
                            torch.from_numpy(np.stack([s.audio for s in samples])), torch.tensor([s.has_audio for s in samples]),
                            torch.from_numpy(np.stack([s.teacher for s in samples])))

@@ -13,10 +13,9 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import TypeAdapter, ValidationError
-from torch import nn
 
 from jobs.config import INIT_CHECKPOINTS, ConfigError, JobConfig
 from jobs.contract import FileInput, InitFrom
@@ -24,6 +23,10 @@ from model.config import StudentConfig
 
 FREE_FIELDS = ("dropout", "modality_dropout")  # training-time regularisation: a fine-tuning stage may change it
 STUDENT_PREFIX = "student."  # the Distiller's state dict: student.* and loss.*
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,8 @@ def open_source(cfg: JobConfig) -> InitSource:
     path = checkpoint_file(location)
     where = f"train.init_from={location}"
     data = path.read_bytes()
+    import torch  # here, not at the top: a training job's --check without init_from imports no torch
+
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as exc:  # torch.load raises many kinds (unpickling, zip, EOF) on a file that is not a checkpoint

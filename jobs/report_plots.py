@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model.metrics import RECALL_AT
+from model.selection import RECALL_AT
 from model.pipelines import Cost
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from model.costs import Timing
-from model.metrics import RECALL_AT
+from model.selection import RECALL_AT
 from model.pipelines import Cost
 
 if TYPE_CHECKING:

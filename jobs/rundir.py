@@ -19,9 +19,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from data_shards.files import atomic_destination, atomic_write_text
+from data_shards.files import atomic_destination, atomic_write_text, disk_problem
 from jobs import now
 from jobs.contract import read_run, update_run
 from jobs.hardware import check_gpus
@@ -39,6 +37,8 @@ def git_state(start: Path) -> dict:
 
 
 def hardware(accelerator) -> dict:
+    import torch  # the torch of the training process that asks (this module stays torch-free for --check)
+
     return {
         "host": platform.node(),
         "platform": platform.platform(),
@@ -126,6 +126,8 @@ def disk_cause(exc: BaseException | None) -> OSError | None:
 
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save through a temp file: a crash never leaves half a checkpoint. A disk error names the checkpoint."""
+    import torch  # the training process's own (this module stays torch-free for --check)
+
     try:
         with atomic_destination(path) as handle:
             torch.save(obj, handle)
@@ -134,3 +136,13 @@ def save_atomic(obj: Any, path: Path) -> None:
         if cause is None or cause.filename:
             raise
         raise OSError(cause.errno, cause.strerror, str(path)) from exc
+
+
+def is_rank_zero() -> bool:
+    """The process that owns the run directory: rank 0 under accelerate launch or Ray Train, or the only one."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def disk_message(error: OSError, run: RunDir) -> str:
+    resumable = (run.checkpoints / "last.pt").is_file()
+    return disk_problem(error, run.path) + (f", then continue with --resume {run.path}" if resumable else ", then start the run again")

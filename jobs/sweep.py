@@ -25,7 +25,7 @@ from jobs.rundir import RunDir, git_state, launched_by, shards_record
 from jobs.run_lock import RunInUse, RunLock
 
 if TYPE_CHECKING:  # the tune modules import Ray and torch: only where a sweep runs
-    from data_shards.reader import ShardSet
+    from data_shards.shard_set import ShardSet
     from tune.runner import Experiment, SweepSettings
     from tune.space import SearchSpace
     from tune.storage import Mirror

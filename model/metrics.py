@@ -16,8 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-RECALL_AT = (1, 5, 10)
-LOWER_IS_BETTER = ("medr", "meanr", "mse")
+from model.selection import RECALL_AT
 
 
 def _ranks_and_gaps(queries: torch.Tensor, items: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,9 +59,3 @@ def retrieval_metrics(student: torch.Tensor, teacher: torch.Tensor, chunk: int =
     metrics["mse"] = float(((s - t) ** 2).mean())
     return metrics
 
-
-def is_better(metric: str, new: float, old: float | None) -> bool:
-    if old is None:
-        return True
-    suffix = metric.rsplit("_", 1)[-1]
-    return new < old if suffix in LOWER_IS_BETTER or metric in LOWER_IS_BETTER else new > old

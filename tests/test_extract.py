@@ -145,7 +145,7 @@ def test_the_job_writes_what_a_plain_decode_then_encode_writes(reference, plain)
 
 def test_shards_validate_and_account_for_every_video(videos, reference):
     from data_shards.cli import validate
-    from data_shards import open_shards
+    from data_shards import load_split, open_shards
 
     summary = validate(str(reference))
     assert "RANDOM-INIT" in summary and "2 videos failed" in summary
@@ -158,7 +158,7 @@ def test_shards_validate_and_account_for_every_video(videos, reference):
     assert reasons["corrupt"].startswith("cannot open") and "needs 4" in reasons["short"]
     by_key = {}
     for split in ("train", "val", "test"):
-        tensors = shards.load_split(split)
+        tensors = load_split(shards, split)
         by_key.update({key: (bool(tensors.has_audio[i]), tensors.audio[i], tensors.teacher[i]) for i, key in enumerate(tensors.keys)})
     assert sorted(by_key) == sorted([v for v, _ in GOOD] + ["no_audio", "zero_audio"])
     for silent in ("no_audio", "zero_audio"):
@@ -220,10 +220,12 @@ def test_sigkill_midway_then_rerun_gives_identical_shards(videos, reference, pla
 def assert_same_samples(a, b) -> None:
     import torch
 
+    from data_shards import load_split
+
     failed = lambda shards: sorted((f["video_id"], f["split"]) for f in shards.manifest.source["failures"])  # noqa: E731
     assert a.manifest.splits == b.manifest.splits and failed(a) == failed(b)
     for split in b.manifest.splits:
-        x, y = a.load_split(split), b.load_split(split)
+        x, y = load_split(a, split), load_split(b, split)
         assert x.keys == y.keys and torch.equal(x.has_audio, y.has_audio)
         for field in ("clip", "audio", "teacher"):
             assert torch.allclose(getattr(x, field).float(), getattr(y, field).float(), atol=2e-3, rtol=1e-2), (split, field)

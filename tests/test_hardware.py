@@ -26,6 +26,7 @@ def test_ptx_covers_newer_devices_only():
 
 
 def fake_gpus(monkeypatch, name, capability):
+    monkeypatch.setattr(hardware, "gpu_devices_present", lambda: True)  # a machine with GPUs: their device nodes exist
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: name)

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import launch, only_run
-from data_shards import open_shards
+from data_shards import load_split, open_shards
 from data_shards.cli import main
 
 SHORT_MLP = ["train.epochs=2", "model.hidden=[64]", "data.batch_size=64"]
@@ -47,7 +47,7 @@ def original_pt(split, path: Path) -> None:
 
 def test_imported_copies_of_the_synthetic_set_train_to_the_same_test_figures(tmp_path, small_shards, capsys):
     shards = open_shards(small_shards)
-    splits = {name: shards.load_split(name) for name in ("train", "val", "test")}
+    splits = {name: load_split(shards, name) for name in ("train", "val", "test")}
     for name, split in splits.items():
         original_pt(split, tmp_path / f"{name}_features_v2.pt")
     np.savez(tmp_path / "features.npz", clip=torch.cat([s.clip for s in splits.values()]).numpy(),
@@ -67,7 +67,7 @@ def test_imported_copies_of_the_synthetic_set_train_to_the_same_test_figures(tmp
         copy = open_shards(tmp_path / imported)
         assert copy.dims == shards.dims and copy.manifest.splits == shards.manifest.splits
         for name, split in splits.items():
-            again = copy.load_split(name)
+            again = load_split(copy, name)
             assert again.keys == split.keys
             for field in ("clip", "audio", "has_audio", "teacher"):
                 assert torch.equal(getattr(again, field), getattr(split, field)), (imported, name, field)
@@ -99,9 +99,9 @@ def test_provenance_normalization_and_a_carved_validation_split(tmp_path, capsys
     assert run_import([*args, "--normalize-teacher", "--out", tmp_path / "b"], capsys)[0] == 0
     assert run_import([*args[:-1], "4", "--normalize-teacher", "--out", tmp_path / "c"], capsys)[0] == 0
     a, b, c = (open_shards(tmp_path / name) for name in "abc")
-    assert a.load_split("val").keys == b.load_split("val").keys != c.load_split("val").keys  # seeded: the same seed, the same val
-    assert sorted(a.load_split("val").keys + a.load_split("train").keys) == sorted(data["ids"].tolist())
-    teacher = a.load_split("train").teacher.double().norm(dim=1)
+    assert load_split(a, "val").keys == load_split(b, "val").keys != load_split(c, "val").keys  # seeded: the same seed, the same val
+    assert sorted(load_split(a, "val").keys + load_split(a, "train").keys) == sorted(data["ids"].tolist())
+    teacher = load_split(a, "train").teacher.double().norm(dim=1)
     assert torch.allclose(teacher, torch.ones_like(teacher), atol=1e-5)
 
     source = a.manifest.source
@@ -130,7 +130,7 @@ def test_safetensors_and_a_folder_of_npy_one_frame_and_per_example_audio(tmp_pat
     assert code == 0, err
     shards = open_shards(tmp_path / "set")
     assert shards.dims.frames == 1 and shards.dims.audio == 8 and shards.dims.audio_examples == 3
-    assert shards.load_split("train").keys == data["ids"].tolist() and shards.load_split("test").keys == [str(i) for i in range(500, 506)]
+    assert load_split(shards, "train").keys == data["ids"].tolist() and load_split(shards, "test").keys == [str(i) for i in range(500, 506)]
     assert "2 of 12 videos have all-zero audio" in err and "0 of 6 videos" in err
     assert [len(entry["files"]) for entry in shards.manifest.source["inputs"]] == [1, 4]
 

@@ -198,7 +198,7 @@ def test_unknown_kernel_and_bad_config_fail_with_the_reason(tmp_path, kaggle, sm
 
 
 def test_fan_out_over_three_kernels_merges_into_the_single_worker_set(tmp_path, kaggle, small_shards):
-    from data_shards import open_shards
+    from data_shards import load_split, open_shards
 
     kaggle.layout = "legacy"  # older images mount inputs at /kaggle/input/<slug>
     pushed = launch_kaggle(kaggle, tmp_path, "kaggle", "synthesize", *FAST, "--num-kernels", "3", "--url", SMALL, "--detach")
@@ -212,7 +212,7 @@ def test_fan_out_over_three_kernels_merges_into_the_single_worker_set(tmp_path, 
     merged, whole = open_shards(run / "shards"), open_shards(small_shards)  # open_shards verifies every digest
     assert merged.manifest.splits == whole.manifest.splits and merged.manifest.source["merged_parts"] == 3
     for split in whole.manifest.splits:
-        a, b = merged.load_split(split), whole.load_split(split)
+        a, b = load_split(merged, split), load_split(whole, split)
         order = sorted(range(len(a.keys)), key=a.keys.__getitem__)
         reference = sorted(range(len(b.keys)), key=b.keys.__getitem__)
         assert [a.keys[i] for i in order] == [b.keys[i] for i in reference]

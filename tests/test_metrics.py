@@ -3,7 +3,8 @@ import math
 
 import torch
 
-from model.metrics import is_better, retrieval_metrics
+from model.metrics import retrieval_metrics
+from model.selection import is_better
 
 
 def naive(student, teacher):

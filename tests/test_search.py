@@ -203,13 +203,14 @@ def test_a_full_disk_while_the_snapshot_is_written_is_one_line_and_leaves_the_cu
 def brute_force_inputs(student_run: Path, shards: str = SHARDS):
     """Everything the index should hold, computed without it: student vectors, teacher vectors, frame vectors."""
     from data_shards import open_shards
+    from data_shards.reader import read_shard
     from jobs.evaluate import load_student
 
     model, _, _ = load_student(student_run / "checkpoints" / "best.pt")
     shard_set = open_shards(shards)
     ids, student, teacher, frames = [], [], [], {}
     for entry in shard_set.manifest.shards:
-        samples = shard_set.read_shard(entry)
+        samples = read_shard(shard_set, entry)
         batch = {"clip": torch.from_numpy(np.stack([s.clip for s in samples])).float(),
                  "audio": torch.from_numpy(np.stack([s.audio for s in samples])).float(),
                  "has_audio": torch.tensor([s.has_audio for s in samples])}

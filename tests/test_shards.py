@@ -11,7 +11,7 @@ import webdataset as wds
 from data_shards import Dims, Manifest, ShardError, ShardSetWriter, open_shards
 from data_shards.cli import main as shards_cli
 from data_shards.manifest import sha256_file
-from data_shards.reader import TrainBatches
+from data_shards.reader import TrainBatches, load_split
 from data_shards.synthetic import SyntheticSpec, generate
 
 
@@ -44,7 +44,7 @@ def test_writer_manifest_roundtrip(tmp_path):
     assert [s.samples for s in manifest.shards] == [4, 4, 2]
     on_disk = json.loads((tmp_path / "set" / "manifest.json").read_text())
     assert on_disk["splits"] == {"train": 10} and on_disk["dims"]["clip"] == 8 and len(on_disk["shards"][0]["sha256"]) == 64
-    tensors = open_shards(tmp_path / "set").load_split("train")
+    tensors = load_split(open_shards(tmp_path / "set"), "train")
     assert tensors.keys == [f"v{i}" for i in range(10)]
     assert tensors.has_audio.tolist() == [i % 3 != 0 for i in range(10)]
     assert not list(tmp_path.glob(".set.*partial"))  # staging directory renamed away
@@ -132,7 +132,7 @@ def test_streamed_epoch_is_the_in_memory_split_and_a_bad_member_names_its_shard(
                     "sampling": "uniform"}
             writer.write("train", key, rng.standard_normal((2, 8)), rng.standard_normal(4), teacher / np.linalg.norm(teacher), meta)
     shards = open_shards(root)
-    memory = shards.load_split("train")
+    memory = load_split(shards, "train")
     assert_as_webdataset_decodes(root, "train", memory)
 
     def rows(batches, keys):
@@ -170,7 +170,7 @@ def test_streamed_epoch_is_the_in_memory_split_and_a_bad_member_names_its_shard(
     with pytest.raises(ShardError, match=bad):
         list(TrainBatches(open_shards(root), "train", 4, mode="stream", num_workers=2).epoch(0))
     with pytest.raises(ShardError, match=bad):
-        open_shards(root).load_split("train")
+        load_split(open_shards(root), "train")
 
 
 def v7_header(name: bytes, size: int, signed: bool = False) -> bytes:
@@ -204,7 +204,7 @@ def test_a_v7_tar_streams_the_samples_tarfile_reads(tmp_path):
             meta = {"video_id": key, "split": "train", "has_audio": i % 3 != 0, "duration_s": 1.0, "frame_times_s": [0.1, 0.9],
                     "sampling": "uniform"}
             writer.write("train", key, rng.standard_normal((2, 8)), rng.standard_normal(4), teacher / np.linalg.norm(teacher), meta)
-    ustar = open_shards(root).load_split("train")
+    ustar = load_split(open_shards(root), "train")
     assert_as_webdataset_decodes(root, "train", ustar)
 
     manifest = Manifest.read(root)
@@ -228,7 +228,7 @@ def test_a_v7_tar_streams_the_samples_tarfile_reads(tmp_path):
     assert int(header[148:154], 8) != 256 + sum(header[:148] + header[156:])  # that checksum is the signed one
     manifest.write(root)
 
-    memory = open_shards(root).load_split("train")
+    memory = load_split(open_shards(root), "train")
     assert_as_webdataset_decodes(root, "train", memory)
     assert memory.keys == ustar.keys and "vidéo-5" in memory.keys
     for field in ("clip", "audio", "has_audio", "teacher"):
@@ -258,7 +258,7 @@ def test_synthetic_is_deterministic_msrvtt_shaped_and_both_modalities_matter(tmp
     assert a.digest() == b.digest()
     assert a.manifest.splits == {"train": 900, "val": 100, "test": 300}
     assert a.manifest.source["kind"] == "synthetic"
-    train, test = a.load_split("train"), a.load_split("test")
+    train, test = load_split(a, "train"), load_split(a, "test")
     silent = float((~train.has_audio).float().mean())
     assert 0.09 < silent < 0.15
     assert float(train.audio[~train.has_audio].abs().sum()) == 0.0

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import SMALL, cli_env, launch, launch_command, read_jsonl
 
-from data_shards import ShardError, open_shards
+from data_shards import ShardError, load_split, open_shards
 from jobs.config import ConfigError
 from tune.space import load_space, parse_distribution
 
@@ -120,9 +120,9 @@ def test_trials_share_cpus_and_fractional_gpus():
 
 def test_a_trial_cannot_read_the_test_split(small_shards):
     shards = open_shards(small_shards, splits=("train", "val"))
-    assert len(shards.load_split("val")) == 120
+    assert len(load_split(shards, "val")) == 120
     with pytest.raises(ShardError, match="split 'test' is withheld from this process"):
-        shards.load_split("test")
+        load_split(shards, "test")
 
 
 # -- real Ray sweeps -----------------------------------------------------------------------------

@@ -59,3 +59,21 @@ def test_train_transformer_with_depth_override(tmp_path, small_shards):
     state = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
     assert sum(k.startswith("student.encoder.layers.") and k.endswith("linear1.weight") for k in state["model"]) == 2
     assert json.loads((run / "eval" / "results.json").read_text())["metrics"]["s2t_r1"] > 5 * 100 / 200
+
+
+def test_the_training_check_reads_everything_and_imports_no_torch(tmp_path, small_shards):
+    """Every launcher runs the job's --check before it starts or sends it: config, shard digests, dims, batch sizes, the
+    GPUs (asked only where a GPU device node exists). None of it needs torch, whose import alone is about 1 s here."""
+    import subprocess
+    import sys
+
+    from servers import CHECKOUT
+
+    script = ("import sys; from jobs.train import main; code = main(sys.argv[1:]); "
+              "print('exit', code, 'torch' in sys.modules, 'webdataset' in sys.modules)")
+    check = ["--check", "--set", f"data.shards={SMALL}", *FAST_MLP]
+    ok = subprocess.run([sys.executable, "-c", script, *check], cwd=CHECKOUT, capture_output=True, text=True, timeout=120)
+    assert ok.stdout.splitlines()[-1] == "exit 0 False False", ok.stdout + ok.stderr
+    bad = subprocess.run([sys.executable, "-c", script, *check, "data.batch_size=100000"], cwd=CHECKOUT, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.stdout.splitlines()[-1] == "exit 2 False False" and "data.batch_size" in bad.stderr, bad.stdout + bad.stderr

@@ -17,7 +17,7 @@ from pathlib import Path
 from data_shards.files import atomic_write_text
 from jobs import now
 from jobs.rundir import RunDir
-from model.metrics import is_better
+from model.selection import is_better
 from tune.runner import Experiment
 from tune.space import SearchSpace, native
 from tune.trial import REPORTED

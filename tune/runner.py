@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.config import ConfigError
-from model.metrics import LOWER_IS_BETTER
+from model.selection import LOWER_IS_BETTER
 from tune.space import SearchSpace
 from tune.storage import RayStorage
 from tune.trial import train_trial

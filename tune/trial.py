@@ -15,7 +15,7 @@ import torch
 from data_shards import open_shards
 from jobs.config import ConfigError, JobConfig
 from jobs.rundir import RunDir
-from jobs.train import Trainer, run_training
+from jobs.trainer import Trainer, run_training
 from tune.space import SearchSpace, native
 
 
