@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,7 @@ log = logging.getLogger("streamapprox.train")
 # where and how long this session runs, not what it computes: free on --resume (a resumed run never reads train.init_from;
 # a remote launcher passes the place the source was carried to, as it does for the shards)
 SESSION_KEYS = ("data.shards", "train.session_steps", "train.init_from")
+JOB_STARTED = time.monotonic()  # the time budget counts from here, imports and data loading included
 
 
 def parse_args(argv: list[str] | None, preset: str) -> argparse.Namespace:
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp", on_epoch_end:
             owned.enter_context(RunLock(run.path, cfg.job))
         from jobs.trainer import Diverged, Trainer, run_training  # torch, from here on
 
-        trainer = Trainer(cfg, shards, run, resume, args.time_budget, on_epoch_end=on_epoch_end, init=init)
+        trainer = Trainer(cfg, shards, run, resume, args.time_budget, on_epoch_end=on_epoch_end, init=init, started=JOB_STARTED)
     except (ConfigError, ShardError, HardwareError, RunInUse) as exc:
         owned.close()
         print(f"error: {exc}", file=sys.stderr)

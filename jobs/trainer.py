@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-import psutil
 import torch
 from torch import nn
 
@@ -34,8 +33,6 @@ from model import build_loss, build_student, retrieval_metrics
 from model.selection import is_better
 
 log = logging.getLogger("streamapprox.train")
-# the time budget counts from the process's start, imports and data loading included, however the job was started
-JOB_STARTED = time.monotonic() - (time.time() - psutil.Process().create_time())
 
 
 class Distiller(nn.Module):
@@ -134,17 +131,18 @@ def cpu_accelerator_options(process_group_kwargs) -> dict:
 
 class Trainer:
     def __init__(self, cfg: JobConfig, shards: ShardSet, run: RunDir, resume: dict | None, time_budget: float | None,
-                 on_epoch_end: Callable[[dict], None] | None = None, init: InitSource | None = None):
+                 on_epoch_end: Callable[[dict], None] | None = None, init: InitSource | None = None, started: float | None = None):
         """``on_epoch_end(record)`` is called on every rank once an epoch's validation and last.pt are
         done (how a sweep reports each epoch to Ray Tune). ``init``: ``train.init_from`` already opened (the job's
-        pre-flight did); a sweep trial leaves it to the trainer. A resumed run never uses it."""
+        pre-flight did); a sweep trial leaves it to the trainer. A resumed run never uses it. ``started``: when the
+        ``time_budget`` began (``time.monotonic()``; the job passes its own start), else now."""
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs, set_seed
 
         if cfg.model.kind == "zero_shot":
             raise ConfigError("model.kind=zero_shot has nothing to train: make the floor with `launch local zero_shot`")
         self.cfg, self.run, self.on_epoch_end = cfg, run, on_epoch_end
-        self.started = JOB_STARTED
+        self.started = time.monotonic() if started is None else started
         self.deadline = self.started + time_budget if time_budget else None
         self.accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, project_dir=str(run.path),
                                        log_with=make_trackers(cfg, run, resume is not None, is_rank_zero()),
