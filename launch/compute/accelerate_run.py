@@ -38,14 +38,12 @@ def run_here(args: argparse.Namespace) -> None:
     os.environ.update(env)
     if env.get("OMP_NUM_THREADS", "").isdigit() and int(env["OMP_NUM_THREADS"]) > 0:
         torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
-    target, job_args = command[1:], []
-    if target[:1] == ["-m"]:
-        module, job_args = target[1], target[2:]
-        sys.argv = [module, *job_args]
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-    else:
-        sys.argv = target
-        runpy.run_path(target[0], run_name="__main__")
+    if command[1] == "-m":  # [python, -m, module, *args]: runpy puts the module's file in argv[0], as python -m does
+        sys.argv = command[2:]
+        runpy.run_module(command[2], run_name="__main__", alter_sys=True)
+    else:  # [python, script, *args]
+        sys.argv = command[1:]
+        runpy.run_path(command[1], run_name="__main__")
 
 
 def main(argv: list[str] | None = None) -> int:
