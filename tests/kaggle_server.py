@@ -28,6 +28,8 @@ of the caller's credentials. What it models:
   killed and ends in ERROR, and what it wrote to ``/kaggle/working`` is not kept (``keep_at_wall=False``, the
   pessimistic reading: Kaggle does not document it); ``slow_start[name]`` seconds pass in a session before its script
   runs (a slow image, a stuck mount: a session that runs out of time);
+- **a session's disk is gone when it ends**: only what it wrote to ``/kaggle/working`` is kept (its outputs); what it
+  installed and what was mounted are deleted (``Kernel.input_listing`` names what ``/kaggle/input`` held);
 - **live logs** through the logs stream endpoint the official ``kaggle kernels logs --follow`` reads (server-sent events
   ending with END_OF_LOG while a kernel runs, the whole log once it ended); ``stream_faults[name]`` (``"drop"``: the
   stream breaks after its first event); the output listing's log and files are the latest *finished* version's only;
@@ -121,6 +123,7 @@ class Kernel:
         self.ended: float | None = None
         self.walled = False
         self.gpu = bool(body.get("enableGpu"))
+        self.input_listing: list[str] = []  # what /kaggle/input held (directories end in /), kept once the session's disk is gone
 
     @property
     def active(self) -> bool:
@@ -515,8 +518,10 @@ class FakeKaggle(_Server):
             kernel.outputs = {p.relative_to(working).as_posix(): p.read_bytes() for p in sorted(working.rglob("*")) if p.is_file()}
         else:
             kernel.outputs = {}
+        kernel.input_listing = sorted(p.relative_to(inputs).as_posix() + ("/" if p.is_dir() else "") for p in inputs.rglob("*"))
         for path in [inputs, *inputs.rglob("*")]:
             path.chmod(path.stat().st_mode | stat.S_IWUSR)
+        shutil.rmtree(root.parent, ignore_errors=True)  # a session's disk is gone when it ends; what it saved is in outputs
         kernel.failure = WALL_FAILURE if kernel.walled else "" if code == 0 else f"Your notebook tried to run but exited with code {code}"
         kernel.listed_log = kernel.log
         kernel.ended = time.monotonic()

@@ -4,6 +4,7 @@ the weekly quota, transfers that break off, and shards that stay in the kernels 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -31,7 +32,7 @@ def test_the_synthetic_default_comes_back_complete_with_archives_kept_and_the_le
     assert json.loads((run / "eval" / "results.json").read_text())["metrics"]["n"] == 1000
     code = kaggle.datasets[(USER, "streamapprox-code")]
     assert all(name.endswith(".pack") for name in code if name != "BUNDLE.json")  # the code travels packed
-    assert any((tmp_path / "kaggle-sandbox").glob("*/kaggle/input/streamapprox-code/pack-000-of-001.pack"))
+    assert all("streamapprox-code/pack-000-of-001.pack" in kernel.input_listing for kernel in kaggle.sessions)
 
 
 def test_a_62_shard_set_travels_in_packs_under_kaggles_file_cap_and_is_verified_on_the_kernel(tmp_path, kaggle):
@@ -95,8 +96,9 @@ def test_extraction_runs_in_waves_of_two_gpu_sessions_and_a_kernel_trains_on_its
     info = read_run(trained)
     assert info["status"] == "complete" and info["shards"]["manifest_digest"] == open_shards(run / "shards").digest()
     rebuilt = "shards from 4 kernel output(s), verified" in train.stdout
-    unpacked = list((tmp_path / "kaggle-sandbox").glob(f"{trained.name.replace('_', '-')}*/kaggle/input/notebooks/*/*/*/shards/train-*"))
-    assert rebuilt and unpacked and all(path.is_dir() for path in unpacked)  # Kaggle unpacked them; the kernel rebuilt them
+    mounted = next(kernel.input_listing for kernel in kaggle.sessions if kernel.slug.startswith(trained.name.replace("_", "-")))
+    unpacked = [name for name in mounted if re.fullmatch(r"notebooks/[^/]+/[^/]+/[^/]+/shards/train-[^/]+", name.rstrip("/"))]
+    assert rebuilt and unpacked and all(name.endswith("/") for name in unpacked)  # Kaggle unpacked them; the kernel rebuilt them
 
 
 def test_a_broken_transfer_is_resumed_and_one_that_stays_broken_says_how_to_continue(tmp_path, kaggle):

@@ -16,6 +16,8 @@ import pytest
 from conftest import cli_env, launch_command, read_jsonl
 from servers import RayNode, alive_ray_nodes, free_port
 
+from tune.runner import trials_root
+
 SHARDS = "synthetic://msrvtt?train=600&val=120&test=200&samples_per_shard=64"
 SWEEP = ["--space", "temperature_depth", "--preset", "train_transformer", "--set", f"data.shards={SHARDS}", "data.batch_size=64",
          "model.width=32", "model.heads=2"]
@@ -92,6 +94,8 @@ def test_a_sweep_spreads_over_both_nodes_and_persists_to_s3(cluster, bucket, tmp
     progress = stored_rows(client, name, f"runs/{sweep.name}/tune/")
     ran_on = {row["node_id"] for rows_of_trial in progress.values() for row in rows_of_trial}
     assert len(progress) == 4 and ran_on == set(cluster.nodes())  # trials ran on both nodes, and persisted from both
+    scratch = Path(f"/proc/{cluster.worker.process.pid}/root") / trials_root(info["sweep"]["alias"]).relative_to("/")
+    assert scratch.is_dir() and not any(scratch.iterdir())  # the worker node's disk: each trial's working copy went with it
     stored = [o["Key"] for o in client.list_objects_v2(Bucket=name, Prefix=f"runs/{sweep.name}/").get("Contents", [])]
     assert any(key.endswith("/tuner.pkl") for key in stored) and f"runs/{sweep.name}/best/checkpoints/best.pt" in stored
     for key in stored:  # the nodes' S3 secret is in none of what Ray or we stored

@@ -16,6 +16,7 @@ from conftest import SMALL, cli_env, launch, launch_command, read_jsonl
 
 from data_shards import ShardError, load_split, open_shards
 from jobs.config import ConfigError
+from tune.runner import trials_root
 from tune.space import load_space, parse_distribution
 
 TINY = {"train.epochs": 3, "data.batch_size": 128, "model.hidden": [256], "train.log_every": 5}
@@ -156,7 +157,8 @@ def test_local_sweep_asha_stops_weak_trials_and_the_winner_is_an_ordinary_run(tm
     assert again.returncode == 0, again.stderr
     metrics = json.loads((best / "eval" / "results.json").read_text())["metrics"]
     assert metrics["s2t_r1"] == pytest.approx(winner["test_s2t_r1"]) and metrics["n"] == 200
-    assert not (sweep / "trials").exists()  # the trials' working copies are gone; their state is in tune/
+    scratch = trials_root(info["sweep"]["alias"])  # each trial's working copy on its node: gone once the trial ended; its state is in tune/
+    assert not (sweep / "trials").exists() and scratch.parent.is_dir() and not any(scratch.glob("*"))
 
     copied = launch("sync", str(sweep), str(tmp_path / "copy"), cwd=tmp_path)  # by default: table, plot, best/ -- not tune/
     assert copied.returncode == 0, copied.stderr

@@ -66,6 +66,9 @@ def train_trial(params: dict, space: SearchSpace, trials_dir: str, sweep_id: str
         tune.report({**report_metrics(record, cfg.train.select_metric), "node_id": node},
                     checkpoint=tune.Checkpoint.from_directory(str(run.path)))
 
-    trainer = Trainer(cfg, shards, run, resume, None, on_epoch_end=report)
-    run_training(trainer, run, cfg, resume, sweep={"sweep_id": sweep_id, "trial_id": trial_id,
-                                                    "params": {k: native(v) for k, v in params.items()}})
+    try:
+        trainer = Trainer(cfg, shards, run, resume, None, on_epoch_end=report)
+        run_training(trainer, run, cfg, resume, sweep={"sweep_id": sweep_id, "trial_id": trial_id,
+                                                        "params": {k: native(v) for k, v in params.items()}})
+    finally:  # each report stored the directory as a checkpoint before it returned: this node's copy is scratch now
+        shutil.rmtree(run.path, ignore_errors=True)
