@@ -30,6 +30,12 @@ def check_dims(cfg: JobConfig, dims: Dims, where: str) -> None:
         raise ConfigError(f"model dims do not match {where}: " + "; ".join(wrong))
 
 
+def check_fits(cfg: JobConfig, shards: ShardSet) -> None:
+    """The student is built for the shards' features and one batch fits their training split."""
+    check_dims(cfg, shards.dims, str(shards.root))
+    check_batches(cfg, shards.manifest.splits)
+
+
 def warn_random_init(shards: ShardSet) -> None:
     """Features from random-init encoders train a student of nothing: say so where it cannot be missed."""
     if shards.manifest.encoders.get("random_init"):

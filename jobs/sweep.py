@@ -8,6 +8,7 @@ and Tune's experiment (``tune/``, what ``--resume`` continues from).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import secrets
 import shutil
@@ -23,6 +24,7 @@ from jobs.config import ConfigError, parse_assignment
 from jobs.hardware import HardwareError, check_gpus
 from jobs.rundir import RunDir, git_state, launched_by, shards_record
 from jobs.run_lock import RunInUse, RunLock
+from jobs.shard_checks import check_fits
 
 if TYPE_CHECKING:  # the tune modules import Ray and torch: only where a sweep runs
     from data_shards.shard_set import ShardSet
@@ -248,9 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         # --check verifies every split (the winner's evaluation will read test); the sweep itself
         # opens train and validation only.
         shards = check_shards(d.shards) if args.check else open_shards(d.shards, splits=(d.train_split, d.val_split))
-        from jobs.shard_checks import check_dims
-
-        check_dims(base, shards.dims, str(shards.root))
+        sweep.space.validate(functools.partial(check_fits, shards=shards))  # at every edge of the space, as each trial gets it
         check_gpus()
         if args.check:
             if args.check_report:

@@ -23,7 +23,7 @@ from jobs.hardware import HardwareError, check_gpus
 from jobs.init_from import open_source
 from jobs.run_lock import RunInUse, RunLock, liveness
 from jobs.rundir import RunDir, disk_cause, disk_message, is_rank_zero
-from jobs.shard_checks import check_batches, check_dims, shards_input, warn_random_init
+from jobs.shard_checks import check_fits, shards_input, warn_random_init
 from jobs.trackers import TrackerError, check_trackers
 
 log = logging.getLogger("streamapprox.train")
@@ -112,8 +112,7 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp", on_epoch_end:
         if resume and resume.get("shards_digest") != shards.digest():
             raise ConfigError(f"{shards.root}: not the shard set this run was trained on (manifest digest differs); "
                               "resume on the original shards, or start a new run")
-        check_dims(cfg, shards.dims, str(shards.root))
-        check_batches(cfg, shards.manifest.splits)
+        check_fits(cfg, shards)
         warn_random_init(shards)
         check_gpus()
         init = open_source(cfg) if cfg.train.init_from and not resume else None  # a resumed run continues from its own last.pt

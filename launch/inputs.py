@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,9 +80,19 @@ class Staged:
     also_set: dict
 
     def link(self, folder: Path) -> None:
-        """``folder`` gets a link per file, for tools that copy through links (``rsync -L``)."""
+        """``folder`` becomes a link per file to where that file is now, for tools that copy through links (``rsync
+        -L``). Made anew each time: a folder an earlier launch left may point at files moved or deleted since."""
+        building = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
+        replaced = building.with_suffix(".old")
+        for leftover in (building, replaced):
+            shutil.rmtree(leftover, ignore_errors=True)
+        building.mkdir(parents=True)
         for name, path in self.files:
-            (folder / name).symlink_to(path.resolve())
+            (building / name).symlink_to(path.resolve())
+        if folder.exists():
+            folder.rename(replaced)
+        building.rename(folder)
+        shutil.rmtree(replaced, ignore_errors=True)
 
     def assignments(self, key: str, where: str) -> list[str]:
         """``--set`` values pointing the job at this input once its folder is at ``where`` on the compute."""

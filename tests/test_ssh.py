@@ -186,8 +186,8 @@ def test_two_nodes_that_share_no_disk_train_as_one_survive_a_dropped_connection_
 
 def test_extract_runs_on_a_host_and_the_shards_come_back(sshd, tmp_path, capsys):
     """On node1, which shares no disk with this machine: the videos and the encoders' files (--set as local paths) travel
-    as the job's --check declares them, each once -- a second extraction sends 0 bytes of them -- and the shards come
-    back."""
+    as the job's --check declares them, each once -- a second extraction, of the same videos moved to another folder
+    here, sends 0 bytes of them -- and the shards come back."""
     from conftest import TINY_EXTRACT
 
     from data_shards import open_shards
@@ -218,6 +218,8 @@ def test_extract_runs_on_a_host_and_the_shards_come_back(sshd, tmp_path, capsys)
     there = on(sshd, "node1", f"ls {remote}/data")
     assert there.returncode == 0 and sum(name.startswith(("videos-", "file-")) for name in there.stdout.split()) == 3, there
 
+    (tmp_path / "videos").rename(tmp_path / "moved")  # the same videos somewhere else here: the same input, nothing to resend
+    args[args.index(str(listing))] = str(tmp_path / "moved" / listing.name)
     again = launch_ssh(sshd, tmp_path, *args)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     resent = [line for line in again.stdout.splitlines() if line.startswith("launch ssh: node1: ") and " as " in line]

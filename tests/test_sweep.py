@@ -265,6 +265,24 @@ def test_interrupted_sweep_resumes_from_storage_without_rerunning_finished_trial
     assert not any("/trials/" in key for key in stored)
 
 
+def test_a_space_with_an_edge_the_shards_cannot_feed_is_refused_before_ray_starts(tmp_path, small_shards, capsys, monkeypatch):
+    """Every edge value of every searched key is checked against the shards (student dims, one batch per step), with
+    --check and without: a value no trial could train with fails in a second, not after Ray started every trial."""
+    import yaml
+
+    from jobs.sweep import main
+
+    space = tmp_path / "batch.yaml"
+    space.write_text(yaml.safe_dump({"preset": "train_mlp", "space": {"data.batch_size": "grid([128, 100000])"}}))
+    monkeypatch.chdir(tmp_path)
+    for check in (["--check"], []):
+        assert main(["--space", str(space), *check, "--set", f"data.shards={SMALL}"]) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {space}: space key data.batch_size = grid([128, 100000]) (value 100000): data.batch_size=100000")
+        assert "larger than the 'train' split (600 videos)" in error and error.count("\n") == 1
+    assert not (tmp_path / "runs").exists() and "ray" not in sys.modules
+
+
 def test_check_report_of_a_space_on_the_default_shards(tmp_path, small_shards):
     """A space that leaves data.shards to the preset (the README's first example) reports the default location."""
     from jobs.sweep import write_check_report
@@ -275,13 +293,13 @@ def test_check_report_of_a_space_on_the_default_shards(tmp_path, small_shards):
 
 
 def test_a_sweep_with_an_errored_trial_ends_failed_unless_the_others_may_win(tmp_path, small_shards):
-    """One sampled config cannot run (a batch larger than the training split): the sweep must not end complete with a
-    winner among the survivors, unless asked to; then it says how many errored."""
+    """One sampled config fails as it trains (a learning rate that diverges at its second step): the sweep must not end
+    complete with a winner among the survivors, unless asked to; then it says how many errored."""
     import yaml
 
     space = tmp_path / "crash.yaml"
     space.write_text(yaml.safe_dump({"preset": "train_mlp", "set": {"train.epochs": 2, "model.hidden": [256]},
-                                     "space": {"data.batch_size": "grid([128, 100000])"}}))
+                                     "space": {"optim.lr": "grid([0.003, 1.0e30])"}}))
     failed = launch("local", "sweep", "--space", str(space), "--num-samples", "1", "--scheduler", "none", "--max-failures", "1",
                     "--set", f"data.shards={SMALL}", cwd=tmp_path, timeout=400)
     assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
@@ -289,13 +307,13 @@ def test_a_sweep_with_an_errored_trial_ends_failed_unless_the_others_may_win(tmp
     info = json.loads((sweep / "run.json").read_text())
     (errored,) = info["errored_trials"]
     assert info["status"] == "failed" and "winner" not in info and not (sweep / "best").exists()
-    assert errored["params"] == {"data.batch_size": 100000} and "fewer than one global batch" in errored["error"]
+    assert errored["params"] == {"optim.lr": 1e30} and "training diverged" in errored["error"]
     assert f"1 of 2 trials errored ({errored['trial_id']}: " in failed.stderr and "--allow-errored-trials" in failed.stderr
 
     allowed = launch("local", "sweep", "--resume", str(sweep.relative_to(tmp_path)), "--allow-errored-trials", cwd=tmp_path, timeout=400)
     assert allowed.returncode == 0, allowed.stdout[-3000:] + allowed.stderr[-3000:]
     info = json.loads((sweep / "run.json").read_text())
-    assert info["status"] == "complete" and info["winner"]["params"] == {"data.batch_size": 128}
+    assert info["status"] == "complete" and info["winner"]["params"] == {"optim.lr": 0.003}
     assert len(info["errored_trials"]) == 1 and "(chosen among 1: 1 errored)" in allowed.stdout
     assert (sweep / "best" / "eval" / "results.json").is_file()
 

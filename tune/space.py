@@ -19,10 +19,10 @@ from __future__ import annotations
 import ast
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
 
 from jobs.config import ConfigError, JobConfig, load_yaml, preset_data, set_value, validate_config
 
@@ -157,15 +157,17 @@ class SearchSpace:
             set_value(self.base, key, value)
         self.validate()
 
-    def validate(self) -> None:
+    def validate(self, check: Callable[[JobConfig], None] = lambda cfg: None) -> None:
+        """Validate the base config and every edge value of every searched key, each in the config a trial would
+        get, and put each of those configs through ``check`` (what the shards demand: dims, batch size)."""
         try:
-            validate_config(self.base)
+            check(validate_config(self.base))
         except ConfigError as exc:
             raise ConfigError(f"{self.source}: base config (preset {self.preset!r} + set): {exc}") from None
         for key, dist in self.params.items():
             for value in dist.edge_values():
                 try:
-                    self.trial_config({key: value})
+                    check(self.trial_config({key: value}))
                 except ConfigError as exc:
                     raise ConfigError(f"{self.source}: space key {key} = {dist} (value {value!r}): {exc}") from None
 

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,13 +167,7 @@ class Ssh(Backend):
                 continue
             staged = staged_form(spec)
             folder = cache_root() / "ssh" / staged.name
-            if not folder.is_dir():
-                building = folder.with_suffix(".partial")
-                if building.exists():
-                    subprocess.run(["rm", "-rf", str(building)], check=True)
-                building.mkdir(parents=True)
-                staged.link(building)
-                building.rename(folder)
+            staged.link(folder)
             for host in hosts:
                 sent = host.rsync(f"{folder}/", f"{root}/data/{staged.name}/", "-L")
                 cost = "sent (rsync gave no byte count)" if sent is None else f"{sent:,} bytes sent" if sent else "there already, 0 bytes sent"
