@@ -40,7 +40,8 @@ of the caller's credentials. What it models:
   answer) for API calls; ``blob_faults[name]`` (``"truncate"``: the body stops halfway under a full
   ``Content-Length``; ``"reset"``; a status) for file downloads; ``upload_faults[name]`` (``"drop"``: the
   connection closes after half the body arrived) for uploads; ``broken`` blob names answer 403 (an expired URL).
-- a P100 machine shape's kernels see a P100 (a sitecustomize that makes torch report one);
+- a P100 machine shape's kernels see a P100: its device node (``/dev/nvidia0``) and a sitecustomize that makes torch
+  report one;
   ``kernel_env``: extra environment for every kernel.
 """
 from __future__ import annotations
@@ -484,7 +485,8 @@ class FakeKaggle(_Server):
                "PIP_FIND_LINKS": self.index_url, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **self.kernel_env}
         if os.environ.get("STREAMAPPROX_CACHE"):  # the image's cache of synthetic shards: only saves time
             env["STREAMAPPROX_CACHE"] = os.environ["STREAMAPPROX_CACHE"]
-        if kernel.body.get("machineShape") == "NvidiaTeslaP100":
+        p100 = kernel.body.get("machineShape") == "NvidiaTeslaP100"
+        if p100:
             site = root.parent / "site"
             site.mkdir()
             (site / "sitecustomize.py").write_text(P100_SITECUSTOMIZE)
@@ -496,6 +498,11 @@ class FakeKaggle(_Server):
         keep = (root.parent, self.image, *([Path(env["STREAMAPPROX_CACHE"])] if "STREAMAPPROX_CACHE" in env else []))
         boot = separate_machine_mounts(self.hide, keep, own_python=False)
         boot += f" && mount -t overlay overlay -o lowerdir={self.image},upperdir={layer}/upper,workdir={layer}/work {self.image}"
+        if p100:  # its device node, on a /dev of this kernel's own (and a /dev/shm of its own, as a container has)
+            (layer / "dev-upper").mkdir()
+            (layer / "dev-work").mkdir()
+            boot += (f" && mount -t overlay overlay -o lowerdir=/dev,upperdir={layer}/dev-upper,workdir={layer}/dev-work /dev"
+                     " && mknod /dev/nvidia0 c 195 0 && mount -t tmpfs tmpfs /dev/shm")
         internet = bool(kernel.body.get("enableInternet"))
         if not internet:
             boot += " && ip link set lo up"

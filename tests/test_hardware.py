@@ -49,3 +49,17 @@ def test_t4_pair_passes(monkeypatch):
     with pytest.raises(HardwareError):
         fake_gpus(monkeypatch, "Tesla P100", (6, 0))
         hardware.check_gpus()
+
+
+def test_the_remote_probe_reports_torchs_build_and_on_a_machine_without_gpu_nodes_does_not_import_torch():
+    """What a Kaggle kernel or an ssh node runs first: on this machine (no GPU device node) it says so without the
+    torch import, and reads the same version and CUDA build torch itself reports."""
+    import json
+    import subprocess
+    import sys
+
+    assert not hardware.gpu_devices_present()
+    probe = subprocess.run([sys.executable, "-X", "importtime", "-m", "jobs.hardware"], capture_output=True, text=True, check=True)
+    imported = {line.rsplit("|", 1)[1].strip() for line in probe.stderr.splitlines() if line.startswith("import time:")}
+    assert "jobs" in imported and not any(name == "torch" or name.startswith("torch.") for name in imported)
+    assert json.loads(probe.stdout) == {"torch": torch.__version__, "cuda": torch.version.cuda, "gpus": []}

@@ -160,8 +160,10 @@ def test_a_sweep_whose_driver_died_resumes_on_the_cluster(ray_head, shards, tmp_
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-3000:]
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
     assert len(json.loads((run / "launch.json").read_text())["units"]) == 2
-    after = {p.parent.name: read_jsonl(p) for p in store.glob(f"{run.name}/tune/*/result.json")}
-    assert len(after) == 2
+    stored = {p.parent.name: read_jsonl(p) for p in store.glob(f"{run.name}/tune/*/result.json")}
+    after = {trial: rows for trial, rows in stored.items() if rows}
+    # a trial started as the driver died may have left an empty directory; resumed, it reports under its name + _<hex>
+    assert len(after) == 2 and all(any(name.startswith(f"{empty}_") for name in after) for empty in stored.keys() - after.keys())
     for trial, rows in after.items():
         epochs = [row["epoch"] for row in rows]
         assert sorted(set(epochs)) == list(range(1, 7)) and epochs == sorted(epochs) and len(epochs) <= 7, (trial, epochs)
