@@ -92,13 +92,14 @@ def make_venv(host: Host, root: str, spec: JobSpec, python: str, inherit: bool) 
     """``<root>/envs/<digest>``: the project's pinned requirements (torch by constraints.txt) in a venv made
     once per requirements, interpreter and extras, and reused while they are unchanged. With ``inherit``
     the venv also sees ``python``'s packages (a .pth file; works when ``python`` is itself a venv), so an
-    image's torch is used instead of downloaded again."""
+    image's torch is used instead of downloaded again. Not byte-compiled at install (as on a Kaggle kernel): the modules
+    the jobs import compile as they are first imported, and stay compiled in the venv."""
     env = f"{root}/envs/{requirements_digest(spec, inherit, python)}"
     code, extras = f"{root}/code", ",".join(spec.extras)
     steps = [f"{shlex.quote(python)} -m venv {env}",
              *([f"{env}/bin/python -c {shlex.quote(INHERIT)} {shlex.quote(python)}"] if inherit else []),
-             f"{env}/bin/pip install -q --disable-pip-version-check -c {code}/constraints.txt torch torchvision torchaudio",
-             f"{env}/bin/pip install -q --disable-pip-version-check -c {code}/constraints.txt "
+             f"{env}/bin/pip install -q --disable-pip-version-check --no-compile -c {code}/constraints.txt torch torchvision torchaudio",
+             f"{env}/bin/pip install -q --disable-pip-version-check --no-compile -c {code}/constraints.txt "
              f"'{code}{'[' + extras + ']' if extras else ''}'",
              f"touch {env}/.ready"]
     made = host.run(f"test -f {env}/.ready && echo reused || ( rm -rf {env} && {' && '.join(steps)} && echo made )",
