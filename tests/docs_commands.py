@@ -52,6 +52,7 @@ import os
 import pwd
 import re
 import secrets
+import select
 import shlex
 import signal
 import socket
@@ -398,6 +399,7 @@ class Page:
         self.services: list[subprocess.Popen] = []
         self.nodes: list = []
         self.kaggle = None
+        self.parser = Parser()
         text = " ".join(c.text for c in self.commands)
         self.env = {
             "PATH": f"{self.cwd / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
@@ -488,7 +490,7 @@ class Page:
         ran = self.fill(command.text)
         if command.parse_only:
             started = time.monotonic()
-            problem = parse_check(ran, self.cwd, self.env)
+            problem = parse_check(ran, self.cwd, self.env, self.parser)
             return Result(command, ran, None, "", time.monotonic() - started, [problem] if problem else [])
         if ran.startswith("export "):
             for assignment in shlex.split(ran)[1:]:
@@ -549,6 +551,7 @@ class Page:
         return results
 
     def stop(self) -> None:
+        self.parser.stop()
         for process in self.services:
             _stop(process)
         self.services.clear()
@@ -582,15 +585,58 @@ def small_shard_files(cache: Path) -> dict[str, bytes]:
 
 
 # ------------------------------------------------------------------------------------------------ parse-only checks
-def parse_check(command: str, cwd: Path, env: dict) -> str | None:
+class Parser:
+    """A process that parses commands through ``launch``'s and the jobs' own parsers, one after another: a page's commands
+    pay the imports (torch among them, about 2 s) once, not once each. Each command is parsed in its own directory and
+    environment, as it would run."""
+
+    TIMEOUT = 120
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen | None = None
+
+    def check(self, argv: list[str], cwd: Path, env: dict) -> str | None:
+        if self.process is None or self.process.poll() is not None:
+            self.process = subprocess.Popen([sys.executable, __file__, "--parse-server"], cwd=cwd, env=env, text=True,
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps({"argv": argv, "cwd": str(cwd), "env": env}) + "\n")
+        self.process.stdin.flush()
+        if not select.select([self.process.stdout], [], [], self.TIMEOUT)[0]:
+            self.stop()
+            return f"the parser did not answer in {self.TIMEOUT} s"
+        line = self.process.stdout.readline()
+        if not line:
+            return f"the parser ended (exit {self.process.wait()})"
+        answer = json.loads(line)
+        return None if answer["code"] == 0 else answer["output"].strip()[-2000:]
+
+    def stop(self) -> None:
+        """Its input closed, it ends; one that does not answer is killed (by pid)."""
+        if self.process is not None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+            self.process = None
+
+
+def parse_check(command: str, cwd: Path, env: dict, parser: Parser | None = None) -> str | None:
     """None when a command that cannot run here still parses (see the convention); else what is wrong."""
     argv = shlex.split(command)
     program = Path(argv[0]).name
     python = program.startswith("python")
     if program == "launch" or (python and argv[1] == "-m"):
-        checked = subprocess.run([sys.executable, __file__, "--parse", json.dumps(argv)], cwd=cwd, env=env, capture_output=True,
-                                 text=True, timeout=120)
-        return None if checked.returncode == 0 else (checked.stdout + checked.stderr).strip()[-2000:]
+        if parser is not None:
+            return parser.check(argv, cwd, env)
+        once = Parser()
+        try:
+            return once.check(argv, cwd, env)
+        finally:
+            once.stop()
     shown = re.findall(r"(?<!\S)(--[\w-]+)", command)
     helped = subprocess.run([*argv[:2], "--help"] if python else [argv[0], "--help"], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=120)
@@ -600,11 +646,38 @@ def parse_check(command: str, cwd: Path, env: dict) -> str | None:
     return f"{argv[0]} --help lists no {absent}" if absent else None
 
 
+def _parse_server() -> None:
+    """``Parser``'s other end: a JSON request a line in, a JSON answer (exit code, what parsing printed) a line out."""
+    import contextlib
+    import io
+    import traceback
+
+    sys.path.insert(0, str(REPO))
+    answers = sys.stdout
+    for line in sys.stdin:
+        request = json.loads(line)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        printed, code = io.StringIO(), 0
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            try:
+                _parse_here(request["argv"])
+            except SystemExit as ended:
+                code = ended.code if isinstance(ended.code, int) else int(ended.code is not None)
+                if isinstance(ended.code, str):
+                    print(ended.code)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+        answers.write(json.dumps({"code": code, "output": printed.getvalue()}) + "\n")
+        answers.flush()
+
+
 def _parse_here(argv: list[str]) -> None:
     """``launch ...`` or ``python -m jobs.X ...`` through their own parsers (exit 2 with argparse's message if not)."""
     import importlib
 
-    sys.path.insert(0, str(REPO))
     if Path(argv[0]).name == "launch":
         from jobs import JOBS
         from launch.cli import PROGRAMS, build_parser
@@ -674,8 +747,8 @@ def report_line(result: Result) -> str:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--parse"]:
-        _parse_here(json.loads(sys.argv[2]))
+    if sys.argv[1:2] == ["--parse-server"]:
+        _parse_server()
         sys.exit(0)
     import tempfile
 

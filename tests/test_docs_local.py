@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from docs_commands import FILES, PAGES, REPO, check_page, page_commands, pages_of, parse_check, unmatched, world_fixture
+from docs_commands import FILES, PAGES, REPO, Parser, check_page, page_commands, pages_of, parse_check, unmatched, world_fixture
 
 docs_world = pytest.fixture(scope="module")(world_fixture)
 
@@ -30,12 +30,18 @@ def test_a_command_that_cannot_run_here_still_fails_when_an_option_is_renamed(tm
     (tmp_path / "bench").symlink_to(REPO / "bench")
     good = ".venv/bin/launch local train_mlp --accelerate-config multi_gpu --num-processes 4 --set model.hidden=[512]"
     assert parse_check(good, tmp_path, env) is None
-    for bad in (good.replace("--num-processes", "--num-procs"),  # the backend's option
-                good.replace("model.hidden", "model.hiden"),  # a config key, through the job's typed config
-                ".venv/bin/python -m jobs.extract --videos v.csv --out feats --shard-count 8",  # the job's own option
-                ".venv/bin/launch report runs/x --batch-size 1",  # a program launch hands over
-                ".venv/bin/python bench/sync.py --file-count 24"):  # a benchmark: every option shown is in its --help
-        assert parse_check(bad, tmp_path, env) is not None, bad
+    parser = Parser()  # as a page's commands are parsed: one process, one command after another
+    try:
+        for bad in (good.replace("--num-processes", "--num-procs"),  # the backend's option
+                    good.replace("model.hidden", "model.hiden"),  # a config key, through the job's typed config
+                    ".venv/bin/python -m jobs.extract --videos v.csv --out feats --shard-count 8",  # the job's own option
+                    ".venv/bin/launch report runs/x --batch-size 1",  # a program launch hands over
+                    ".venv/bin/python bench/sync.py --file-count 24"):  # a benchmark: every option shown is in its --help
+            assert parse_check(bad, tmp_path, env, parser) is not None, bad
+        assert parse_check(good, tmp_path, env, parser) is None  # what failed before leaves nothing behind
+        assert "invalid choice: 'sweeep'" in parse_check(".venv/bin/launch local sweeep", tmp_path, env, parser)
+    finally:
+        parser.stop()
 
 
 def test_output_is_checked_by_its_shape():

@@ -140,6 +140,18 @@ def test_local_sweep_asha_stops_weak_trials_and_the_winner_is_an_ordinary_run(tm
     assert not by_lr[3e-3]["stopped_early"] and by_lr[3e-3]["epochs_run"] == 3
     reported = progress_rows(sweep)
     assert all(len(reported[row["trial_id"]]) == row["epochs_run"] for row in rows)
+    # One worker process ran trial after trial, and a trial in a used process trains as a fresh process does.
+    pids = {row["trial_id"]: {epoch["pid"] for epoch in reported[row["trial_id"]]} for row in rows}
+    assert len(set().union(*pids.values())) < len(rows), pids
+    third = by_lr[1e-3]  # the third trial of the grid: its process had run two before it
+    assert pids[third["trial_id"]] & (pids[by_lr[3e-3]["trial_id"]] | pids[by_lr[1e-6]["trial_id"]]), pids
+    fresh = launch("local", "train_mlp", "--run-dir", "runs-plain/lr1e-3", "--set", f"data.shards={SMALL}", "optim.lr=1.0e-3",
+                   *(f"{key}={json.dumps(value)}" for key, value in TINY.items()), cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr
+    plain = [r for r in read_jsonl(tmp_path / "runs-plain" / "lr1e-3" / "metrics.jsonl") if r["kind"] == "epoch"]
+    for epoch, record in zip(plain, reported[third["trial_id"]], strict=False):
+        assert record["train_loss"] == pytest.approx(epoch["train_loss"], rel=1e-4)
+        assert record["val_mean_cos"] == pytest.approx(epoch["val"]["mean_cos"], rel=1e-4)
 
     info = json.loads((sweep / "run.json").read_text())
     winner = max(rows, key=lambda row: row["val_s2t_r1"])
@@ -164,6 +176,18 @@ def test_local_sweep_asha_stops_weak_trials_and_the_winner_is_an_ordinary_run(tm
     assert copied.returncode == 0, copied.stderr
     assert (tmp_path / "copy" / "best" / "checkpoints" / "best.pt").is_file() and (tmp_path / "copy" / "trials.csv").is_file()
     assert (tmp_path / "copy" / "val_r1.png").is_file() and not (tmp_path / "copy" / "tune").exists()
+
+
+def test_a_used_worker_process_runs_a_trial_of_another_precision(tmp_path, small_shards):
+    """accelerate keeps its precision process-wide and refuses a second Accelerator that differs: a process that ran a
+    trial must be left as a new one, or the next trial it is given errors."""
+    space = write_space(tmp_path / "precision.yaml", {"train.mixed_precision": 'grid(["no", "bf16"])'}, {"train.epochs": 1})
+    result = launch("local", "sweep", "--space", str(space), "--num-samples", "1", "--max-concurrent", "1", "--scheduler", "none",
+                    "--set", f"data.shards={SMALL}", cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    (sweep,) = (tmp_path / "runs").iterdir()
+    assert sorted(row["train.mixed_precision"] for row in trials(sweep)) == ["bf16", "no"]
+    assert len({epoch["pid"] for rows in progress_rows(sweep).values() for epoch in rows}) == 1
 
 
 def test_the_test_split_is_not_read_until_the_winner_is_chosen(tmp_path, small_shards):

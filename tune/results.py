@@ -129,7 +129,8 @@ def write_plot(sweep_dir: Path, rows: list[dict], space: SearchSpace, winner_id:
         ax.annotate(f"{values[i]:.1f}", (x[i], y[i]), textcoords="offset points", xytext=(6, 6), fontsize=8)
         if row["trial_id"] == winner_id:
             ax.scatter([x[i]], [y[i]], s=320, facecolors="none", edgecolors="red", linewidths=2, label="winner (validation)")
-    if space.params[axes[0]].log_scale or (x and min(x) > 0 and max(x) / min(x) >= 20):
+    numeric = all(isinstance(v, (int, float)) for v in x)  # a categorical grid (e.g. precisions) gets a category axis
+    if space.params[axes[0]].log_scale or (x and numeric and min(x) > 0 and max(x) / min(x) >= 20):
         ax.set_xscale("log")
     if y and all(isinstance(v, int) for v in y):  # e.g. depth: whole-number ticks only
         ax.set_yticks(sorted(set(y)))

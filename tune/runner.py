@@ -93,15 +93,23 @@ def expected_trials(space: SearchSpace, settings: SweepSettings) -> int:
     return settings.num_samples * space.grid_size()
 
 
-def start_ray() -> dict:
-    """A local Ray instance, or the cluster ``RAY_ADDRESS`` names; returns its resources."""
+@dataclass(frozen=True)
+class RayHere:
+    resources: dict
+    own: bool  # started by this sweep (it ends with it), not a cluster that RAY_ADDRESS names
+
+
+def start_ray() -> RayHere:
+    """A local Ray instance of this sweep's own, or the cluster ``RAY_ADDRESS`` names."""
     import ray
 
     # Tune snapshots its state whenever a trial's only kept checkpoint changes: cheap here, so no warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    own = not os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
-    return ray.cluster_resources()
+        ray.init(address="local" if own else None, include_dashboard=False, log_to_driver=False, configure_logging=True,
+                 logging_level=logging.WARNING)
+    return RayHere(ray.cluster_resources(), own)
 
 
 def trial_resources(settings: SweepSettings, resources: dict, trials: int) -> dict:
@@ -191,7 +199,12 @@ def run_trials(sweep_dir: Path, alias: str, space: SearchSpace, settings: SweepS
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     trials = expected_trials(space, settings)
-    resources = trial_resources(settings, start_ray(), trials)
+    ray_here = start_ray()
+    resources = trial_resources(settings, ray_here.resources, trials)
+    # On its own Ray one worker process runs trial after trial (a trial leaves its process as a new one: tune.trial),
+    # saving each trial a process that imports torch and the job again (about 4 CPU-seconds). Not on a cluster: there a
+    # trial restored into a reused process after its driver died found no checkpoint (docs/remote-facts.md).
+    reuse = ray_here.own
     callbacks = [*(callbacks or []), epoch_counter(settings.epoch_budget)]
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, space=space, trials_dir=str(trials_root(alias)), sweep_id=sweep_dir.name), resources)
@@ -204,6 +217,7 @@ def run_trials(sweep_dir: Path, alias: str, space: SearchSpace, settings: SweepS
         if local_tuner is None:
             raise ConfigError("--resume of a sweep cannot run through Ray Client (a ray:// RAY_ADDRESS): run it on a node of the cluster")
         local_tuner.get_run_config().callbacks = callbacks
+        local_tuner._tune_config.reuse_actors = reuse  # where this session runs, not where the first did
     else:
         metric, mode = objective(space.metric)
         tuner = tune.Tuner(
@@ -213,6 +227,7 @@ def run_trials(sweep_dir: Path, alias: str, space: SearchSpace, settings: SweepS
                 metric=metric, mode=mode, num_samples=settings.num_samples, scheduler=build_scheduler(space, settings),
                 search_alg=BasicVariantGenerator(max_concurrent=settings.max_concurrent or 0, random_state=settings.seed),
                 trial_name_creator=lambda trial: trial.trial_id, trial_dirname_creator=lambda trial: trial.trial_id,
+                reuse_actors=reuse,
             ),
             run_config=tune.RunConfig(
                 name=EXPERIMENT, storage_path=experiment.parent, storage_filesystem=experiment.filesystem, verbose=1,

@@ -7,7 +7,9 @@ here raises, so no trial (and no scheduler decision) can depend on it.
 """
 from __future__ import annotations
 
+import logging
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -72,3 +74,15 @@ def train_trial(params: dict, space: SearchSpace, trials_dir: str, sweep_id: str
                                                         "params": {k: native(v) for k, v in params.items()}})
     finally:  # each report stored the directory as a checkpoint before it returned: this node's copy is scratch now
         shutil.rmtree(run.path, ignore_errors=True)
+        fresh_process_state()
+
+
+def fresh_process_state() -> None:
+    """Leave the worker process as a new one would be for the next trial Tune gives it (``reuse_actors``): accelerate
+    keeps its state (precision, devices) process-wide and refuses a second Accelerator that differs; the trial's log
+    handlers go with it."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    logging.basicConfig(handlers=[logging.StreamHandler(sys.stdout)], force=True)
