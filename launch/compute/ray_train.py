@@ -81,10 +81,13 @@ def worker_loop(config: dict) -> None:
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     with open(run_dir / "logs" / f"node-rank{rank}.jsonl", "a") as handle:  # where each rank ran, each time it started
         handle.write(json.dumps(where) + "\n")
-    code = importlib.import_module(config["module"]).main(argv, on_epoch_end=persist)
-    if code != 0:
-        raise RuntimeError(f"{config['module']} exited with {code} on rank {rank}; see its log")
-    persist()  # the finished run directory (eval/, run.json's end) as the last checkpoint
+    try:
+        code = importlib.import_module(config["module"]).main(argv, on_epoch_end=persist)
+        if code != 0:
+            raise RuntimeError(f"{config['module']} exited with {code} on rank {rank}; see its log")
+        persist()  # the finished run directory (eval/, run.json's end) as the last checkpoint
+    finally:  # each report stored this rank's part before it returned: the node's copy is scratch now (a restart restores)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def fit(module: str, argv: list[str], run_dir: Path, storage, workers: int, gpus_per_worker: float, cpus_per_worker: float,
