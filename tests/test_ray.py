@@ -8,6 +8,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -168,3 +169,32 @@ def test_a_sweep_whose_driver_died_resumes_on_the_cluster(ray_head, shards, tmp_
         epochs = [row["epoch"] for row in rows]
         assert sorted(set(epochs)) == list(range(1, 7)) and epochs == sorted(epochs) and len(epochs) <= 7, (trial, epochs)
         assert rows[: len(before.get(trial, []))] == before.get(trial, [])  # what was reported before the stop is kept
+
+
+def test_a_ray_train_worker_removes_the_copies_dead_workers_left_on_its_node(tmp_path, monkeypatch):
+    """A killed worker cannot remove its node's copy of the run directory, and its restarted rank may land on another
+    node: the next worker on the node removes every copy whose lock no living worker holds, and its own as it ends."""
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    hold = ("import sys, time\nfrom launch.compute.ray_train import held_copy, node_run_dir\n"
+            "with held_copy(node_run_dir(sys.argv[1], int(sys.argv[2]))) as copy:\n"
+            "    (copy / 'logs').mkdir(parents=True); print(copy, flush=True); time.sleep(600)\n")
+    holders = [subprocess.Popen([sys.executable, "-c", hold, run, rank], env=env, stdout=subprocess.PIPE, text=True)
+               for run, rank in (("run-a", "1"), ("run-b", "0"))]
+    try:
+        live, dead = (Path(holder.stdout.readline().strip()) for holder in holders)
+        holders[1].kill()  # as Ray kills a lost worker: no finally runs
+        holders[1].wait()
+        older = tmp_path / f"streamapprox-{os.getuid()}" / "ray-train" / "rank3" / "run-c"  # a copy without a lock
+        older.mkdir(parents=True)
+        from launch.compute.ray_train import held_copy, node_run_dir
+
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        with held_copy(node_run_dir("run-b", 1)) as mine:
+            mine.mkdir()
+            assert live.is_dir() and not dead.exists() and not older.exists()
+            assert not dead.with_name("run-b.lock").exists() and live.with_name("run-a.lock").exists()
+        assert not mine.exists() and not mine.with_name("run-b.lock").exists()
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()

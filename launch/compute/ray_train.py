@@ -12,6 +12,8 @@ persists them into one checkpoint in storage. A worker group that lost a worker 
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib
 import json
 import os
@@ -24,9 +26,57 @@ from launch.job_args import without_option
 
 
 
+def node_copies() -> Path:
+    """Where the workers of this node keep their copies of run directories."""
+    return Path(tempfile.gettempdir()) / f"streamapprox-{os.getuid()}" / "ray-train"
+
+
 def node_run_dir(run_id: str, rank: int) -> Path:
     """This rank's copy of the run directory, on its node's own disk (named like the run: run.json takes its id from it)."""
-    return Path(tempfile.gettempdir()) / f"streamapprox-{os.getuid()}" / "ray-train" / f"rank{rank}" / run_id
+    return node_copies() / f"rank{rank}" / run_id
+
+
+@contextlib.contextmanager
+def held_copy(run_dir: Path):
+    """This worker's copy of the run directory, held by a lock for as long as the worker lives and removed when it
+    ends. A worker that was killed cannot remove its own copy, and a restarted group may place its rank on another
+    node, so each worker first removes the copies on its node that no living worker holds (their lock is free). The
+    node's scan lock orders that against other workers taking their own locks."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = run_dir.with_name(run_dir.name + ".lock")
+    with open(node_copies() / ".scan.lock", "a") as scan:
+        fcntl.flock(scan, fcntl.LOCK_EX)
+        handle = open(lock, "a")
+        fcntl.flock(handle, fcntl.LOCK_EX)  # before the copy exists: a copy whose lock is free is a dead worker's
+        for copy in node_copies().glob("rank*/*"):
+            if copy.is_dir() and copy != run_dir and not copy.name.startswith(".") and not _held(copy.with_name(copy.name + ".lock")):
+                shutil.rmtree(copy, ignore_errors=True)
+                shutil.rmtree(staging_of(copy), ignore_errors=True)
+    try:
+        yield run_dir
+    finally:  # each report stored this rank's part before it returned: the node's copy is scratch now (a restart restores)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(staging_of(run_dir), ignore_errors=True)
+        lock.unlink(missing_ok=True)
+        handle.close()
+
+
+def _held(lock: Path) -> bool:
+    """Whether a living worker holds ``lock``; a free one is removed (only under the node's scan lock)."""
+    try:
+        with open(lock) as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except FileNotFoundError:
+        return False
+    lock.unlink(missing_ok=True)
+    return False
+
+
+def staging_of(run_dir: Path) -> Path:
+    """Where a rank links its part of ``run_dir`` for a report."""
+    return run_dir.with_name(f".report-{run_dir.name}")
 
 
 def part_of(run_dir: Path, rank: int, staging: Path) -> Path:
@@ -49,7 +99,15 @@ def worker_loop(config: dict) -> None:
     import ray.train
 
     rank = ray.train.get_context().get_world_rank()
-    run_dir = node_run_dir(config["run_id"], rank)
+    with held_copy(node_run_dir(config["run_id"], rank)) as run_dir:
+        run_rank(config, rank, run_dir)
+
+
+def run_rank(config: dict, rank: int, run_dir: Path) -> None:
+    """This rank's part: its copy of the run directory made (fresh, restored or resumed), the job's main run in it."""
+    import ray
+    import ray.train
+
     where = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
     checkpoint = ray.train.get_checkpoint()
     given = without_option(without_option(config["argv"], "--resume"), "--run-dir")
@@ -74,20 +132,17 @@ def worker_loop(config: dict) -> None:
     def persist(record: dict | None = None) -> None:
         metrics = {"epoch": record["epoch"] + 1, "step": record["step"], **{f"val_{k}": v for k, v in record["val"].items()}} \
             if record else {"final": 1}
-        staged = part_of(run_dir, rank, run_dir.parent / f".report-rank{rank}")
+        staged = part_of(run_dir, rank, staging_of(run_dir))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(staged)))
         shutil.rmtree(staged, ignore_errors=True)
 
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     with open(run_dir / "logs" / f"node-rank{rank}.jsonl", "a") as handle:  # where each rank ran, each time it started
         handle.write(json.dumps(where) + "\n")
-    try:
-        code = importlib.import_module(config["module"]).main(argv, on_epoch_end=persist)
-        if code != 0:
-            raise RuntimeError(f"{config['module']} exited with {code} on rank {rank}; see its log")
-        persist()  # the finished run directory (eval/, run.json's end) as the last checkpoint
-    finally:  # each report stored this rank's part before it returned: the node's copy is scratch now (a restart restores)
-        shutil.rmtree(run_dir, ignore_errors=True)
+    code = importlib.import_module(config["module"]).main(argv, on_epoch_end=persist)
+    if code != 0:
+        raise RuntimeError(f"{config['module']} exited with {code} on rank {rank}; see its log")
+    persist()  # the finished run directory (eval/, run.json's end) as the last checkpoint
 
 
 def fit(module: str, argv: list[str], run_dir: Path, storage, workers: int, gpus_per_worker: float, cpus_per_worker: float,
