@@ -119,6 +119,7 @@ class Kernel:
         self.outputs: dict[str, bytes] = previous.outputs if previous else {}  # the latest finished version's
         self.listed_log: list[dict] = previous.listed_log if previous else []  # ... and its log
         self.process: subprocess.Popen | None = None
+        self.runner: threading.Thread | None = None  # the server's thread that runs the session
         self.started = time.monotonic()
         self.running_since: float | None = None
         self.ended: float | None = None
@@ -151,6 +152,7 @@ class FakeKaggle(_Server):
         self.uploaded: list[tuple[str, bytes]] = []  # every completed blob and kernel script
         self.hidden_polls, self.processing_polls = 0, 0
         self.hidden_s, self.processing_s, self.queue_s = 1.0, 2.0, 1.0
+        self.stopping = False
         self.session_limit_s: float = SESSION_LIMIT_S
         self.keep_at_wall = False
         self.slow_start: dict[str, float] = {}
@@ -327,10 +329,14 @@ class FakeKaggle(_Server):
         return None
 
     def stop(self) -> None:
+        self.stopping = True  # a kernel still queued never starts
         for kernel in self.sessions:  # each kernel leads a process group: its job's processes go with it
             if kernel.process and kernel.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(kernel.process.pid, signal.SIGKILL)
+        for kernel in self.sessions:  # each session ends (its disk cleared) before the test's directory goes
+            if kernel.runner is not None:
+                kernel.runner.join(timeout=30)
         super().stop()
 
     def gpu_sessions_at_once(self) -> int:
@@ -439,7 +445,8 @@ class FakeKaggle(_Server):
         self.kernels[(owner, slug)] = kernel
         self.sessions.append(kernel)
         self.uploaded.append((f"{slug}/entry.py", body["text"].encode()))
-        threading.Thread(target=self._execute, args=(kernel,), daemon=True).start()
+        kernel.runner = threading.Thread(target=self._execute, args=(kernel,), daemon=True)
+        kernel.runner.start()
         return 200, {"ref": f"/code/{owner}/{slug}", "url": f"{self.endpoint}/code/{owner}/{slug}", "versionNumber": kernel.version,
                      "error": None}, None
 
@@ -510,6 +517,8 @@ class FakeKaggle(_Server):
         command = ["unshare", "--mount", "--propagation", "private", *([] if internet else ["--net"]), "sh", "-c",
                    f"{boot} && sleep {delay} && exec {self.image}/bin/python {script}"]
         time.sleep(self.queue_s)
+        if self.stopping:
+            return
         kernel.status, kernel.running_since = "RUNNING", time.monotonic()
         kernel.process = subprocess.Popen(command, cwd=working, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                           start_new_session=True)
