@@ -8,7 +8,11 @@ weights, or that there were none.
 """
 from __future__ import annotations
 
+import functools
+import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -41,6 +45,19 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
+def weights_digest(path: Path | None) -> str | None:
+    """The sha256 of a weights file, hashed once per process however often the encoder describes itself."""
+    if path is None:
+        return None
+    stat = path.stat()
+    return _digest(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache
+def _digest(path: Path, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
 class EncoderError(RuntimeError):
     """An encoder could not be built or its weights loaded; the message says what to do."""
 
@@ -64,18 +81,27 @@ def _load_state(path: str | Path, what: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _hub_state(url: str, what: str, setting: str) -> dict:
+def _hub_state(url: str, what: str, setting: str) -> tuple[dict, Path]:
+    """The state dict torch hub downloads (or finds in its cache), and the file it keeps it in: its sha256 is recorded."""
     try:
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False)
+        state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False)
     except Exception as exc:  # offline, proxy, or a truncated cache file
         raise EncoderError(
             f"cannot load {what} from {url} or torch hub's cache {torch.hub.get_dir()} ({exc}). Put the file there, "
             f"pass {setting}=PATH, or use --random-init (tests and benchmarks only)"
         ) from None
+    return state, Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(url).path).name
 
 
-def create_clip(config: ClipConfig, random_init: bool, seed: int = 0):
-    """The whole open_clip model (image and text towers), its image transform and open_clip's version."""
+class LoadedClip(NamedTuple):
+    model: Any  # open_clip.CLIP (or CustomTextCLIP): its towers are read by name
+    preprocess: Callable
+    version: str
+    weights: Path | None  # the file the weights were read from: the given one, or where open_clip keeps its download
+
+
+def create_clip(config: ClipConfig, random_init: bool, seed: int = 0) -> LoadedClip:
+    """The whole open_clip model (image and text towers), its image transform, open_clip's version and the weights file."""
     import open_clip
 
     if config.architecture:
@@ -95,7 +121,17 @@ def create_clip(config: ClipConfig, random_init: bool, seed: int = 0):
             f"cannot load CLIP weights {config.model}/{pretrained} ({exc}). Put them in open_clip's cache, pass "
             "a file with clip.weights=PATH, or use --random-init (tests and benchmarks only)"
         ) from None
-    return model.eval(), preprocess, open_clip.__version__
+    return LoadedClip(model.eval(), preprocess, open_clip.__version__, None if pretrained is None else _clip_file(config.model, pretrained))
+
+
+def _clip_file(model: str, pretrained: str) -> Path:
+    """The file open_clip read ``pretrained`` from: a path, or for a tag the download in open_clip's own cache (resolved by
+    open_clip again, from that cache)."""
+    import open_clip
+
+    if Path(pretrained).is_file():
+        return Path(pretrained)
+    return Path(open_clip.pretrained.download_pretrained(open_clip.get_pretrained_cfg(model, pretrained)))
 
 
 class ClipImageEncoder:
@@ -103,7 +139,7 @@ class ClipImageEncoder:
 
     def __init__(self, config: ClipConfig, random_init: bool = False, device: str | torch.device = "cpu", seed: int = 0):
         self.config, self.random_init, self.device = config, random_init, torch.device(device)
-        model, self.preprocess, self.version = create_clip(config, random_init, seed)
+        model, self.preprocess, self.version, self.weights = create_clip(config, random_init, seed)
         self.model = model.visual.to(self.device).eval()
         self.dim = int(model.visual.output_dim)
 
@@ -128,11 +164,9 @@ class ClipImageEncoder:
         return torch.nn.functional.normalize(features, dim=-1).cpu().numpy()
 
     def describe(self) -> dict:
-        weights = self.config.weights
         return {"library": "open_clip", "version": self.version, "model": self.config.model, "dim": self.dim,
-                "pretrained": None if self.random_init else (weights or self.config.pretrained),
-                "weights_sha256": sha256_file(weights) if weights and not self.random_init else None,
-                "random_init": self.random_init}
+                "pretrained": None if self.random_init else (self.config.weights or self.config.pretrained),
+                "weights_sha256": weights_digest(self.weights), "random_init": self.random_init}
 
 
 class VGGishEncoder:
@@ -144,9 +178,13 @@ class VGGishEncoder:
         self.config, self.random_init, self.device = config, random_init, torch.device(device)
         torch.manual_seed(seed)
         self.model = torchvggish.VGG(torchvggish.make_layers(), postprocess=False)
+        self.weights: Path | None = None  # the files the weights were read from (their sha256 is recorded)
+        self.pca_weights: Path | None = None
         if not random_init:
-            state = (_load_state(config.weights, "VGGish") if config.weights
-                     else _hub_state(torchvggish.torchvggish.VGGISH_WEIGHTS, "VGGish weights", "--set student.vggish.weights"))
+            if config.weights:
+                state, self.weights = _load_state(config.weights, "VGGish"), Path(config.weights)
+            else:
+                state, self.weights = _hub_state(torchvggish.torchvggish.VGGISH_WEIGHTS, "VGGish weights", "--set student.vggish.weights")
             self.model.load_state_dict(state)
         self.model.to(self.device).eval()
         self.postprocessor = self._postprocessor(torchvggish) if config.postprocess else None
@@ -159,9 +197,9 @@ class VGGishEncoder:
             matrix = torch.linalg.qr(torch.randn(128, 128, generator=generator))[0]
             params = {"pca_eigen_vectors": matrix, "pca_means": torch.zeros(128, 1)}
         elif self.config.pca_weights:
-            params = _load_state(self.config.pca_weights, "VGGish PCA")
+            params, self.pca_weights = _load_state(self.config.pca_weights, "VGGish PCA"), Path(self.config.pca_weights)
         else:
-            params = _hub_state(torchvggish.torchvggish.PCA_PARAMS, "VGGish PCA params", "--set student.vggish.pca_weights")
+            params, self.pca_weights = _hub_state(torchvggish.torchvggish.PCA_PARAMS, "VGGish PCA params", "--set student.vggish.pca_weights")
         processor = object.__new__(torchvggish.Postprocessor)  # its __init__ only downloads these two tensors
         processor._pca_matrix = torch.as_tensor(params["pca_eigen_vectors"]).float().to(self.device)
         processor._pca_means = torch.as_tensor(params["pca_means"]).reshape(-1, 1).float().to(self.device)
@@ -191,6 +229,6 @@ class VGGishEncoder:
 
         weights = None if self.random_init else (self.config.weights or torchvggish.torchvggish.VGGISH_WEIGHTS)
         return {"library": "torchvggish", "dim": 128, "example_s": VGGISH_EXAMPLE_S, "weights": weights,
-                "weights_sha256": sha256_file(self.config.weights) if self.config.weights and not self.random_init else None,
-                "postprocess": "pca+quantize (0..255)" if self.config.postprocess else "raw",
+                "weights_sha256": weights_digest(self.weights), "postprocess": "pca+quantize (0..255)" if self.config.postprocess else "raw",
+                **({"pca_weights_sha256": weights_digest(self.pca_weights)} if self.config.postprocess else {}),
                 "random_init": self.random_init}

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from data_shards.manifest import sha256_file
 from model.config import Strict
-from model.encoders import ClipConfig, EncoderError, create_clip
+from model.encoders import ClipConfig, EncoderError, create_clip, weights_digest
 from model.teachers import ImageBindTeacherConfig, build_imagebind
 
 
@@ -59,7 +59,7 @@ class ClipTextEncoder:
         import open_clip
 
         self.config, self.random_init = config, random_init
-        self.model, _, self.version = create_clip(config, random_init, seed)
+        self.model, _, self.version, self.weights = create_clip(config, random_init, seed)
         self.tokenizer = open_clip.get_tokenizer(config.model)
         self.dim = int(self.model.visual.output_dim)
 
@@ -73,7 +73,7 @@ class ClipTextEncoder:
     def describe(self) -> dict:
         return {"tower": "open_clip.text", "model": self.config.model, "dim": self.dim,
                 "pretrained": None if self.random_init else (self.config.weights or self.config.pretrained),
-                "random_init": self.random_init}
+                "weights_sha256": weights_digest(self.weights), "random_init": self.random_init}
 
 
 TextEncoder = ImageBindTextEncoder | ClipTextEncoder

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import FIXTURES, TINY_EXTRACT, cli_env
 
@@ -150,3 +151,38 @@ def test_the_check_declares_each_file_by_where_it_lives(tmp_path, weights, few_v
     assert teacher.kind == "located_file" and teacher.needs_internet and not teacher.library
     vggish = inputs["student.audio.vggish.weights"]
     assert vggish.kind == "located_file" and vggish.library and vggish.location.startswith("https://github.com/harritaylor/torchvggish")
+
+
+def test_weights_a_library_downloads_are_hashed_where_the_library_keeps_them(tmp_path, monkeypatch):
+    """An open_clip pretrained tag and torchvggish's release files are fetched by their libraries into their caches;
+    the manifest records the sha256 of the very files those libraries read, as it does for a path or a URL."""
+    import open_clip
+    import torchvggish
+    from open_clip import pretrained
+
+    from model.encoders import ClipConfig, ClipImageEncoder, VGGishConfig, VGGishEncoder
+    from model.text import ClipTextEncoder
+
+    def sha256(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # torch hub's cache: <TORCH_HOME>/hub/checkpoints
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    vggish, pca = (hub / Path(url).name for url in (torchvggish.torchvggish.VGGISH_WEIGHTS, torchvggish.torchvggish.PCA_PARAMS))
+    torch.save(torchvggish.VGG(torchvggish.make_layers(), postprocess=False).state_dict(), vggish)
+    torch.save({"pca_eigen_vectors": torch.eye(128), "pca_means": torch.zeros(128, 1)}, pca)
+    audio = VGGishEncoder(VGGishConfig(postprocess=True)).describe()
+    assert (audio["weights_sha256"], audio["pca_weights_sha256"]) == (sha256(vggish), sha256(pca))
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # open_clip keeps URL downloads in ~/.cache/clip
+    open_clip.add_model_config(FIXTURES / "tiny_clip.json")
+    tag = "streamapprox-test"  # open_clip keys its registry by the tag lower-cased, - as _
+    monkeypatch.setitem(pretrained._PRETRAINED, "tiny_clip", {"streamapprox_test": pretrained._pcfg(url="https://weights.invalid/tiny_clip-a1.pt")})
+    cached = tmp_path / ".cache" / "clip" / "tiny_clip-a1.pt"
+    cached.parent.mkdir(parents=True)
+    torch.save(open_clip.create_model("tiny_clip").state_dict(), cached)
+    config = ClipConfig(model="tiny_clip", pretrained=tag)
+    image, text = ClipImageEncoder(config).describe(), ClipTextEncoder(config).describe()
+    assert image["pretrained"] == text["pretrained"] == tag and image["weights_sha256"] == text["weights_sha256"] == sha256(cached)
+    assert ClipImageEncoder(config, random_init=True).describe()["weights_sha256"] is None
