@@ -119,6 +119,27 @@ def test_trials_share_cpus_and_fractional_gpus():
         trial_resources(SweepSettings(cpus_per_trial=4), {"CPU": 2}, 4)
 
 
+def test_the_alias_of_a_sweep_directory_that_is_gone_is_removed(tmp_path):
+    """Each sweep's alias lives in /tmp; one whose sweep directory was deleted goes when the next sweep makes its own,
+    and a living sweep's stays."""
+    import secrets
+
+    from tune.runner import experiment_dir
+
+    gone, living = tmp_path / "gone-sweep", tmp_path / "living-sweep"
+    gone.mkdir()
+    living.mkdir()
+    names = [f"test-{secrets.token_hex(6)}" for _ in range(3)]
+    links = [experiment_dir(folder, name).parent for folder, name in zip((gone, living), names)]
+    try:
+        gone.rmdir()
+        mine = experiment_dir(tmp_path, names[2]).parent
+        assert not links[0].is_symlink() and links[1].resolve() == living and mine.resolve() == tmp_path
+    finally:
+        for name in names:
+            (links[0].parent / name).unlink(missing_ok=True)
+
+
 def test_a_trial_cannot_read_the_test_split(small_shards):
     shards = open_shards(small_shards, splits=("train", "val"))
     assert len(load_split(shards, "val")) == 120

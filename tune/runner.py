@@ -29,9 +29,14 @@ def experiment_dir(sweep_dir: Path, alias: str) -> Path:
     algorithm creates new trials under the path of the session that started the sweep (Ray 2.60; restored
     trials are re-rooted, new ones are not), so a sweep resumed from another directory -- the next Kaggle
     kernel, another machine -- would write their checkpoints outside it and lose them. The alias is named by a
-    token kept in the sweep's run.json (``alias``) and re-pointed at the sweep directory in each session."""
+    token kept in the sweep's run.json (``alias``) and re-pointed at the sweep directory in each session, so the
+    aliases of sweep directories that are gone (deleted, or moved: their next session makes the alias again) are
+    removed here rather than kept forever."""
     link = Path("/tmp") / f"streamapprox-{os.getuid()}" / "sweeps" / alias
     link.parent.mkdir(parents=True, exist_ok=True)
+    for other in link.parent.iterdir():
+        if other.is_symlink() and not other.exists():
+            other.unlink(missing_ok=True)
     target = str(sweep_dir.resolve())
     if not (link.is_symlink() and os.readlink(link) == target):
         fresh = link.with_name(f".{alias}.{os.getpid()}")
