@@ -19,8 +19,7 @@ from pydantic import Field
 from data_shards.sampling import Groups, sample_frames
 from data_shards.video import Audio, VideoInfo
 from model.config import Strict
-from data_shards.manifest import sha256_file
-from model.encoders import ClipConfig, ClipImageEncoder, EncoderError
+from model.encoders import ClipConfig, ClipImageEncoder, EncoderError, weights_digest
 
 IMAGEBIND_CLIPS, IMAGEBIND_CLIP_S = 5, 2.0
 
@@ -166,7 +165,7 @@ class ImageBindTeacher:
     def describe(self) -> dict:
         return {"kind": "imagebind", "architecture": self.config.imagebind.architecture, "sampling": self.config.sampling,
                 "weights": str(self.weights) if self.weights else None,
-                "weights_sha256": sha256_file(self.weights) if self.weights else None, "random_init": self.random_init,
+                "weights_sha256": weights_digest(self.weights), "random_init": self.random_init,
                 "fusion": "normalize(mean(normalize(vision), normalize(audio))); normalize(vision) without audio"}
 
 

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from data_shards.manifest import sha256_file
 from model.config import Strict
 from model.encoders import ClipConfig, EncoderError, create_clip, weights_digest
 from model.teachers import ImageBindTeacherConfig, build_imagebind
@@ -49,7 +48,7 @@ class ImageBindTextEncoder:
     def describe(self) -> dict:
         return {"tower": "imagebind.text", "architecture": self.config.architecture, "dim": self.dim,
                 "weights": str(self.weights) if self.weights else None,
-                "weights_sha256": sha256_file(self.weights) if self.weights else None, "random_init": self.random_init}
+                "weights_sha256": weights_digest(self.weights), "random_init": self.random_init}
 
 
 class ClipTextEncoder:

@@ -43,22 +43,20 @@ def held_copy(run_dir: Path):
     node, so each worker first removes the copies on its node that no living worker holds (their lock is free). The
     node's scan lock orders that against other workers taking their own locks."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock = run_dir.with_name(run_dir.name + ".lock")
-    with open(node_copies() / ".scan.lock", "a") as scan:
-        fcntl.flock(scan, fcntl.LOCK_EX)
-        handle = open(lock, "a")
-        fcntl.flock(handle, fcntl.LOCK_EX)  # before the copy exists: a copy whose lock is free is a dead worker's
-        for copy in node_copies().glob("rank*/*"):
-            if copy.is_dir() and copy != run_dir and not copy.name.startswith(".") and not _held(copy.with_name(copy.name + ".lock")):
-                shutil.rmtree(copy, ignore_errors=True)
-                shutil.rmtree(staging_of(copy), ignore_errors=True)
-    try:
-        yield run_dir
-    finally:  # each report stored this rank's part before it returned: the node's copy is scratch now (a restart restores)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        shutil.rmtree(staging_of(run_dir), ignore_errors=True)
-        lock.unlink(missing_ok=True)
-        handle.close()
+    with contextlib.ExitStack() as held:
+        with open(node_copies() / ".scan.lock", "a") as scan:
+            fcntl.flock(scan, fcntl.LOCK_EX)
+            fcntl.flock(held.enter_context(open(lock_of(run_dir), "a")), fcntl.LOCK_EX)  # before the copy exists
+            for copy in node_copies().glob("rank*/*"):
+                if copy.is_dir() and copy != run_dir and not copy.name.startswith(".") and not _held(lock_of(copy)):
+                    shutil.rmtree(copy, ignore_errors=True)
+                    shutil.rmtree(staging_of(copy), ignore_errors=True)
+        try:
+            yield run_dir
+        finally:  # each report stored this rank's part before it returned: the node's copy is scratch now (a restart restores)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(staging_of(run_dir), ignore_errors=True)
+            lock_of(run_dir).unlink(missing_ok=True)
 
 
 def _held(lock: Path) -> bool:
@@ -72,6 +70,11 @@ def _held(lock: Path) -> bool:
         return False
     lock.unlink(missing_ok=True)
     return False
+
+
+def lock_of(run_dir: Path) -> Path:
+    """The lock its worker holds on a copy for as long as it lives."""
+    return run_dir.with_name(f"{run_dir.name}.lock")
 
 
 def staging_of(run_dir: Path) -> Path:
