@@ -93,3 +93,33 @@ def test_gather_with_grad_gives_global_batch_loss_and_gradient(tmp_path, kind):
     # of each rank's gradient gives the global gradient of that rank's rows.
     assert (out[0][0] + out[1][0]) / 2 == pytest.approx(expected.item(), rel=1e-5)
     torch.testing.assert_close(torch.cat([out[0][1], out[1][1]]) / 2, full.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_the_optimizer_is_torchs_fused_adamw_with_the_updates_of_the_adamw_formula():
+    """``build_optimizer`` uses torch's fused AdamW kernel on a CPU (its default there loops over the tensors); its
+    steps equal AdamW's formula, written out here, with no weight decay on vectors and the temperature."""
+    from jobs.config import load_config
+    from jobs.trainer import build_optimizer
+
+    cfg = load_config("train_mlp", overrides=["optim.lr=0.01", "optim.weight_decay=0.1"])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.LayerNorm(4))
+    model.register_parameter("log_scale", torch.nn.Parameter(torch.tensor(2.0)))
+    optimizer = build_optimizer(model, cfg)
+    assert all(group["fused"] for group in optimizer.param_groups)
+    start = {name: param.detach().clone() for name, param in model.named_parameters()}
+    grads = [{name: torch.randn_like(param) for name, param in model.named_parameters()} for _ in range(3)]
+    for step in grads:
+        for name, param in model.named_parameters():
+            param.grad = step[name].clone()
+        optimizer.step()
+    o, (beta1, beta2) = cfg.optim, cfg.optim.betas
+    for name, param in model.named_parameters():
+        decay = o.weight_decay if param.ndim >= 2 and name != "log_scale" else 0.0
+        value, m, v = start[name].double(), 0.0, 0.0
+        for t, step in enumerate(grads, start=1):
+            g = step[name].double()
+            value = value * (1 - o.lr * decay)
+            m, v = beta1 * m + (1 - beta1) * g, beta2 * v + (1 - beta2) * g * g
+            value = value - o.lr * (m / (1 - beta1 ** t)) / ((v / (1 - beta2 ** t)).sqrt() + o.eps)
+        assert torch.allclose(param.detach().double(), value, atol=1e-6), name
