@@ -57,14 +57,19 @@ class Check:
         if result.returncode != 0:
             return False, f"exit {result.returncode}: {(result.stderr or result.stdout).strip().splitlines()[-1:]}"
         info = json.loads((run / "run.json").read_text())
-        losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"kind": "step"' in line]
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        losses = [r["loss"] for r in records if r["kind"] == "step"]
+        epoch_losses = [r["train_loss"] for r in records if r["kind"] == "epoch"]
         results = json.loads((run / "eval" / "results.json").read_text())["metrics"]
         chance = 100 / results["n"]
-        ok = info["status"] == "complete" and losses and all(map(math.isfinite, losses)) and results["s2t_r1"] > 2 * chance
         hardware = info.get("hardware", {})
+        distributed = hardware.get("distributed_type", "?")
+        ok = (info["status"] == "complete" and losses and all(map(math.isfinite, losses)) and results["s2t_r1"] > 2 * chance
+              and len(epoch_losses) == 2 and epoch_losses[-1] < epoch_losses[0]
+              and ("deepspeed" in (config or "")) == ("DEEPSPEED" in distributed))  # DeepSpeed ran where asked, only there
         return bool(ok), (f"{len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}, test R@1 {results['s2t_r1']:.1f} "
                           f"(chance {chance:.2f}); {hardware.get('device', '?')} x{hardware.get('num_processes', '?')}, "
-                          f"{hardware.get('mixed_precision', precision)}")
+                          f"{hardware.get('mixed_precision', precision)}, {distributed}")
 
     def extract(self) -> tuple[bool, str]:
         sys.path.insert(0, str(REPO))

@@ -17,3 +17,5 @@ def test_the_gpu_check_runs_every_step_on_the_cpu():
     assert result.returncode == 0 and lines[-1].endswith("6/6 steps passed: PASS"), result.stdout[-4000:] + result.stderr[-3000:]
     table = [line for line in lines if line.startswith("| ")]
     assert len(table) == 7 and all("| PASS |" in row for row in table[1:])
+    deepspeed = next(row for row in table if row.startswith("| DeepSpeed ZeRO-2 |"))
+    assert "DistributedType.DEEPSPEED" in deepspeed  # ZeRO-2 through Accelerate on this CPU: the suite's DeepSpeed run
