@@ -22,6 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "fixtures"
+TRAIN_EPOCHS = 2  # each training step's run; its epoch loss must fall
 TINY_ENCODERS = ["student.clip.model=tiny_clip", f"student.clip.architecture={TINY / 'tiny_clip.json'}",
                  f"teacher.imagebind.architecture={TINY / 'tiny_imagebind.json'}"]
 
@@ -52,7 +53,7 @@ class Check:
         run = self.work / f"train-{config or 'default'}-{precision}"
         result = self.run("-m", "launch.cli", "local", "train_mlp", *(["--accelerate-config", config] if config else []),
                           "--run-dir", str(run), "--set",
-                          f"data.shards={self.shards}", "train.epochs=2", f"train.mixed_precision={precision}", "train.log_every=1",
+                          f"data.shards={self.shards}", f"train.epochs={TRAIN_EPOCHS}", f"train.mixed_precision={precision}", "train.log_every=1",
                           *self.student, timeout=600)
         if result.returncode != 0:
             return False, f"exit {result.returncode}: {(result.stderr or result.stdout).strip().splitlines()[-1:]}"
@@ -65,7 +66,7 @@ class Check:
         hardware = info.get("hardware", {})
         distributed = hardware.get("distributed_type", "?")
         ok = (info["status"] == "complete" and losses and all(map(math.isfinite, losses)) and results["s2t_r1"] > 2 * chance
-              and len(epoch_losses) == 2 and epoch_losses[-1] < epoch_losses[0]
+              and len(epoch_losses) == TRAIN_EPOCHS and epoch_losses[-1] < epoch_losses[0]
               and ("deepspeed" in (config or "")) == ("DEEPSPEED" in distributed))  # DeepSpeed ran where asked, only there
         return bool(ok), (f"{len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}, test R@1 {results['s2t_r1']:.1f} "
                           f"(chance {chance:.2f}); {hardware.get('device', '?')} x{hardware.get('num_processes', '?')}, "
