@@ -7,15 +7,37 @@ call; each download streams ``cat`` through the same verification as every other
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import subprocess
+import tempfile
 from pathlib import Path
 
 from data_shards.files import CHUNK, PARTIAL_SUFFIX, atomic_destination
 from sync.base import SYNC_MANIFEST, Entry, Progress, Store, SyncError, Verifier
 
 BATCH = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "ServerAliveInterval=10"]
+SHARED_FOR_S = 60  # how long a host's shared connection outlives its last call
+
+
+def shared_connection(config: str | None) -> list[str]:
+    """One connection per host, shared by every call for a while (OpenSSH's ControlMaster, as Ansible uses it): a launch
+    makes dozens of short calls (mkdir, rsync, status, log tails), and a new connection each time costs a key exchange
+    and a login. The sockets live in a directory of this user's alone; none where it cannot be made (each call then
+    connects on its own, as before). A connection is shared only among calls with the same config file (another may name
+    another key). ``STREAMAPPROX_SSH_SHARED=0`` turns it off."""
+    if os.environ.get("STREAMAPPROX_SSH_SHARED", "1") == "0":
+        return []
+    folder = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"streamapprox-ssh-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+    except OSError:
+        return []
+    if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o077:
+        return []  # someone else's, or open to others: never put this user's sockets there
+    of_config = hashlib.sha256(str(Path(config).resolve() if config else "").encode()).hexdigest()[:8]
+    return ["-o", "ControlMaster=auto", "-o", f"ControlPath={folder}/{of_config}-%C", "-o", f"ControlPersist={SHARED_FOR_S}"]
 
 
 def ssh_base(host: str, config: str | None = None) -> list[str]:
@@ -24,7 +46,7 @@ def ssh_base(host: str, config: str | None = None) -> list[str]:
     if host.count(":") == 1 and host.rsplit(":", 1)[1].isdigit():
         target, port = host.rsplit(":", 1)
     config = config or os.environ.get("STREAMAPPROX_SSH_CONFIG")
-    return ["ssh", *BATCH, *(["-F", config] if config else []), *(["-p", port] if port else []), target]
+    return ["ssh", *BATCH, *shared_connection(config), *(["-F", config] if config else []), *(["-p", port] if port else []), target]
 
 
 class SshStore(Store):

@@ -289,8 +289,14 @@ def test_bad_hosts_fail_before_anything_starts(sshd, shards, tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing started anywhere
 
 
+def logins(server) -> int:
+    return (server.workdir / "sshd.log").read_text().count("Accepted publickey for ")
+
+
 def test_sweep_runs_on_a_host_and_its_best_run_comes_back(sshd, shards, tmp_path):
-    """On node1: the shards and then the winner's checkpoint reach it only by what the launcher sends."""
+    """On node1: the shards and then the winner's checkpoint reach it only by what the launcher sends. Every call the
+    launch makes to node1 (dozens: checks, rsync, start, status, log tails, pull) shares one connection."""
+    before = logins(sshd.node1)
     result = launch_ssh(sshd, tmp_path, "ssh", "sweep", *ssh_args(sshd, tmp_path / "remote", "node1"), "--space", "temperature_depth",
                         "--num-samples", "2", "--preset", "train_transformer", "--set", f"data.shards={shards}", "train.epochs=2",
                         "data.batch_size=64", "model.width=32", "model.heads=2")
@@ -298,6 +304,7 @@ def test_sweep_runs_on_a_host_and_its_best_run_comes_back(sshd, shards, tmp_path
     sweep = next((tmp_path / "runs").iterdir())
     assert json.loads((sweep / "run.json").read_text())["status"] == "complete"
     assert (sweep / "best" / "eval" / "results.json").is_file() and (sweep / "trials.csv").is_file()
+    assert logins(sshd.node1) - before <= 2, result.stdout[-3000:]  # one; two where two calls raced to open it
 
     # the sweep's winner indexes the shards on the host: its checkpoint travels by rsync, the index comes back in the run
     indexed = launch_ssh(sshd, tmp_path, "ssh", "index", *ssh_args(sshd, tmp_path / "remote", "node1"), "--run", str(sweep / "best"),
