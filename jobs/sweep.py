@@ -285,8 +285,10 @@ def run(args: argparse.Namespace, sweep: Sweep, shards: ShardSet) -> int:
         sweep.mirror.push()
     setup_logging(sweep.run)
     try:
+        # an errored trial is searched again on --resume, unless the winner may be picked among the others
         searched = args.resume and sweep.experiment.exists() and finished(
-            [row for row in trial_rows(load_experiment(sweep.experiment), sweep.space) if row["status"] != "ERROR"],
+            [row for row in trial_rows(load_experiment(sweep.experiment), sweep.space)
+             if row["status"] != "ERROR" or sweep.settings.allow_errored_trials],
             expected_trials(sweep.space, sweep.settings))
         if not searched:
             budget = max(1.0, args.time_budget - (time.monotonic() - STARTED) - CONCLUDE_RESERVE_S) if args.time_budget else None

@@ -211,41 +211,6 @@ def test_a_used_worker_process_runs_a_trial_of_another_precision(tmp_path, small
     assert len({epoch["pid"] for rows in progress_rows(sweep).values() for epoch in rows}) == 1
 
 
-def test_the_test_split_is_not_read_until_the_winner_is_chosen(tmp_path, small_shards):
-    """The test shards are corrupted during the search: every trial still runs and a winner is chosen
-    (so nothing before that read them -- each read verifies the sha256); the one test evaluation then
-    fails naming the shard. Repaired, --resume evaluates the winner without rerunning a trial."""
-    import shutil
-
-    from data_shards.manifest import Manifest
-
-    shards = tmp_path / "shards"
-    shutil.copytree(small_shards, shards)
-    test_shard = shards / Manifest.read(shards).shards_of("test")[0].name
-    original = test_shard.read_bytes()
-    test_shard.write_bytes(original[:1000] + bytes(len(original) - 1000))
-
-    space = write_space(tmp_path / "lr.yaml", {"optim.lr": "grid([3.0e-3, 1.0e-3])"})
-    command = sweep_command("--space", str(space), "--num-samples", "1", "--scheduler", "none", "--set", f"data.shards={shards}",
-                            "--run-dir", str(tmp_path / "sweep"))
-    first = run_to_end(command, tmp_path)
-    assert first.returncode == 2, first.stdout[-4000:]
-    assert f"{test_shard}: sha256 does not match manifest.json" in first.stdout
-    info = json.loads((tmp_path / "sweep" / "run.json").read_text())
-    assert info["status"] == "failed" and info["winner"]["trial_id"] and info["selected_at"]
-    assert "test" not in info and not any("test_s2t_r1" in row for row in trials(tmp_path / "sweep"))
-    reported = progress_rows(tmp_path / "sweep")
-    assert sorted(len(rows) for rows in reported.values()) == [3, 3]
-
-    test_shard.write_bytes(original)
-    second = run_to_end(sweep_command("--resume", str(tmp_path / "sweep")), tmp_path)
-    assert second.returncode == 0, second.stdout[-4000:]
-    info = json.loads((tmp_path / "sweep" / "run.json").read_text())
-    assert info["status"] == "complete" and info["test"]["s2t_r1"] > 5
-    assert progress_rows(tmp_path / "sweep") == reported  # no trial ran again
-    assert "Trial status" not in second.stdout  # Tune did not even start
-
-
 def ctrl_c_enabled() -> None:
     """A shell's background jobs (``cmd &``, nohup) start with SIGINT ignored, and children inherit that: the
     launcher under test must take Ctrl-C as a terminal's foreground job does, however pytest was started."""
@@ -338,30 +303,55 @@ def test_check_report_of_a_space_on_the_default_shards(tmp_path, small_shards):
     assert shard_input["location"] == "synthetic://msrvtt" and shard_input["regenerable"]
 
 
-def test_a_sweep_with_an_errored_trial_ends_failed_unless_the_others_may_win(tmp_path, small_shards):
+def test_an_errored_trial_fails_the_sweep_and_the_test_split_is_not_read_until_the_winner_is_chosen(tmp_path, small_shards):
     """One sampled config fails as it trains (a learning rate that diverges at its second step): the sweep must not end
-    complete with a winner among the survivors, unless asked to; then it says how many errored."""
+    complete with a winner among the survivors, unless asked to; then it says how many errored. The test shards are
+    corrupted all the while: every trial still runs and, allowed, a winner is chosen (so nothing before that read them --
+    each read verifies the sha256); the one test evaluation then fails naming the shard. Repaired, --resume evaluates
+    the winner without rerunning a trial."""
+    import shutil
+
     import yaml
+
+    from data_shards.manifest import Manifest
+
+    shards = tmp_path / "shards"
+    shutil.copytree(small_shards, shards)
+    test_shard = shards / Manifest.read(shards).shards_of("test")[0].name
+    original = test_shard.read_bytes()
+    test_shard.write_bytes(original[:1000] + bytes(len(original) - 1000))
 
     space = tmp_path / "crash.yaml"
     space.write_text(yaml.safe_dump({"preset": "train_mlp", "set": {"train.epochs": 2, "model.hidden": [256]},
                                      "space": {"optim.lr": "grid([0.003, 1.0e30])"}}))
-    failed = launch("local", "sweep", "--space", str(space), "--num-samples", "1", "--scheduler", "none", "--max-failures", "1",
-                    "--set", f"data.shards={SMALL}", cwd=tmp_path, timeout=400)
-    assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
-    (sweep,) = (tmp_path / "runs").iterdir()
+    sweep = tmp_path / "sweep"  # the job itself: `launch local` checks every shard first, and would refuse the test split
+    failed = run_to_end(sweep_command("--space", str(space), "--num-samples", "1", "--scheduler", "none", "--max-failures", "1",
+                                      "--set", f"data.shards={shards}", "--run-dir", str(sweep)), tmp_path)
+    assert failed.returncode == 1, failed.stdout[-3000:]
     info = json.loads((sweep / "run.json").read_text())
     (errored,) = info["errored_trials"]
     assert info["status"] == "failed" and "winner" not in info and not (sweep / "best").exists()
     assert errored["params"] == {"optim.lr": 1e30} and "training diverged" in errored["error"]
-    assert f"1 of 2 trials errored ({errored['trial_id']}: " in failed.stderr and "--allow-errored-trials" in failed.stderr
+    assert f"1 of 2 trials errored ({errored['trial_id']}: " in failed.stdout and "--allow-errored-trials" in failed.stdout
 
-    allowed = launch("local", "sweep", "--resume", str(sweep.relative_to(tmp_path)), "--allow-errored-trials", cwd=tmp_path, timeout=400)
-    assert allowed.returncode == 0, allowed.stdout[-3000:] + allowed.stderr[-3000:]
+    chosen = run_to_end(sweep_command("--resume", str(sweep), "--allow-errored-trials"), tmp_path)
+    assert chosen.returncode == 2, chosen.stdout[-3000:]
+    assert f"{test_shard}: sha256 does not match manifest.json" in chosen.stdout
+    assert "(chosen among 1: 1 errored)" in chosen.stdout and "Trial status" not in chosen.stdout  # not searched again
     info = json.loads((sweep / "run.json").read_text())
-    assert info["status"] == "complete" and info["winner"]["params"] == {"optim.lr": 0.003}
-    assert len(info["errored_trials"]) == 1 and "(chosen among 1: 1 errored)" in allowed.stdout
+    assert info["status"] == "failed" and info["winner"]["params"] == {"optim.lr": 0.003} and info["selected_at"]
+    assert "test" not in info and not any("test_s2t_r1" in row for row in trials(sweep))
+    reported = progress_rows(sweep)
+    assert sorted(len(rows) for rows in reported.values()) == [0, 2]  # the diverged trial reported no epoch, the other two
+
+    test_shard.write_bytes(original)
+    repaired = run_to_end(sweep_command("--resume", str(sweep), "--allow-errored-trials"), tmp_path)
+    assert repaired.returncode == 0, repaired.stdout[-3000:]
+    info = json.loads((sweep / "run.json").read_text())
+    assert info["status"] == "complete" and info["test"]["s2t_r1"] > 5 and len(info["errored_trials"]) == 1
     assert (sweep / "best" / "eval" / "results.json").is_file()
+    assert progress_rows(sweep) == reported  # no trial ran again
+    assert "Trial status" not in repaired.stdout  # Tune did not even start
 
 
 def test_a_sweep_moved_to_another_directory_between_sessions_keeps_every_checkpoint(tmp_path, small_shards):
