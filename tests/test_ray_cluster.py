@@ -82,27 +82,6 @@ def stored_rows(client, bucket: str, prefix: str) -> dict[str, list[dict]]:
                                  if line.strip()] for key in keys}
 
 
-def test_a_sweep_spreads_over_both_nodes_and_persists_to_s3(cluster, bucket, tmp_path):
-    client, name = bucket
-    swept = launch_ray(cluster, tmp_path, "ray", "sweep", "--address", cluster.address, "--storage", f"s3://{name}/runs",
-                       "--num-samples", "4", *SWEEP, "train.epochs=2")
-    assert swept.returncode == 0, swept.stdout[-4000:] + swept.stderr[-3000:]
-    (sweep,) = (tmp_path / "runs").iterdir()
-    info = json.loads((sweep / "run.json").read_text())
-    assert info["status"] == "complete" and (sweep / "best" / "eval" / "results.json").is_file()
-    rows = json.loads((sweep / "trials.json").read_text())
-    assert info["winner"]["trial_id"] == max(rows, key=lambda row: row["val_s2t_r1"])["trial_id"]  # chosen on validation
-    progress = stored_rows(client, name, f"runs/{sweep.name}/tune/")
-    ran_on = {row["node_id"] for rows_of_trial in progress.values() for row in rows_of_trial}
-    assert len(progress) == 4 and ran_on == set(cluster.nodes())  # trials ran on both nodes, and persisted from both
-    scratch = Path(f"/proc/{cluster.worker.process.pid}/root") / trials_root(info["sweep"]["alias"]).relative_to("/")
-    assert scratch.is_dir() and not any(scratch.iterdir())  # the worker node's disk: each trial's working copy went with it
-    stored = [o["Key"] for o in client.list_objects_v2(Bucket=name, Prefix=f"runs/{sweep.name}/").get("Contents", [])]
-    assert any(key.endswith("/tuner.pkl") for key in stored) and f"runs/{sweep.name}/best/checkpoints/best.pt" in stored
-    for key in stored:  # the nodes' S3 secret is in none of what Ray or we stored
-        assert cluster.secret.encode() not in client.get_object(Bucket=name, Key=key)["Body"].read(), key
-
-
 def test_training_across_both_nodes_survives_a_lost_worker_and_equals_a_two_process_local_run(cluster, bucket, tmp_path):
     """Ray Train places one rank on each node; the worker node's rank is killed once the first epoch is persisted, the
     worker group restarts from that checkpoint, and the finished run equals an uninterrupted two-process local run."""
@@ -167,9 +146,10 @@ def test_head_local_storage_or_shards_are_refused_before_the_sweep_is_submitted(
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_sweep_survives_the_loss_of_a_node(cluster, bucket, tmp_path):
-    """The worker node's raylet is killed (by pid) while trials run on it: they restart from their last
-    checkpoints on the head, and the sweep completes with every trial's epochs complete and in order."""
+def test_a_sweep_spreads_over_both_nodes_persists_to_s3_and_survives_the_loss_of_a_node(cluster, bucket, tmp_path):
+    """Trials run on both nodes and persist to S3 from each; the worker node's raylet is then killed (by pid) while
+    trials run on it: they restart from their last checkpoints on the head, and the sweep completes with every trial's
+    epochs complete and in order, the winner chosen on validation, no node's secret in anything stored."""
     client, name = bucket
     command = launch_command("ray", "sweep", "--address", cluster.address, "--storage", f"s3://{name}/runs",
                              "--num-samples", "4", "--scheduler", "none", *SWEEP, "train.epochs=6")
@@ -190,7 +170,16 @@ def test_a_sweep_survives_the_loss_of_a_node(cluster, bucket, tmp_path):
         sweeping.kill()
     assert sweeping.returncode == 0, out[-5000:]
     (sweep,) = (tmp_path / "runs").iterdir()
-    assert json.loads((sweep / "run.json").read_text())["status"] == "complete"
+    info = json.loads((sweep / "run.json").read_text())
+    assert info["status"] == "complete" and (sweep / "best" / "eval" / "results.json").is_file()
+    rows = json.loads((sweep / "trials.json").read_text())
+    assert info["winner"]["trial_id"] == max(rows, key=lambda row: row["val_s2t_r1"])["trial_id"]  # chosen on validation
+    scratch = trials_root(info["sweep"]["alias"])  # the head's disk: each trial's working copy went with it
+    assert scratch.parent.is_dir() and not any(scratch.glob("*"))
+    stored = [o["Key"] for o in client.list_objects_v2(Bucket=name, Prefix=f"runs/{sweep.name}/").get("Contents", [])]
+    assert any(key.endswith("/tuner.pkl") for key in stored) and f"runs/{sweep.name}/best/checkpoints/best.pt" in stored
+    for key in stored:  # the nodes' S3 secret is in none of what Ray or we stored
+        assert cluster.secret.encode() not in client.get_object(Bucket=name, Key=key)["Body"].read(), key
     after = stored_rows(client, name, f"runs/{sweep.name}/tune/")
     assert len(after) == 4 and len({row["node_id"] for rows in before.values() for row in rows}) == 2
     moved = [trial for trial, rows in after.items() if [row["node_id"] for row in rows][0] == worker_node != rows[-1]["node_id"]]
