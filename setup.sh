@@ -30,6 +30,11 @@ pip=(.venv/bin/python -m pip install -qq --disable-pip-version-check -c constrai
 "${pip[@]}" --no-build-isolation -e ".[${extras}]"
 # The loopback Kaggle's package index: what its kernels install, as pinned here (from pip's cache of what was just installed).
 [[ "${1:-}" == "--dev" ]] && .venv/bin/python tests/kaggle_image.py
+# DeepSpeed's shared-memory op, which a DeepSpeed run on a CPU (the suite's: bench/gpu_check.sh --smoke) compiles on first
+# use, 50 s of CPU: compiled once here into torch's extension cache instead (on a GPU machine there is none to build).
+if [[ "${1:-}" == "--dev" ]] && ! .venv/bin/python -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" > /dev/null 2>&1; then
+  echo "setup: DeepSpeed's CPU op did not build now; a DeepSpeed run on a CPU builds it on first use"
+fi
 rm -f .venv/.setup-*
 touch "$stamp"
 echo "setup: .venv ready (extras: ${extras})"
