@@ -289,6 +289,36 @@ def test_bad_hosts_fail_before_anything_starts(sshd, shards, tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing started anywhere
 
 
+def test_between_polls_the_launcher_waits_on_the_node_and_a_stop_reaches_a_unit_just_started(sshd, shards, tmp_path, monkeypatch):
+    """The launcher's wait between two polls is one call that waits on the main node: it comes back when the job's
+    process ends there, not when a long poll interval is over -- and at once for a job that has ended. A stop that comes
+    before the unit runner became its own process group (its pid is known from the fork, before ``setsid``) still ends it."""
+    from launch.driver import reattach
+
+    monkeypatch.setenv("STREAMAPPROX_SSH_CONFIG", str(sshd.client_config))  # the backend names its config so (for sync)
+    started = launch_ssh(sshd, tmp_path, "ssh", "train_mlp", *ssh_args(sshd, tmp_path / "remote", "node0"), "--detach",
+                         "--set", f"data.shards={shards}", "train.epochs=2", "data.batch_size=64", "model.hidden=[64]")
+    assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+    backend, run = reattach(next((tmp_path / "runs").iterdir()))
+    unit = run.record.units[-1]
+    began = time.monotonic()
+    backend.wait(run, [unit], 300)
+    assert time.monotonic() - began < 150 and backend.poll(run, unit)[0] == "succeeded"
+    began = time.monotonic()
+    backend.wait(run, [unit], 300)
+    assert time.monotonic() - began < 30
+
+    forked = on(sshd, "node0", "sleep 300 > /dev/null 2>&1 < /dev/null & echo $!")  # a process not (yet) its own group
+    pid = int(forked.stdout.split()[-1])
+    assert on(sshd, "node0", f"kill -0 -- -{pid}").returncode != 0 and on(sshd, "node0", f"kill -0 {pid}").returncode == 0
+    unit.handle = {**unit.handle, "pids": [pid]}
+    assert backend.stop(run, unit) == "node0: stop requested"
+    deadline = time.monotonic() + 10
+    while on(sshd, "node0", f"kill -0 {pid}").returncode == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert on(sshd, "node0", f"kill -0 {pid}").returncode != 0
+
+
 def logins(server) -> int:
     return (server.workdir / "sshd.log").read_text().count("Accepted publickey for ")
 

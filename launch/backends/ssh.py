@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +27,13 @@ from launch.accelerate import PRECISIONS, Devices, job_command
 from launch.backends.base import Backend, BackendOptions, Handle, Job, Plan, Run, unit_arguments
 from launch.bundle import Bundle
 from launch.backends.local import unit_files
-from launch.errors import Incomplete, LaunchError
+from launch.errors import Incomplete, LaunchError, Unreachable
 from launch.inputs import staged_form
 from launch.record import Unit
 from launch.transports.ssh import Host, find_python, prepare_python
 
 LEFT_BEHIND = ("launch.json", ".lock", "logs/heartbeat.json", "logs/unit-*")  # each machine's own, never carried
+ENDED_CHECK_S = 0.5  # while the launcher waits between polls, how often the main node checks whether the job ended
 
 
 @dataclass
@@ -218,6 +221,24 @@ class Ssh(Backend):
         unit.exit_code = next((code for code in codes if code), 0)
         return ("succeeded", "") if not unit.exit_code else ("failed", ", ".join(f"node {r}: exit {c}" for r, c in enumerate(codes)))
 
+    def wait(self, run: Run, units: list[Unit], seconds: float) -> None:
+        """Until the next poll, or until the main node's process of one of ``units`` ends: one call that waits there,
+        checking every ``ENDED_CHECK_S``, so a job that ended is seen at once, not at the end of a poll interval grown
+        long while it ran. Where the host does not answer, the time passes here and the poll says what went wrong."""
+        if not units:
+            time.sleep(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        handles = [SshHandle.of(unit) for unit in units]
+        ended = " || ".join(f"test -e {shlex.quote(handle.files[0] + '.exit')} || ! kill -0 {handle.pids[0]} 2>/dev/null"
+                            for handle in handles)
+        checks = max(1, math.ceil(seconds / ENDED_CHECK_S))
+        script = f"i=0; until {ended} || [ $i -ge {checks} ]; do sleep {ENDED_CHECK_S}; i=$((i + 1)); done"
+        try:
+            self.hosts(SshPlan.of(run))[0].run(script, timeout=seconds + 60, what="waiting for the job")
+        except (Unreachable, LaunchError):
+            time.sleep(max(0.0, deadline - time.monotonic()))
+
     def log(self, run: Run, unit: Unit, offset: int) -> tuple[str, int]:
         host = self.hosts(SshPlan.of(run))[0]
         text = host.run(f"tail -c +{offset + 1} {SshHandle.of(unit).files[0]}.log 2>/dev/null || true", what="reading the log")
@@ -242,10 +263,13 @@ class Ssh(Backend):
         return "\n".join(reports)
 
     def stop(self, run: Run, unit: Unit) -> str:
-        """SIGTERM to each node's unit runner (setsid made it a group leader); it passes it on to the job."""
+        """SIGTERM to each node's unit runner (setsid makes it a group leader); it passes it on to the job. A stop that
+        comes right after the start may find the runner not yet its own group (the pid is known from the fork, before
+        ``setsid``): then the process itself is signalled, and ends before it starts the job."""
         said = []
         for host, pid in zip(self.hosts(SshPlan.of(run)), SshHandle.of(unit).pids):
-            said.append(f"{host.name}: " + host.run(f"kill -TERM -- -{pid} 2>/dev/null && echo 'stop requested' || echo 'not running'").strip())
+            said.append(f"{host.name}: " + host.run(f"{{ kill -TERM -- -{pid} || kill -TERM {pid}; }} 2>/dev/null && echo 'stop requested' "
+                                                    "|| echo 'not running'").strip())
         return "; ".join(said)
 
     def where(self, run: Run) -> str:
