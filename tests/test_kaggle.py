@@ -300,7 +300,7 @@ def tiny_encoder_weights(folder: Path) -> dict[str, Path]:
 
 
 def test_weights_travel_once_as_datasets_or_are_read_from_the_users_own_dataset(tmp_path, kaggle):
-    """Extraction on 2 kernels with real (tiny) weights given as local paths: each file goes up once, as a dataset
+    """Extraction on a kernel with real (tiny) weights given as local paths: each file goes up once, as a dataset
     named by its sha256; a second launch uploads nothing, and with the teacher's weights in a dataset of the user's
     (made beforehand with the kaggle package; Kaggle unpacks the checkpoint, a zip) reads them there. The shards equal a
     local extraction's. A URL weight is refused for a kernel without internet before anything is uploaded."""
@@ -313,7 +313,7 @@ def test_weights_travel_once_as_datasets_or_are_read_from_the_users_own_dataset(
     weights = tiny_encoder_weights(tmp_path / "weights")
     local_weights = [f"{key}={path}" for key, path in weights.items()]
     args = ["--videos", str(listing), *TINY_EXTRACT, *local_weights]
-    result = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", *FAST, "--num-kernels", "2", *args)
+    result = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", *FAST, *args)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run = only_run_dir(tmp_path)
     created = json.dumps([body for method, body in kaggle.requests if method == "CreateDataset"])

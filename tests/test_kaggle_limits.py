@@ -54,9 +54,9 @@ def test_a_62_shard_set_travels_in_packs_under_kaggles_file_cap_and_is_verified_
 
 
 def test_extraction_runs_in_waves_of_two_gpu_sessions_and_a_kernel_trains_on_its_outputs_where_they_are(tmp_path, kaggle):
-    """Four t4x2 kernels while another of the account's GPU sessions holds a slot for a while: Kaggle refuses the
+    """Three t4x2 kernels while another of the account's GPU sessions holds a slot for a while: Kaggle refuses the
     pushes past two sessions, the launcher waits and goes on, and the merged set is byte for byte a local run's. Then
-    a fifth kernel trains on the four kernels' outputs mounted as sources (their shard tars unpacked by Kaggle,
+    a fourth kernel trains on the three kernels' outputs mounted as sources (their shard tars unpacked by Kaggle,
     rebuilt and verified there): no shard byte is uploaded."""
     from data_shards.synthetic_videos import write_collection
 
@@ -64,11 +64,11 @@ def test_extraction_runs_in_waves_of_two_gpu_sessions_and_a_kernel_trains_on_its
     args = ["--videos", str(listing), "--random-init", *TINY_EXTRACT]
     kaggle.outside_gpu_sessions = 1  # a notebook open in the web editor
     threading.Timer(20, lambda: setattr(kaggle, "outside_gpu_sessions", 0)).start()
-    extract = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", "--accelerator", "t4x2", "--num-kernels", "4", *args,
+    extract = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", "--accelerator", "t4x2", "--num-kernels", "3", *args,
                             timeout=600)
     assert extract.returncode == 0, extract.stdout[-3000:] + extract.stderr[-3000:]
     assert kaggle.refused_pushes >= 1 and "Maximum batch GPU session count of 2 reached" in extract.stdout
-    assert kaggle.gpu_sessions_at_once() == 2 and len(kaggle.sessions) == 4
+    assert kaggle.gpu_sessions_at_once() == 2 and len(kaggle.sessions) == 3
     run = only_run_dir(tmp_path)
     local = subprocess.run([sys.executable, "-m", "jobs.extract", *args, "--out", str(tmp_path / "local")], env=cli_env(),
                            capture_output=True, text=True, timeout=300)
@@ -81,7 +81,7 @@ def test_extraction_runs_in_waves_of_two_gpu_sessions_and_a_kernel_trains_on_its
 
     hint = next(line for line in extract.stdout.splitlines() if "data.shards=kaggle://" in line)
     location = hint.split("data.shards=", 1)[1]
-    assert location.count("kaggle://") == 4
+    assert location.count("kaggle://") == 3
     received = kaggle.bytes_received
     dims = json.loads((tmp_path / "local" / "manifest.json").read_text())["dims"]
     student = ["train.epochs=2", "data.batch_size=2", "data.eval_batch_size=2", "model.hidden=[32]", f"model.clip_dim={dims['clip']}",
@@ -95,7 +95,7 @@ def test_extraction_runs_in_waves_of_two_gpu_sessions_and_a_kernel_trains_on_its
     trained = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("train_mlp"))
     info = read_run(trained)
     assert info["status"] == "complete" and info["shards"]["manifest_digest"] == open_shards(run / "shards").digest()
-    rebuilt = "shards from 4 kernel output(s), verified" in train.stdout
+    rebuilt = "shards from 3 kernel output(s), verified" in train.stdout
     mounted = next(kernel.input_listing for kernel in kaggle.sessions if kernel.slug.startswith(trained.name.replace("_", "-")))
     unpacked = [name for name in mounted if re.fullmatch(r"notebooks/[^/]+/[^/]+/[^/]+/shards/train-[^/]+", name.rstrip("/"))]
     assert rebuilt and unpacked and all(name.endswith("/") for name in unpacked)  # Kaggle unpacked them; the kernel rebuilt them
