@@ -32,9 +32,10 @@ def shared_connection(config: str | None) -> list[str]:
     folder = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / f"streamapprox-ssh-{os.getuid()}"
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
+        state = folder.stat()
     except OSError:
         return []
-    if folder.stat().st_uid != os.getuid() or folder.stat().st_mode & 0o077:
+    if state.st_uid != os.getuid() or state.st_mode & 0o077:
         return []  # someone else's, or open to others: never put this user's sockets there
     of_config = hashlib.sha256(str(Path(config).resolve() if config else "").encode()).hexdigest()[:8]
     return ["-o", "ControlMaster=auto", "-o", f"ControlPath={folder}/{of_config}-%C", "-o", f"ControlPersist={SHARED_FOR_S}"]

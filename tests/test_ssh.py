@@ -292,7 +292,9 @@ def test_bad_hosts_fail_before_anything_starts(sshd, shards, tmp_path):
 def test_between_polls_the_launcher_waits_on_the_node_and_a_stop_reaches_a_unit_just_started(sshd, shards, tmp_path, monkeypatch):
     """The launcher's wait between two polls is one call that waits on the main node: it comes back when the job's
     process ends there, not when a long poll interval is over -- and at once for a job that has ended. A stop that comes
-    before the unit runner became its own process group (its pid is known from the fork, before ``setsid``) still ends it."""
+    before the unit runner became its own process group (its pid is known from the fork, before ``setsid``) still ends it;
+    a process that is not the unit's, under the unit's pid, is left alone."""
+    from launch.backends.ssh import SshHandle
     from launch.driver import reattach
 
     monkeypatch.setenv("STREAMAPPROX_SSH_CONFIG", str(sshd.client_config))  # the backend names its config so (for sync)
@@ -308,15 +310,25 @@ def test_between_polls_the_launcher_waits_on_the_node_and_a_stop_reaches_a_unit_
     backend.wait(run, [unit], 300)
     assert time.monotonic() - began < 30
 
-    forked = on(sshd, "node0", "sleep 300 > /dev/null 2>&1 < /dev/null & echo $!")  # a process not (yet) its own group
-    pid = int(forked.stdout.split()[-1])
-    assert on(sshd, "node0", f"kill -0 -- -{pid}").returncode != 0 and on(sshd, "node0", f"kill -0 {pid}").returncode == 0
-    unit.handle = {**unit.handle, "pids": [pid]}
+    def planted(*args: str) -> int:  # a process that is not (yet) its own group, as a runner before its setsid
+        forked = on(sshd, "node0", f"{shlex.quote(sys.executable)} -c 'import time; time.sleep(300)' {shlex.join(args)} "
+                                   "> /dev/null 2>&1 < /dev/null & echo $!")
+        pid = int(forked.stdout.split()[-1])
+        assert on(sshd, "node0", f"kill -0 -- -{pid}").returncode != 0 and on(sshd, "node0", f"kill -0 {pid}").returncode == 0
+        return pid
+
+    stranger = planted("another-process")  # the unit's pid, reused by a process that is not the unit's: left alone
+    unit.handle = {**unit.handle, "pids": [stranger]}
+    assert backend.stop(run, unit) == "node0: not running"
+    assert on(sshd, "node0", f"kill -0 {stranger}").returncode == 0
+    on(sshd, "node0", f"kill {stranger}")
+    runner = planted("--files", SshHandle.of(unit).files[0])  # one naming the unit's files: the runner, before setsid
+    unit.handle = {**unit.handle, "pids": [runner]}
     assert backend.stop(run, unit) == "node0: stop requested"
     deadline = time.monotonic() + 10
-    while on(sshd, "node0", f"kill -0 {pid}").returncode == 0 and time.monotonic() < deadline:
+    while on(sshd, "node0", f"kill -0 {runner}").returncode == 0 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert on(sshd, "node0", f"kill -0 {pid}").returncode != 0
+    assert on(sshd, "node0", f"kill -0 {runner}").returncode != 0
 
 
 def logins(server) -> int:

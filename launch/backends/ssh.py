@@ -226,8 +226,7 @@ class Ssh(Backend):
         checking every ``ENDED_CHECK_S``, so a job that ended is seen at once, not at the end of a poll interval grown
         long while it ran. Where the host does not answer, the time passes here and the poll says what went wrong."""
         if not units:
-            time.sleep(seconds)
-            return
+            return super().wait(run, units, seconds)
         deadline = time.monotonic() + seconds
         handles = [SshHandle.of(unit) for unit in units]
         ended = " || ".join(f"test -e {shlex.quote(handle.files[0] + '.exit')} || ! kill -0 {handle.pids[0]} 2>/dev/null"
@@ -263,13 +262,17 @@ class Ssh(Backend):
         return "\n".join(reports)
 
     def stop(self, run: Run, unit: Unit) -> str:
-        """SIGTERM to each node's unit runner (setsid makes it a group leader); it passes it on to the job. A stop that
-        comes right after the start may find the runner not yet its own group (the pid is known from the fork, before
-        ``setsid``): then the process itself is signalled, and ends before it starts the job."""
+        """SIGTERM to each node's unit runner (setsid makes it a group leader); it passes it on to the job. Only a
+        process whose command line names the unit's files is signalled (the runner, or what execs into it): a pid the
+        unit left behind may belong to another process by now. A stop that comes right after the start may find the
+        runner not yet its own group (the pid is known from the fork, before ``setsid``): then the process itself is
+        signalled, and ends before it starts the job."""
         said = []
-        for host, pid in zip(self.hosts(SshPlan.of(run)), SshHandle.of(unit).pids):
-            said.append(f"{host.name}: " + host.run(f"{{ kill -TERM -- -{pid} || kill -TERM {pid}; }} 2>/dev/null && echo 'stop requested' "
-                                                    "|| echo 'not running'").strip())
+        handle = SshHandle.of(unit)
+        for host, pid, prefix in zip(self.hosts(SshPlan.of(run)), handle.pids, handle.files):
+            ours = f"tr '\\0' ' ' < /proc/{pid}/cmdline | grep -qF -- {shlex.quote(prefix)}"
+            said.append(f"{host.name}: " + host.run(f"{{ {ours} && {{ kill -TERM -- -{pid} || kill -TERM {pid}; }}; }} 2>/dev/null "
+                                                    "&& echo 'stop requested' || echo 'not running'").strip())
         return "; ".join(said)
 
     def where(self, run: Run) -> str:
