@@ -230,6 +230,7 @@ def editable_install() -> list[Path]:
 
 def separate_machine_mounts(hide: tuple[Path, ...], keep: tuple[Path, ...] = (), own_python: bool = True) -> str:
     """Shell (for a fresh private mount namespace) that makes this machine look like another one: an empty tmpfs over
+    /tmp (a machine's own: what a process here keeps in /tmp -- a sweep's alias, Ray's session -- is not there) and
     each of ``hide`` (this checkout, pytest's basetemp: whatever a node of its own would not have), ``keep`` (what
     the node's own processes need, such as sshd's keys) and this environment (``sys.prefix``) back at their paths even
     where they lie under a hidden one, the environment read-only and with the project's editable install masked by an
@@ -243,11 +244,12 @@ def separate_machine_mounts(hide: tuple[Path, ...], keep: tuple[Path, ...] = (),
     q = lambda path: shlex.quote(str(path))  # noqa: E731
     kept = [*([Path(sys.prefix).resolve()] if own_python else []), *(Path(p).resolve() for p in keep)]
     base = Path(sys.base_prefix).resolve()  # the interpreter a venv runs, should a hidden folder hold it too
-    if any(base.is_relative_to(Path(p).resolve()) for p in hide):
+    if any(base.is_relative_to(Path(p).resolve()) for p in (Path("/tmp"), *hide)):
         kept.append(base)
     steps = ["mount -t tmpfs tmpfs /mnt", ": > /mnt/empty"]
     steps += [f"mkdir /mnt/{i} && mount --bind {q(path)} /mnt/{i}" for i, path in enumerate(kept)]
-    steps += [f"mkdir -p {q(path)} && mount -t tmpfs tmpfs {q(path)}" for path in sorted(Path(p).resolve() for p in hide)]
+    hidden = sorted({Path("/tmp"), *(Path(p).resolve() for p in hide)})
+    steps += [f"mkdir -p {q(path)} && mount -t tmpfs tmpfs {q(path)}" for path in hidden]
     steps += [f"mkdir -p {q(path)} && mount --bind /mnt/{i} {q(path)}" for i, path in enumerate(kept)]
     if own_python:
         steps.append(f"mount -o remount,bind,ro {q(kept[0])}")

@@ -119,25 +119,46 @@ def test_trials_share_cpus_and_fractional_gpus():
         trial_resources(SweepSettings(cpus_per_trial=4), {"CPU": 2}, 4)
 
 
-def test_the_alias_of_a_sweep_directory_that_is_gone_is_removed(tmp_path):
+def test_the_alias_of_a_sweep_directory_that_is_gone_is_removed_unless_a_running_sweep_holds_it(tmp_path):
     """Each sweep's alias lives in /tmp; one whose sweep directory was deleted goes when the next sweep makes its own,
-    and a living sweep's stays."""
+    and a living sweep's stays -- as does a running sweep's whose directory cannot be seen from here (here: deleted;
+    in life, the disk of another mount namespace sharing /tmp), until that sweep's process ends."""
     import secrets
 
     from tune.runner import experiment_dir
 
-    gone, living = tmp_path / "gone-sweep", tmp_path / "living-sweep"
-    gone.mkdir()
-    living.mkdir()
-    names = [f"test-{secrets.token_hex(6)}" for _ in range(3)]
-    links = [experiment_dir(folder, name).parent for folder, name in zip((gone, living), names)]
+    def sweep_process(folder: Path, name: str) -> subprocess.Popen:
+        """A process that makes the alias of a sweep in ``folder`` and lives until its stdin closes."""
+        process = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; from tune.runner import experiment_dir; "
+                                    f"experiment_dir(Path({str(folder)!r}), {name!r}); print('made', flush=True); sys.stdin.read()"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+        assert process.stdout.readline() == "made\n"
+        return process
+
+    gone, living, elsewhere = tmp_path / "gone-sweep", tmp_path / "living-sweep", tmp_path / "elsewhere-sweep"
+    for folder in (gone, living, elsewhere):
+        folder.mkdir()
+    names = [f"test-{secrets.token_hex(6)}" for _ in range(4)]
+    aliases = Path("/tmp") / f"streamapprox-{os.getuid()}" / "sweeps"
+    processes = []
     try:
+        processes = [sweep_process(folder, name) for folder, name in zip((gone, living, elsewhere), names)]
+        processes[0].communicate("", timeout=30)  # the gone sweep's process has ended
         gone.rmdir()
-        mine = experiment_dir(tmp_path, names[2]).parent
-        assert not links[0].is_symlink() and links[1].resolve() == living and mine.resolve() == tmp_path
+        elsewhere.rmdir()
+        mine = experiment_dir(tmp_path, names[3]).parent
+        assert not (aliases / names[0]).is_symlink() and not (aliases / f".{names[0]}.lock").exists()
+        assert (aliases / names[1]).resolve() == living and mine.resolve() == tmp_path
+        assert (aliases / names[2]).is_symlink(), "the alias of a running sweep was removed"
+        processes[2].communicate("", timeout=30)
+        experiment_dir(tmp_path, names[3])
+        assert not (aliases / names[2]).is_symlink()
     finally:
+        for process in processes:
+            process.kill()
         for name in names:
-            (links[0].parent / name).unlink(missing_ok=True)
+            (aliases / name).unlink(missing_ok=True)
+            (aliases / f".{name}.lock").unlink(missing_ok=True)
 
 
 def test_a_trial_cannot_read_the_test_split(small_shards):

@@ -4,6 +4,7 @@ the trials. Tune's own experiment directory is ``<sweep>/tune``; each trial's li
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
@@ -23,6 +24,9 @@ log = logging.getLogger("streamapprox.sweep")
 EXPERIMENT = "tune"  # Tune's experiment directory inside the sweep directory
 
 
+_HELD_ALIASES: dict[str, int] = {}  # alias -> the open lock file that marks it in use, for this process's life
+
+
 def experiment_dir(sweep_dir: Path, alias: str) -> Path:
     """Tune's experiment directory (``<sweep>/tune``) as Tune must see it: through an alias path that is the
     same in every session of the sweep. Tune records absolute paths in its state, and a restored search
@@ -31,12 +35,14 @@ def experiment_dir(sweep_dir: Path, alias: str) -> Path:
     kernel, another machine -- would write their checkpoints outside it and lose them. The alias is named by a
     token kept in the sweep's run.json (``alias``) and re-pointed at the sweep directory in each session, so the
     aliases of sweep directories that are gone (deleted, or moved: their next session makes the alias again) are
-    removed here rather than kept forever."""
+    removed here rather than kept forever -- but never one a running sweep holds (``hold_alias``): its directory
+    may only look gone from here (another mount namespace's disk, a network mount not mounted now)."""
     link = Path("/tmp") / f"streamapprox-{os.getuid()}" / "sweeps" / alias
     link.parent.mkdir(parents=True, exist_ok=True)
+    hold_alias(link)
     for other in link.parent.iterdir():
-        if other.is_symlink() and not other.exists():
-            other.unlink(missing_ok=True)
+        if not other.name.startswith(".") and other.is_symlink() and not other.exists():
+            remove_unheld_alias(other)
     target = str(sweep_dir.resolve())
     if not (link.is_symlink() and os.readlink(link) == target):
         fresh = link.with_name(f".{alias}.{os.getpid()}")
@@ -44,6 +50,48 @@ def experiment_dir(sweep_dir: Path, alias: str) -> Path:
         fresh.symlink_to(target)
         fresh.replace(link)
     return link / EXPERIMENT
+
+
+def alias_lock(link: Path) -> Path:
+    return link.with_name(f".{link.name}.lock")
+
+
+def hold_alias(link: Path) -> None:
+    """A shared lock on the alias's lock file, held until this process ends (the sweep's driver: its trials use the
+    alias while it lives). Taken again when the file was removed between opening and locking it."""
+    if link.name in _HELD_ALIASES:
+        return
+    lock = alias_lock(link)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                _HELD_ALIASES[link.name] = fd
+                return
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def remove_unheld_alias(link: Path) -> None:
+    """Remove an alias (and its lock file) unless a running sweep holds it."""
+    lock = alias_lock(link)
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        link.unlink(missing_ok=True)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return
+    try:
+        link.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
