@@ -30,7 +30,7 @@ its own where that home is the user's home (so ``ssh`` reads its ``~/.ssh/config
 ``head`` and ``minio`` as 127.0.0.1. What a user would have is there, on loopback, with the test servers' defaults:
 
 - ``~/.ssh/config`` names ``gpu1``, ``gpu2`` and ``rented-box``: three real sshd (tests/servers.py) that share no disk
-  with this machine or each other (their home, the checkout and pytest's temp are empty tmpfs there) and whose
+  with this machine or each other (their home, the checkout and /tmp are empty tmpfs there) and whose
   ``python3`` is this environment's (``./setup.sh`` on the node, without the project);
 - a Kaggle account ``you`` (``KAGGLE_USERNAME``/``KAGGLE_KEY`` set, as a user sets them) on the loopback Kaggle
   (tests/kaggle_server.py), holding one finished kernel and one dataset (``KERNEL``, ``SLUG``; each a small shard set);

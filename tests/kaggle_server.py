@@ -21,7 +21,7 @@ of the caller's credentials. What it models:
   each version holds exactly the files uploaded with it;
 - **kernels queue** (``queue_s``, 1 s by default) before they run, **in Kaggle's image**: their own Python with torch
   and a few of Kaggle's packages (``kaggle_image``), nothing of this project, each kernel on an overlay of its own, in
-  a mount namespace where this checkout and the tests' inputs (``hide``) are empty -- only what it was sent;
+  a mount namespace where this checkout, the tests' inputs (``hide``) and /tmp are empty -- only what it was sent;
   pip installs from the wheelhouse on loopback -- the kernel's internet -- and a kernel with ``enable_internet: false``
   runs in an empty network namespace (its own loopback only): it reaches nothing;
 - **the session wall**: a kernel still running ``session_limit_s`` after it started (12 h; scaled down in tests) is

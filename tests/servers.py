@@ -126,7 +126,7 @@ class Proxy(_Server):
 class SshServer:
     """A real OpenSSH ``sshd`` on 127.0.0.1 with throwaway host and user keys (made here, never tracked), key-only
     login for the current user, and an ssh_config naming it by ``aliases``. With ``hide`` (directories) it is a
-    machine of its own: it runs in a mount namespace where each of them is an empty tmpfs and this environment is its
+    machine of its own: it runs in a mount namespace where each of them and /tmp is an empty tmpfs and this environment is its
     own Python, without the project (``separate_machine_mounts``)."""
 
     def __init__(self, workdir: Path, aliases: tuple[str, ...] = ("node0", "node1"), hide: tuple[Path, ...] = ()):

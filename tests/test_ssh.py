@@ -23,7 +23,7 @@ TINY = ["train.epochs=6", "data.batch_size=64", "model.hidden=[64]", "train.audi
 class Nodes:
     """Two machines over SSH that share no disk under ``remote``: node0 an sshd as it is, node1 one that shares nothing
     with this machine -- in its mount namespace this checkout and pytest's basetemp (``remote``, the shard cache, every
-    test's inputs) are empty tmpfs and this environment is its own Python without the project, so a job there has only
+    test's inputs) and /tmp are empty tmpfs and this environment is its own Python without the project, so a job there has only
     what the launcher sent. ``client_config`` names both."""
 
     def __init__(self, root: Path, basetemp: Path):
