@@ -67,13 +67,19 @@ def test_one_process_runs_the_job_in_accelerates_own_process_with_the_environmen
     whose child would import torch a second time; the job runs in the launching process instead, as ``python -m``,
     with the environment accelerate prepared (its thread count applied) and its exit code. Two processes still go
     through accelerate's launcher, each rank a process of its own."""
+    # A rank that fails ends its peers (torchrun's agent), so each rank fails only once both have recorded themselves.
     (tmp_path / "probe_job.py").write_text("""
-import json, os, sys, torch
+import json, os, sys, time, torch
 record = {"pid": os.getpid(), "name": __name__, "argv": sys.argv[1:], "threads": torch.get_num_threads(),
           "cpu": os.environ.get("ACCELERATE_USE_CPU"), "precision": os.environ.get("ACCELERATE_MIXED_PRECISION"),
           "rank": os.environ.get("RANK")}
-with open(f"probe-{os.environ.get('RANK', 'single')}.json", "w") as handle:
+name = f"probe-{os.environ.get('RANK', 'single')}"
+with open(f"{name}.tmp", "w") as handle:
     json.dump(record, handle)
+os.replace(f"{name}.tmp", f"{name}.json")
+deadline = time.monotonic() + 60
+while "RANK" in os.environ and not all(os.path.exists(f"probe-{rank}.json") for rank in ("0", "1")) and time.monotonic() < deadline:
+    time.sleep(0.1)
 sys.exit(3)
 """)
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{CHECKOUT}:{tmp_path}", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
