@@ -116,3 +116,18 @@ def liveness(run_dir: Path) -> tuple[bool | None, dict]:
         return True, known
     finally:
         os.close(fd)
+
+
+def lock_held(lock: Path) -> bool:
+    """Whether a living process holds ``lock`` (``flock``, shared or exclusive); a lock file no one holds is removed.
+    Call it under a lock that also orders the taking of such locks (a folder's scan lock), or a process could take a
+    lock file just as it is removed."""
+    try:
+        with open(lock) as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except FileNotFoundError:
+        return False
+    lock.unlink(missing_ok=True)
+    return False

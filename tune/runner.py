@@ -13,8 +13,10 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from jobs.config import ConfigError
+from jobs.run_lock import lock_held
 from model.selection import LOWER_IS_BETTER
 from tune.space import SearchSpace
 from tune.storage import RayStorage
@@ -24,7 +26,7 @@ log = logging.getLogger("streamapprox.sweep")
 EXPERIMENT = "tune"  # Tune's experiment directory inside the sweep directory
 
 
-_HELD_ALIASES: dict[str, int] = {}  # alias -> the open lock file that marks it in use, for this process's life
+_HELD_ALIASES: dict[str, IO] = {}  # alias -> the open lock file that marks it in use, for this process's life
 
 
 def experiment_dir(sweep_dir: Path, alias: str) -> Path:
@@ -39,10 +41,12 @@ def experiment_dir(sweep_dir: Path, alias: str) -> Path:
     may only look gone from here (another mount namespace's disk, a network mount not mounted now)."""
     link = Path("/tmp") / f"streamapprox-{os.getuid()}" / "sweeps" / alias
     link.parent.mkdir(parents=True, exist_ok=True)
-    hold_alias(link)
-    for other in link.parent.iterdir():
-        if not other.name.startswith(".") and other.is_symlink() and not other.exists():
-            remove_unheld_alias(other)
+    with open(link.parent / ".scan.lock", "a") as scan:  # orders holding an alias against tidying the others
+        fcntl.flock(scan, fcntl.LOCK_EX)
+        hold_alias(link)
+        for other in link.parent.iterdir():
+            if not other.name.startswith(".") and other.is_symlink() and not other.exists() and not lock_held(alias_lock(other)):
+                other.unlink(missing_ok=True)
     target = str(sweep_dir.resolve())
     if not (link.is_symlink() and os.readlink(link) == target):
         fresh = link.with_name(f".{alias}.{os.getpid()}")
@@ -58,40 +62,11 @@ def alias_lock(link: Path) -> Path:
 
 def hold_alias(link: Path) -> None:
     """A shared lock on the alias's lock file, held until this process ends (the sweep's driver: its trials use the
-    alias while it lives). Taken again when the file was removed between opening and locking it."""
-    if link.name in _HELD_ALIASES:
-        return
-    lock = alias_lock(link)
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        try:
-            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
-                _HELD_ALIASES[link.name] = fd
-                return
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-
-
-def remove_unheld_alias(link: Path) -> None:
-    """Remove an alias (and its lock file) unless a running sweep holds it."""
-    lock = alias_lock(link)
-    try:
-        fd = os.open(lock, os.O_RDWR)
-    except FileNotFoundError:
-        link.unlink(missing_ok=True)
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return
-    try:
-        link.unlink(missing_ok=True)
-        lock.unlink(missing_ok=True)
-    finally:
-        os.close(fd)
+    alias while it lives)."""
+    if link.name not in _HELD_ALIASES:
+        handle = open(alias_lock(link), "a")
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        _HELD_ALIASES[link.name] = handle
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from jobs.contract import rank_owner
+from jobs.run_lock import lock_held
 from launch.job_args import without_option
 
 
@@ -48,7 +49,7 @@ def held_copy(run_dir: Path):
             fcntl.flock(scan, fcntl.LOCK_EX)
             fcntl.flock(held.enter_context(open(lock_of(run_dir), "a")), fcntl.LOCK_EX)  # before the copy exists
             for copy in node_copies().glob("rank*/*"):
-                if copy.is_dir() and copy != run_dir and not copy.name.startswith(".") and not _held(lock_of(copy)):
+                if copy.is_dir() and copy != run_dir and not copy.name.startswith(".") and not lock_held(lock_of(copy)):
                     shutil.rmtree(copy, ignore_errors=True)
                     shutil.rmtree(staging_of(copy), ignore_errors=True)
         try:
@@ -57,19 +58,6 @@ def held_copy(run_dir: Path):
             shutil.rmtree(run_dir, ignore_errors=True)
             shutil.rmtree(staging_of(run_dir), ignore_errors=True)
             lock_of(run_dir).unlink(missing_ok=True)
-
-
-def _held(lock: Path) -> bool:
-    """Whether a living worker holds ``lock``; a free one is removed (only under the node's scan lock)."""
-    try:
-        with open(lock) as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except FileNotFoundError:
-        return False
-    lock.unlink(missing_ok=True)
-    return False
 
 
 def lock_of(run_dir: Path) -> Path:
