@@ -243,12 +243,12 @@ def separate_machine_mounts(hide: tuple[Path, ...], keep: tuple[Path, ...] = (),
 
     q = lambda path: shlex.quote(str(path))  # noqa: E731
     kept = [*([Path(sys.prefix).resolve()] if own_python else []), *(Path(p).resolve() for p in keep)]
+    hidden = sorted({Path("/tmp"), *(Path(p).resolve() for p in hide)})
     base = Path(sys.base_prefix).resolve()  # the interpreter a venv runs, should a hidden folder hold it too
-    if any(base.is_relative_to(Path(p).resolve()) for p in (Path("/tmp"), *hide)):
+    if any(base.is_relative_to(path) for path in hidden):
         kept.append(base)
     steps = ["mount -t tmpfs tmpfs /mnt", ": > /mnt/empty"]
     steps += [f"mkdir /mnt/{i} && mount --bind {q(path)} /mnt/{i}" for i, path in enumerate(kept)]
-    hidden = sorted({Path("/tmp"), *(Path(p).resolve() for p in hide)})
     steps += [f"mkdir -p {q(path)} && mount -t tmpfs tmpfs {q(path)}" for path in hidden]
     steps += [f"mkdir -p {q(path)} && mount --bind /mnt/{i} {q(path)}" for i, path in enumerate(kept)]
     if own_python:
