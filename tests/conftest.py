@@ -119,3 +119,24 @@ def bucket(s3_endpoint, request):
     name = "t-" + request.node.name.lower().replace("_", "-")[:50]
     client.create_bucket(Bucket=name)
     return client, name
+
+
+def tiny_encoder_weights(folder: Path) -> dict[str, Path]:
+    """Checkpoint files of the tiny encoders (VGGish at its full size, in half precision: 145 MB), as their real loaders
+    read them (no --random-init): student.clip.weights, student.audio.vggish.weights, teacher.imagebind.weights."""
+    import open_clip
+    import torch
+    import torchvggish
+
+    from model.imagebind import ImageBind, ImageBindConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    open_clip.add_model_config(FIXTURES / "tiny_clip.json")
+    files = {"student.clip.weights": folder / "clip.pt", "student.audio.vggish.weights": folder / "vggish.pt",
+             "teacher.imagebind.weights": folder / "imagebind.pt"}
+    torch.save(open_clip.create_model("tiny_clip").state_dict(), files["student.clip.weights"])
+    vggish = torchvggish.VGG(torchvggish.make_layers(), postprocess=False).state_dict()
+    torch.save({name: tensor.half() for name, tensor in vggish.items()}, files["student.audio.vggish.weights"])
+    torch.save(ImageBind(ImageBindConfig.model_validate_json((FIXTURES / "tiny_imagebind.json").read_text())).state_dict(),
+               files["teacher.imagebind.weights"])
+    return files

@@ -165,7 +165,7 @@ def test_one_live_owner_per_run_signals_reach_the_job_and_a_dead_run_says_so(tmp
     def gone(processes: list, timeout: float = 30) -> bool:
         return not psutil.wait_procs(processes, timeout=timeout)[1]
 
-    first = start("--set", f"data.shards={SMALL}", "train.epochs=500", "train.patience=null", "data.batch_size=16")
+    first = start("--set", f"data.shards={SMALL}", "train.epochs=500", "train.patience=null", "data.batch_size=16", "model.hidden=[64]")
     try:
         children = job_processes(first)
         run = next((tmp_path / "runs").iterdir())

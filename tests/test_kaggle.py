@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST_MLP, FIXTURES, SMALL, TINY_EXTRACT, cli_env, launch_command, read_jsonl
+from conftest import FAST_MLP, SMALL, TINY_EXTRACT, cli_env, launch_command, read_jsonl, tiny_encoder_weights
 from contract import BackendContract, Target
 from kaggle_server import FAST, KEY, USER, kaggle_env, launch_kaggle, only_run_dir
 
@@ -86,7 +86,7 @@ def test_train_mlp_end_to_end_then_unchanged_launch_uploads_nothing(tmp_path, ka
     again = launch_kaggle(kaggle, tmp_path, "pull", run.name)
     assert again.returncode == 0 and "copied 0 files" in again.stdout and "10 unchanged" in again.stdout, again.stdout + again.stderr
 
-    second = launch_kaggle(kaggle, tmp_path, *args)
+    second = launch_kaggle(kaggle, tmp_path, *args, "--detach")  # pushed, and left to run: the uploads are what counts here
     assert second.returncode == 0, second.stderr[-3000:]
     assert kaggle.bytes_received == uploaded_first  # unchanged code and shards: 0 bytes of datasets
     assert "uploaded 0 bytes of datasets" in second.stdout
@@ -106,12 +106,12 @@ def run_state(run: Path):
 
 
 def test_continuation_chain_equals_an_uninterrupted_run(tmp_path, kaggle, small_shards):
-    """Each kernel may take 160 of the run's 444 steps (train.session_steps: a budget that does not depend on
+    """Each kernel may take 80 of the run's 222 steps (train.session_steps: a budget that does not depend on
     the machine's speed), so the run takes exactly three kernels; it must read as one continuous run."""
-    settings = [f"data.shards={SMALL}", "train.epochs=12", "data.batch_size=16", "model.hidden=[256,256]", "train.log_every=5",
+    settings = [f"data.shards={SMALL}", "train.epochs=6", "data.batch_size=16", "model.hidden=[256,256]", "train.log_every=5",
                 "train.patience=null"]
     chained = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, "--max-continuations", "8",
-                            "--set", *settings, "train.session_steps=160", timeout=600)
+                            "--set", *settings, "train.session_steps=80", timeout=600)
     assert chained.returncode == 0, chained.stdout[-3000:] + chained.stderr[-3000:]
     run = only_run_dir(tmp_path)
     record = json.loads((run / "launch.json").read_text())
@@ -281,35 +281,20 @@ def test_sweep_continues_over_two_kernels_and_exports_the_best_trial(tmp_path, k
     assert json.loads((best / "eval" / "results.json").read_text())["metrics"]["s2t_r1"] == pytest.approx(info["test"]["s2t_r1"])
 
 
-def tiny_encoder_weights(folder: Path) -> dict[str, Path]:
-    """Checkpoint files of the tiny encoders, as their real loaders read them (no --random-init)."""
-    import open_clip
-    import torchvggish
-
-    from model.imagebind import ImageBind, ImageBindConfig
-
-    folder.mkdir(parents=True, exist_ok=True)
-    open_clip.add_model_config(FIXTURES / "tiny_clip.json")
-    files = {"student.clip.weights": folder / "clip.pt", "student.audio.vggish.weights": folder / "vggish.pt",
-             "teacher.imagebind.weights": folder / "imagebind.pt"}
-    torch.save(open_clip.create_model("tiny_clip").state_dict(), files["student.clip.weights"])
-    torch.save(torchvggish.VGG(torchvggish.make_layers(), postprocess=False).state_dict(), files["student.audio.vggish.weights"])
-    torch.save(ImageBind(ImageBindConfig.model_validate_json((FIXTURES / "tiny_imagebind.json").read_text())).state_dict(),
-               files["teacher.imagebind.weights"])
-    return files
-
-
 def test_weights_travel_once_as_datasets_or_are_read_from_the_users_own_dataset(tmp_path, kaggle):
     """Extraction on a kernel with real (tiny) weights given as local paths: each file goes up once, as a dataset
-    named by its sha256; a second launch uploads nothing, and with the teacher's weights in a dataset of the user's
-    (made beforehand with the kaggle package; Kaggle unpacks the checkpoint, a zip) reads them there. The shards equal a
-    local extraction's. A URL weight is refused for a kernel without internet before anything is uploaded."""
+    named by its sha256. Then, on 2 kernels, the videos and the teacher's weights from a dataset of the user's (made
+    beforehand with the kaggle package; Kaggle unpacks the checkpoint, a zip): listed through the API for the plan,
+    attached to the kernels, not one byte uploaded -- no video, no weights again. Both runs' shards equal a local
+    extraction's. A URL weight is refused for a kernel without internet before anything is uploaded."""
     import sys
 
     from data_shards.synthetic_videos import write_collection
     from sync.remote_file import local_file
 
-    listing = write_collection(tmp_path / "videos", 7, seconds=2.0)
+    mine = tmp_path / "my-data"  # the videos and the teacher's checkpoint, as the user keeps them on Kaggle
+    listing = write_collection(mine, 4, seconds=2.0)
+    videos = [p.read_bytes() for p in sorted(mine.glob("*.mp4"))]
     weights = tiny_encoder_weights(tmp_path / "weights")
     local_weights = [f"{key}={path}" for key, path in weights.items()]
     args = ["--videos", str(listing), *TINY_EXTRACT, *local_weights]
@@ -328,25 +313,26 @@ def test_weights_travel_once_as_datasets_or_are_read_from_the_users_own_dataset(
     assert all((run / "shards" / name).read_bytes() == (tmp_path / "local" / name).read_bytes() for name in tars)
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
 
-    folder = tmp_path / "my-encoders"
-    folder.mkdir()
-    (folder / "imagebind.pt").write_bytes(weights["teacher.imagebind.weights"].read_bytes())
-    create_dataset(kaggle, tmp_path, "my-encoders", folder)
+    (mine / "imagebind.pt").write_bytes(weights["teacher.imagebind.weights"].read_bytes())
+    create_dataset(kaggle, tmp_path, "my-data", mine)
     saved = dict(os.environ)
     os.environ.update(kaggle_env(kaggle, USER, KEY, tmp_path / "kaggle-config"))
     try:  # off Kaggle, the same location is fetched with the kaggle package
-        fetched = local_file(f"kaggle://datasets/{USER}/my-encoders/imagebind.pt")
+        fetched = local_file(f"kaggle://datasets/{USER}/my-data/imagebind.pt")
         assert fetched.sha256 == hashlib.sha256(weights["teacher.imagebind.weights"].read_bytes()).hexdigest()
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    received = kaggle.bytes_received
-    mounted = [*local_weights[:2], f"teacher.imagebind.weights=kaggle://datasets/{USER}/my-encoders/imagebind.pt"]
-    again = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", *FAST, "--runs-dir", "again", "--videos", str(listing), *TINY_EXTRACT,
-                          *mounted)
+    received, blobs, requests = kaggle.bytes_received, len(kaggle.uploaded), len(kaggle.requests)
+    mounted = [*local_weights[:2], f"teacher.imagebind.weights=kaggle://datasets/{USER}/my-data/imagebind.pt"]
+    again = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", *FAST, "--num-kernels", "2", "--runs-dir", "again", "--videos",
+                          f"kaggle://datasets/{USER}/my-data/{listing.name}", *TINY_EXTRACT, *mounted)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     uploads = [line for line in again.stdout.splitlines() if "upload" in line or "already" in line]
     assert kaggle.bytes_received == received and "uploaded 0 bytes of datasets" in again.stdout, uploads
+    sent = b"".join(data for _, data in kaggle.uploaded[blobs:])
+    assert not any(video[1000:3000] in sent for video in videos)
+    assert not [body for method, body in kaggle.requests[requests:] if method == "CreateDataset"]
     assert "was unpacked by Kaggle; zipped again" in again.stdout
     shards = next((tmp_path / "again").iterdir()) / "shards"
     assert all((shards / name).read_bytes() == (tmp_path / "local" / name).read_bytes() for name in tars)
@@ -382,34 +368,6 @@ def create_dataset(kaggle, tmp_path: Path, slug: str, folder: Path) -> None:
     finally:
         os.environ.clear()
         os.environ.update(saved)
-
-
-def test_videos_in_a_kaggle_dataset_are_read_there_and_no_video_byte_is_uploaded(tmp_path, kaggle):
-    """Extraction on 2 kernels of a collection already on Kaggle (a dataset with a videos.csv, made beforehand with the
-    kaggle package): listed through the API for the plan, attached to the kernels; the launcher uploads no byte of any
-    video, and the shards equal a local extraction of the same files."""
-    import sys
-
-    from data_shards.synthetic_videos import write_collection
-
-    listing = write_collection(tmp_path / "my-videos", 7, seconds=2.0)
-    videos = [p.read_bytes() for p in sorted((tmp_path / "my-videos").glob("*.mp4"))]
-    create_dataset(kaggle, tmp_path, "my-videos", tmp_path / "my-videos")
-    received, blobs = kaggle.bytes_received, len(kaggle.uploaded)
-    args = ["--random-init", *TINY_EXTRACT]
-    result = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", *FAST, "--num-kernels", "2", "--videos",
-                           f"kaggle://datasets/{USER}/my-videos/{listing.name}", *args)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    sent = b"".join(data for _, data in kaggle.uploaded[blobs:])
-    assert kaggle.bytes_received > received and not any(video[1000:3000] in sent for video in videos)  # code, not videos
-    assert not [body for method, body in kaggle.requests if method == "CreateDataset" and "streamapprox-videos-" in json.dumps(body)]
-    run = only_run_dir(tmp_path)
-    local = subprocess.run([sys.executable, "-m", "jobs.extract", "--videos", str(listing), *args, "--out", str(tmp_path / "local")],
-                           env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert local.returncode == 0, local.stderr[-3000:]
-    tars = sorted(p.name for p in (tmp_path / "local").glob("*.tar"))
-    assert tars == sorted(p.name for p in (run / "shards").glob("*.tar")) and len(tars) == 3
-    assert all((run / "shards" / name).read_bytes() == (tmp_path / "local" / name).read_bytes() for name in tars)
 
 
 def test_index_runs_in_a_kernel_with_the_student_as_a_dataset_and_comes_back_reusable(tmp_path, kaggle, shard_dir):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 from conftest import SMALL, launch_command, read_jsonl
 from kaggle_server import FAST, KEY, USER, kaggle_env, launch_kaggle, only_run_dir
@@ -49,7 +48,8 @@ def test_a_kernel_stopped_at_the_session_wall_says_so_and_the_resume_continues_f
 
 def test_logs_follow_a_running_kernel_through_the_log_stream_and_exit_as_the_run_stands(tmp_path, kaggle, small_shards):
     """``launch logs --follow`` reads the kernel's lines while it runs -- through the stream the official client uses,
-    which breaks once and is read again without a line twice -- and exits 0; a kernel whose job fails: exit 1."""
+    which breaks once and is read again without a line twice -- and exits 0 (a kernel whose job fails: exit 1, in the
+    backend contract, tests/contract.py)."""
     started = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, "--detach", "--set", f"data.shards={SMALL}",
                             "train.epochs=3", "data.batch_size=32", "model.hidden=[64]")
     assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
@@ -76,14 +76,6 @@ def test_logs_follow_a_running_kernel_through_the_log_stream_and_exit_as_the_run
     assert not kaggle.stream_faults[slug]  # the stream broke once, and was read again
     assert output.count("epoch 0 done") == 1 and output.count("epoch 2 done") == 1, output[-4000:]
     assert any(method == "GetKernelSessionStatus" for method, _ in kaggle.requests)
-
-    failing = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, "--detach", "--runs-dir", "failing", "--set",
-                            f"data.shards={SMALL}", "optim.lr=1e9", "data.batch_size=64")
-    assert failing.returncode == 0, failing.stdout[-3000:] + failing.stderr[-3000:]
-    (failed_run,) = (tmp_path / "failing").iterdir()
-    followed = subprocess.run(launch_command("logs", str(failed_run), "--follow"), cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300)
-    assert followed.returncode == 1 and "training diverged" in followed.stdout + followed.stderr, followed.stdout[-3000:]
 
 
 def test_a_kernel_without_internet_has_no_network_and_fails_on_a_missing_wheel(tmp_path, kaggle, small_shards):
@@ -127,7 +119,7 @@ def test_a_kernel_without_internet_has_no_network_and_fails_on_a_missing_wheel(t
 def test_the_quota_line_shows_the_expected_hours_beside_the_worst_case_and_kaggles_own_figure(tmp_path, kaggle, small_shards):
     """A GPU launch says what it is expected to use -- nothing to go by before the job's first run, then the median of its
     earlier runs -- beside the most it could (every kernel to its budget, every continuation), with Kaggle's own figure
-    where Kaggle answers its quota call; where it does not, the launch goes on without it."""
+    where Kaggle answers its quota call; where it does not, the line goes without it."""
     cache = {"STREAMAPPROX_CACHE": str(tmp_path / "cache")}  # this account's ledger only
     first = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *QUICK, env_extra=cache)  # a T4 x2 kernel, the default
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -137,8 +129,7 @@ def test_the_quota_line_shows_the_expected_hours_beside_the_worst_case_and_kaggl
     assert "Kaggle reports 0.00 h used of 30.00 h this week" in line, line
 
     kaggle.answers_quota = False
-    time.sleep(0.1)
-    second = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", "--runs-dir", "second", *QUICK, env_extra=cache)
+    second = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", "--dry-run", *QUICK, env_extra=cache)  # the same line, planned
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     line = next(line for line in second.stdout.splitlines() if "GPU quota:" in line)
     ledger = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob(f"kaggle/{USER}/gpu-usage/*.json")]

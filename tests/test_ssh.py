@@ -340,7 +340,7 @@ def test_sweep_runs_on_a_host_and_its_best_run_comes_back(sshd, shards, tmp_path
     launch makes to node1 (dozens: checks, rsync, start, status, log tails, pull) shares one connection."""
     before = logins(sshd.node1)
     result = launch_ssh(sshd, tmp_path, "ssh", "sweep", *ssh_args(sshd, tmp_path / "remote", "node1"), "--space", "temperature_depth",
-                        "--num-samples", "2", "--preset", "train_transformer", "--set", f"data.shards={shards}", "train.epochs=2",
+                        "--num-samples", "1", "--preset", "train_transformer", "--set", f"data.shards={shards}", "train.epochs=2",
                         "data.batch_size=64", "model.width=32", "model.heads=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     sweep = next((tmp_path / "runs").iterdir())

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FIXTURES, TINY_EXTRACT, cli_env
+from conftest import FIXTURES, TINY_EXTRACT, cli_env, tiny_encoder_weights
 
 
 def sha256(path: Path) -> str:
@@ -22,19 +22,9 @@ def sha256(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    """Checkpoint files of the tiny encoders, written here as their real loaders read them."""
-    import open_clip
-    import torch
-    import torchvggish
-
-    from model.imagebind import ImageBind, ImageBindConfig
-
+    """A folder with the tiny encoders' checkpoint files: clip.pt, vggish.pt, imagebind.pt."""
     folder = tmp_path_factory.mktemp("weights")
-    open_clip.add_model_config(FIXTURES / "tiny_clip.json")
-    torch.save(open_clip.create_model("tiny_clip").state_dict(), folder / "clip.pt")
-    torch.save(torchvggish.VGG(torchvggish.make_layers(), postprocess=False).state_dict(), folder / "vggish.pt")
-    config = ImageBindConfig.model_validate_json((FIXTURES / "tiny_imagebind.json").read_text())
-    torch.save(ImageBind(config).state_dict(), folder / "imagebind.pt")
+    tiny_encoder_weights(folder)
     return folder
 
 
@@ -86,11 +76,19 @@ def extract(videos: Path, out: Path, cache: Path, *settings: str, env: dict | No
                           timeout=300)
 
 
-def test_a_url_weight_is_fetched_once_verified_and_recorded(tmp_path, weights, few_videos, file_server):
+def test_a_url_weight_is_fetched_once_and_an_s3_weight_read_where_the_job_runs_each_verified_and_recorded(
+        tmp_path, weights, few_videos, file_server, bucket, s3_endpoint):
+    """The teacher's weights from a URL pinned by sha256, CLIP's from S3: the first extraction fetches the URL (once: a
+    second one is answered by the cache) and reads S3 where it runs; with CLIP's local file instead, the shards are the
+    same bytes. A wrong pin or a missing object is one line, exit 2, nothing kept."""
+    client, name = bucket
+    client.upload_file(str(weights / "clip.pt"), name, "encoders/clip.pt")
     digest = sha256(weights / "imagebind.pt")
     url = f"{file_server.url}/imagebind.pt#sha256={digest}"
-    local = [f"student.clip.weights={weights / 'clip.pt'}", f"student.audio.vggish.weights={weights / 'vggish.pt'}"]
-    first = extract(few_videos, tmp_path / "first", tmp_path / "cache", *local, f"teacher.imagebind.weights={url}")
+    vggish, teacher = f"student.audio.vggish.weights={weights / 'vggish.pt'}", f"teacher.imagebind.weights={url}"
+    on_s3 = {"AWS_ENDPOINT_URL": s3_endpoint}
+    first = extract(few_videos, tmp_path / "first", tmp_path / "cache", f"student.clip.weights=s3://{name}/encoders/clip.pt", vggish,
+                    teacher, env=on_s3)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     manifest = json.loads((tmp_path / "first" / "manifest.json").read_text())
     files = manifest["source"]["files"]
@@ -99,14 +97,14 @@ def test_a_url_weight_is_fetched_once_verified_and_recorded(tmp_path, weights, f
     assert manifest["encoders"]["teacher"]["weights"] == url and manifest["encoders"]["teacher"]["weights_sha256"] == digest
     assert file_server.requests == ["/imagebind.pt"]
 
-    second = extract(few_videos, tmp_path / "second", tmp_path / "cache", *local, f"teacher.imagebind.weights={url}")
+    second = extract(few_videos, tmp_path / "second", tmp_path / "cache", f"student.clip.weights={weights / 'clip.pt'}", vggish, teacher)
     assert second.returncode == 0, second.stderr[-3000:]
     assert file_server.requests == ["/imagebind.pt"]  # the cache answered
     tars = sorted(p.name for p in (tmp_path / "first").glob("*.tar"))
     assert tars and all((tmp_path / "first" / n).read_bytes() == (tmp_path / "second" / n).read_bytes() for n in tars)
 
     wrong = "0" * 64
-    refused = extract(few_videos, tmp_path / "third", tmp_path / "other-cache", *local,
+    refused = extract(few_videos, tmp_path / "third", tmp_path / "other-cache", f"student.clip.weights={weights / 'clip.pt'}", vggish,
                       f"teacher.imagebind.weights={file_server.url}/imagebind.pt#sha256={wrong}")
     assert refused.returncode == 2, refused.stderr[-3000:]
     lines = refused.stderr.strip().splitlines()
@@ -114,23 +112,8 @@ def test_a_url_weight_is_fetched_once_verified_and_recorded(tmp_path, weights, f
     assert not [p for p in (tmp_path / "other-cache").rglob("imagebind.pt")]  # nothing kept
     assert not (tmp_path / "third" / "manifest.json").exists()
 
-
-def test_a_weight_on_s3_is_read_where_the_job_runs(tmp_path, weights, few_videos, bucket, s3_endpoint):
-    client, name = bucket
-    client.upload_file(str(weights / "clip.pt"), name, "encoders/clip.pt")
-    settings = [f"student.clip.weights=s3://{name}/encoders/clip.pt", f"student.audio.vggish.weights={weights / 'vggish.pt'}",
-                f"teacher.imagebind.weights={weights / 'imagebind.pt'}"]
-    result = extract(few_videos, tmp_path / "out", tmp_path / "cache", *settings, env={"AWS_ENDPOINT_URL": s3_endpoint})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    files = json.loads((tmp_path / "out" / "manifest.json").read_text())["source"]["files"]
-    assert files["student.clip.weights"]["sha256"] == sha256(weights / "clip.pt")
-    here = extract(few_videos, tmp_path / "here", tmp_path / "cache", f"student.clip.weights={weights / 'clip.pt'}", *settings[1:])
-    assert here.returncode == 0, here.stderr[-3000:]
-    tars = sorted(p.name for p in (tmp_path / "out").glob("*.tar"))
-    assert tars and all((tmp_path / "out" / n).read_bytes() == (tmp_path / "here" / n).read_bytes() for n in tars)
-
-    missing = extract(few_videos, tmp_path / "missing", tmp_path / "cache", f"student.clip.weights=s3://{name}/encoders/nope.pt",
-                      *settings[1:], env={"AWS_ENDPOINT_URL": s3_endpoint})
+    missing = extract(few_videos, tmp_path / "missing", tmp_path / "cache", f"student.clip.weights=s3://{name}/encoders/nope.pt", vggish,
+                      teacher, env=on_s3)
     assert missing.returncode == 2 and "student.clip.weights: s3://" in missing.stderr and "no such file there" in missing.stderr
 
 
