@@ -100,7 +100,7 @@ class Check:
         return ok, f"latency columns for {device}" if ok else f"exit {result.returncode}: {(result.stderr or '').strip()[-300:]}"
 
     def throughput(self) -> tuple[bool, str]:
-        size = ["--videos", "3", "--size", "320x180", "--seconds", "4"] if self.smoke else ["--videos", "24"]
+        size = ["--videos", "2", "--size", "320x180", "--seconds", "2"] if self.smoke else ["--videos", "24"]
         result = self.run(str(REPO / "bench" / "extract_throughput.py"), *size, timeout=900)
         lines = result.stdout.strip().splitlines()
         last = lines[-1] if lines else result.stderr[-300:]
