@@ -85,7 +85,8 @@ def test_a_url_weight_is_fetched_once_and_an_s3_weight_read_where_the_job_runs_e
     client.upload_file(str(weights / "clip.pt"), name, "encoders/clip.pt")
     digest = sha256(weights / "imagebind.pt")
     url = f"{file_server.url}/imagebind.pt#sha256={digest}"
-    vggish, teacher = f"student.audio.vggish.weights={weights / 'vggish.pt'}", f"teacher.imagebind.weights={url}"
+    local_clip, vggish = f"student.clip.weights={weights / 'clip.pt'}", f"student.audio.vggish.weights={weights / 'vggish.pt'}"
+    teacher = f"teacher.imagebind.weights={url}"
     on_s3 = {"AWS_ENDPOINT_URL": s3_endpoint}
     first = extract(few_videos, tmp_path / "first", tmp_path / "cache", f"student.clip.weights=s3://{name}/encoders/clip.pt", vggish,
                     teacher, env=on_s3)
@@ -97,14 +98,14 @@ def test_a_url_weight_is_fetched_once_and_an_s3_weight_read_where_the_job_runs_e
     assert manifest["encoders"]["teacher"]["weights"] == url and manifest["encoders"]["teacher"]["weights_sha256"] == digest
     assert file_server.requests == ["/imagebind.pt"]
 
-    second = extract(few_videos, tmp_path / "second", tmp_path / "cache", f"student.clip.weights={weights / 'clip.pt'}", vggish, teacher)
+    second = extract(few_videos, tmp_path / "second", tmp_path / "cache", local_clip, vggish, teacher)
     assert second.returncode == 0, second.stderr[-3000:]
     assert file_server.requests == ["/imagebind.pt"]  # the cache answered
     tars = sorted(p.name for p in (tmp_path / "first").glob("*.tar"))
     assert tars and all((tmp_path / "first" / n).read_bytes() == (tmp_path / "second" / n).read_bytes() for n in tars)
 
     wrong = "0" * 64
-    refused = extract(few_videos, tmp_path / "third", tmp_path / "other-cache", f"student.clip.weights={weights / 'clip.pt'}", vggish,
+    refused = extract(few_videos, tmp_path / "third", tmp_path / "other-cache", local_clip, vggish,
                       f"teacher.imagebind.weights={file_server.url}/imagebind.pt#sha256={wrong}")
     assert refused.returncode == 2, refused.stderr[-3000:]
     lines = refused.stderr.strip().splitlines()
