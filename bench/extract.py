@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data_shards.sampling import sample_frames, video_rng  # noqa: E402
 from data_shards.synthetic_videos import FPS, moving_shapes, tone  # noqa: E402
 from data_shards.video import decode_audio, decode_frames, probe, write_video  # noqa: E402
-from jobs.extract import AudioInputConfig, mean_image  # noqa: E402
+from jobs.extract import AudioInputConfig  # noqa: E402
+from jobs.prepare import mean_image  # noqa: E402
 from model.costs import count_flops, count_parameters, time_call  # noqa: E402
 from model.encoders import ClipConfig, ClipImageEncoder, VGGishConfig, VGGishEncoder  # noqa: E402
 from model.teachers import TeacherConfig, build_teacher  # noqa: E402
@@ -58,7 +59,7 @@ def main() -> None:
         info = probe(path)
         rng = video_rng(0, "bench")
         student_groups = sample_frames("original", info.frame_count, 3, rng)
-        teacher_groups = teacher.frame_groups(info, rng)
+        teacher_groups = teacher.inputs.frame_groups(info, rng)
 
         def student_decode():
             frames = decode_frames(info, [i for g in student_groups for i in g])

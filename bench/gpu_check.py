@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "fixtures"
 TRAIN_EPOCHS = 2  # each training step's run; its epoch loss must fall
+SMOKE_STEP_S = 240  # a smoke step takes 5-70 s here; past this it is hung
 TINY_ENCODERS = ["student.clip.model=tiny_clip", f"student.clip.architecture={TINY / 'tiny_clip.json'}",
                  f"teacher.imagebind.architecture={TINY / 'tiny_imagebind.json'}"]
 
@@ -37,7 +39,17 @@ class Check:
         self.student = ["model.hidden=[64]", "data.batch_size=64", "model.clip_dim=32", "model.out_dim=32"] if smoke else ["data.batch_size=256"]
 
     def run(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, *args], cwd=self.work, env=self.env, capture_output=True, text=True, timeout=timeout)
+        """``timeout``: a GPU run's; a smoke run gets at most SMOKE_STEP_S, so a step that hangs is one failed row."""
+        command = [sys.executable, *args]
+        with subprocess.Popen(command, cwd=self.work, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True) as process:
+            try:
+                out, err = process.communicate(timeout=min(timeout, SMOKE_STEP_S) if self.smoke else timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)  # with its children (accelerate's ranks, decode workers)
+                process.communicate()
+                raise
+        return subprocess.CompletedProcess(command, process.returncode, out, err)
 
     def step(self, name: str, what) -> None:
         began = time.monotonic()

@@ -442,8 +442,9 @@ class TrainBatches:
             decoder = _StreamDecoder(shards.dims, {path: (int(first), entry.samples) for path, first, entry in zip(paths, firsts, entries)})
             self._stream = _EpochBatches(paths[rank::world_size], decoder, shards.dims, batch_size, shuffle_buffer,
                                          seed * 1_000_003 + rank, self.batches_per_epoch)
-            self._loader = wds.WebLoader(self._stream, batch_size=None, num_workers=num_workers,
-                                         persistent_workers=num_workers > 0).with_epoch(self.batches_per_epoch)
+            # fresh worker processes, not forks of a trainer whose other threads may hold locks (see jobs/prepare.py)
+            self._loader = wds.WebLoader(self._stream, batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0,
+                                         multiprocessing_context="spawn" if num_workers else None).with_epoch(self.batches_per_epoch)
             self._streaming: object | None = None  # the epoch iterating the loader now
         log.info("train data: %s mode, %d samples, %d batches/epoch/rank", self.mode, total, self.batches_per_epoch)
 

@@ -19,9 +19,7 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,16 +32,16 @@ from data_shards.errors import ShardError
 from data_shards.files import atomic_write_text
 from data_shards.ledger import Ledger, Plan, PlannedShard
 from data_shards.merge import merge_shard_sets
-from data_shards.sampling import TooShort, check_strategy, sample_frames, video_rng
+from data_shards.sampling import check_strategy
 from data_shards.schema import Dims
 from data_shards.sources import VideoEntry
-from data_shards.video import Audio, DecodeError, decode_audio, decode_frames, probe
 from jobs import exit_job, new_run_id, now
 from jobs.config import ConfigError, format_validation_error, layered
 from jobs.contract import CheckReport, JobInput, VideoFile, VideosInput
 from jobs.extract_cost import table as cost_table
 from jobs.extract_cost import work_estimate
-from jobs.video_sources import fetch_video, is_remote, listed_videos, located_input, video_sizes
+from jobs.prepare import Prepared, VideoPreparer, prepared_stream
+from jobs.video_sources import is_remote, listed_videos, located_input, video_sizes
 from jobs.encoder_files import content_identity, declared_inputs, fetched, portable_name, provenance
 from jobs.run_lock import RunInUse, RunLock
 from jobs.rundir import RunDir, launched_by
@@ -119,35 +117,9 @@ class ExtractConfig(EncodersConfig):
         return None if self.student.audio.pooling == "mean" else vggish_examples(self.student.audio.segment_s)
 
 
-def mean_image(frames: dict[int, np.ndarray], group: list[int]) -> np.ndarray:
-    if len(group) == 1:
-        return frames[group[0]]
-    return np.mean([frames[i] for i in group], axis=0).round().astype(np.uint8)
-
-
-@dataclass
-class Prepared:
-    """One video decoded and made ready for the encoders -- all the CPU work, done in a decode worker ahead of them --
-    or the reason it cannot become a sample."""
-
-    entry: VideoEntry
-    meta: dict = field(default_factory=dict)
-    student: torch.Tensor | None = None  # CLIP's input pixels of the student frames
-    teacher: Any = None  # the teacher's prepared inputs
-    audio: torch.Tensor | None = None  # VGGish examples; None without usable audio
-    failure: str | None = None
-
-    def pin_memory(self) -> Prepared:
-        """Page-locked tensors, so the copies to the GPU overlap the encoders (the DataLoader calls this)."""
-        pin = lambda x: x.pin_memory() if isinstance(x, torch.Tensor) else x  # noqa: E731
-        self.student, self.audio = pin(self.student), pin(self.audio)
-        self.teacher = {k: pin(v) for k, v in self.teacher.items()} if isinstance(self.teacher, dict) else pin(self.teacher)
-        return self
-
-
 class Extractor:
-    """The encoders, built once per worker, and what a video becomes: ``prepare`` (decode and preprocess, CPU only:
-    a decode worker runs it) then ``encode`` (the models, on several videos at once)."""
+    """The encoders, built once per worker, and what a video becomes: ``preparer`` (decode and preprocess, CPU only,
+    no model: a decode worker runs it) then ``encode`` (the models, on several videos at once)."""
 
     def __init__(self, cfg: ExtractConfig, device):
         from model.encoders import ClipImageEncoder, VGGishEncoder
@@ -160,6 +132,7 @@ class Extractor:
         self.dims = Dims(frames=cfg.student.frames, clip=self.clip.dim, audio=128, teacher=self.teacher.dim,
                          audio_examples=cfg.audio_examples())
         self.device, self.precision = torch.device(device), resolve_precision(cfg.precision, torch.device(device))
+        self.preparer = VideoPreparer(cfg.student, cfg.seed, self.clip.pixels, self.teacher.inputs)
         self.encoding_s = 0.0  # time spent in the encoders (their share of the wall time says whether they wait)
 
     def encoders(self) -> dict:
@@ -169,56 +142,6 @@ class Extractor:
     def autocast(self):
         """Encoders run in ``precision`` (autocast); outputs are stored as the schema says either way."""
         return autocast(self.device, self.precision)
-
-    def prepare(self, entry: VideoEntry, threads: int = 0) -> Prepared:
-        """Probe, sample, decode, preprocess: everything before the models. ``threads``: decoder threads (a worker
-        among several takes 1). Frame i is the i-th frame of the stream (decord's index), for the student and the
-        teacher alike; the student's audio is what VGGish can use, the teacher's what it can (``audio_status``)."""
-        if is_remote(entry.path):
-            with tempfile.TemporaryDirectory(prefix="streamapprox-video-") as scratch:
-                try:
-                    here = fetch_video(entry, Path(scratch))
-                except FileNotFoundError as exc:
-                    return Prepared(entry, failure=str(exc))
-                return self.prepare_file(entry, here, threads)
-        if not Path(entry.path).is_file():
-            return Prepared(entry, failure=f"file not found: {entry.path}")
-        return self.prepare_file(entry, Path(entry.path), threads)
-
-    def prepare_file(self, entry: VideoEntry, path: Path, threads: int) -> Prepared:
-        try:
-            info = probe(str(path))
-            rng = video_rng(self.cfg.seed, entry.video_id)
-            student = sample_frames(self.cfg.student.sampling, info.frame_count, self.cfg.student.frames, rng)
-            teacher = self.teacher.frame_groups(info, rng)
-            frames = decode_frames(info, [i for group in student + teacher for i in group], threads=threads)
-            audio = decode_audio(str(path))
-            examples, audio_status = self.student_audio(audio)
-            teacher_audio_status = self.teacher.audio_status(audio)
-            teacher_inputs = self.teacher.prepare([mean_image(frames, group) for group in teacher],
-                                                  audio if teacher_audio_status == "ok" else None)
-        except (DecodeError, ValueError) as exc:  # ValueError: a window or strategy that this video cannot fill
-            return Prepared(entry, failure=f"too short: {exc}" if isinstance(exc, TooShort) else str(exc))
-        meta = {"video_id": entry.video_id, "split": entry.split, "has_audio": examples is not None,
-                "audio_status": audio_status, "duration_s": round(info.duration_s, 4),
-                "frame_times_s": [round(float(np.mean(group)) / info.fps, 4) for group in student],
-                "sampling": self.cfg.student.sampling, "teacher_sampling": self.cfg.teacher.sampling}
-        if teacher_audio_status is not None and teacher_audio_status != audio_status:
-            meta["teacher_audio_status"] = teacher_audio_status  # "ok": the teacher heard audio the student has none of
-        return Prepared(entry, meta, self.clip.pixels([mean_image(frames, group) for group in student]), teacher_inputs, examples)
-
-    def student_audio(self, audio: Audio | None) -> tuple[torch.Tensor | None, str]:
-        """(VGGish's examples of the student's segment, or None, and why not): what ``has_audio`` and ``audio_status``
-        record. The teacher decides for itself (``teacher.audio_status``)."""
-        if audio is None:
-            return None, "no audio stream"
-        if not np.any(audio.samples):
-            return None, "silent: every sample is zero"
-        audio_cfg = self.cfg.student.audio
-        try:
-            return self.vggish.examples(audio.segment(audio_cfg.segment_s, audio_cfg.position)), "ok"
-        except ValueError as exc:
-            return None, f"audio too short: {exc}"
 
     def audio_features(self, features: np.ndarray | None) -> np.ndarray:
         """audio.npy: the examples' mean, or the first ``audio_examples`` of them (zeros without usable audio)."""
@@ -319,27 +242,13 @@ def worker_share(args: argparse.Namespace) -> tuple[int, int, PartialState | Non
     return index, count, None
 
 
-class PreparedVideos(torch.utils.data.Dataset):
-    """The videos to do, in plan order, as a decode worker prepares them."""
-
-    def __init__(self, extractor: Extractor, entries: list[VideoEntry], threads: int):
-        self.extractor, self.entries, self.threads = extractor, entries, threads
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    def __getitem__(self, index: int) -> Prepared:
-        return self.extractor.prepare(self.entries[index], self.threads)
-
-
-def as_is(item):
-    return item
-
-
 def default_workers(device: torch.device) -> int:
-    """Decode workers: enough to keep a GPU fed (one per core, up to 8); on a CPU the encoders need cores too."""
+    """Decode workers: enough to keep a GPU fed (one per core, up to 8). None on a CPU: the encoders' threads already
+    use every core there, so a worker only takes cores from them and costs its start (bench/extract_throughput.py)."""
+    if device.type != "cuda":
+        return 0
     cores = max(len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)  # this rank's share
-    return min(cores, 8) if device.type == "cuda" else max(cores - 1, 1)
+    return min(cores, 8)
 
 
 def default_batch(device: torch.device) -> int:
@@ -348,22 +257,6 @@ def default_batch(device: torch.device) -> int:
     if device.type != "cuda":
         return 1
     return max(1, min(16, torch.cuda.get_device_properties(device).total_memory // 2**31))
-
-
-def prepared_stream(extractor: Extractor, entries: list[VideoEntry], workers: int, batch: int):
-    """Prepared videos in plan order, in lists of up to ``batch``; ``workers`` processes decode ahead of the encoders
-    (0: decode here, one video after the other)."""
-    loader = torch.utils.data.DataLoader(PreparedVideos(extractor, entries, 1 if workers > 1 else 0), batch_size=None,
-                                         num_workers=workers, collate_fn=as_is, pin_memory=extractor.device.type == "cuda",
-                                         prefetch_factor=max(2, 2 * batch // workers) if workers else None)
-    pending: list[Prepared] = []
-    for prepared in loader:
-        pending.append(prepared)
-        if len(pending) == batch:
-            yield pending
-            pending = []
-    if pending:
-        yield pending
 
 
 def run_worker(cfg: ExtractConfig, out: Path, index: int, count: int, state, time_budget: float | None, workers: int | None = None,
@@ -410,7 +303,8 @@ def write_shards(ledger: Ledger, todo: list[PlannedShard], extractor: Extractor,
     current = next(shards, None)
     samples, failures, slowest, shard_began = [], [], 0.0, time.monotonic()
     began = time.monotonic()
-    stream = prepared_stream(extractor, [entry for shard in todo for entry in shard.videos], workers, batch)
+    stream = prepared_stream(extractor.preparer, [entry for shard in todo for entry in shard.videos], workers, batch,
+                             pin_memory=extractor.device.type == "cuda")
     try:
         for prepared in stream:
             ready = [p for p in prepared if not p.failure]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -134,12 +135,27 @@ def _clip_file(model: str, pretrained: str) -> Path:
     return Path(open_clip.pretrained.download_pretrained(open_clip.get_pretrained_cfg(model, pretrained)))
 
 
+@dataclass(frozen=True)
+class ClipPixels:
+    """CLIP's own preprocessing (open_clip's transform), apart from the model: all a decode worker needs of CLIP, and
+    small enough to send to one."""
+
+    transform: Callable
+
+    def __call__(self, images: list[np.ndarray]) -> torch.Tensor:
+        """RGB uint8 frames -> CLIP's input pixels [N, 3, S, S]."""
+        from PIL import Image
+
+        return torch.stack([self.transform(Image.fromarray(image)) for image in images])
+
+
 class ClipImageEncoder:
     """open_clip image tower: RGB frames -> unit-norm image embeddings."""
 
     def __init__(self, config: ClipConfig, random_init: bool = False, device: str | torch.device = "cpu", seed: int = 0):
         self.config, self.random_init, self.device = config, random_init, torch.device(device)
-        model, self.preprocess, self.version, self.weights = create_clip(config, random_init, seed)
+        model, preprocess, self.version, self.weights = create_clip(config, random_init, seed)
+        self.pixels = ClipPixels(preprocess)
         self.model = model.visual.to(self.device).eval()
         self.dim = int(model.visual.output_dim)
 
@@ -152,12 +168,6 @@ class ClipImageEncoder:
     def encode(self, images: list[np.ndarray]) -> np.ndarray:
         return self.embed(self.pixels(images))
 
-    def pixels(self, images: list[np.ndarray]) -> torch.Tensor:
-        """CLIP's own preprocessing on the CPU (what a decode worker can do ahead of the model): [N, 3, S, S]."""
-        from PIL import Image
-
-        return torch.stack([self.preprocess(Image.fromarray(image)) for image in images])
-
     @torch.inference_mode()
     def embed(self, pixels: torch.Tensor) -> np.ndarray:
         features = self.model(pixels.to(self.device, non_blocking=True)).float()
@@ -167,6 +177,17 @@ class ClipImageEncoder:
         return {"library": "open_clip", "version": self.version, "model": self.config.model, "dim": self.dim,
                 "pretrained": None if self.random_init else (self.config.weights or self.config.pretrained),
                 "weights_sha256": weights_digest(self.weights), "random_init": self.random_init}
+
+
+def vggish_log_mel(audio) -> torch.Tensor:
+    """torchvggish's own preparation on the CPU (a decode worker's part): the channel mean, resampy to 16 kHz, its
+    log-mel examples [S, 1, 96, 64] for the S whole 0.96 s examples in ``audio`` (a ``data_shards.video.Audio``)."""
+    from torchvggish import waveform_to_examples
+
+    examples = waveform_to_examples(audio.samples.T.astype(np.float64), audio.rate, return_tensor=True).detach().float()
+    if examples.shape[0] == 0:
+        raise ValueError(f"audio of {audio.seconds:.2f} s is shorter than one VGGish example ({VGGISH_EXAMPLE_S} s)")
+    return examples
 
 
 class VGGishEncoder:
@@ -188,7 +209,6 @@ class VGGishEncoder:
             self.model.load_state_dict(state)
         self.model.to(self.device).eval()
         self.postprocessor = self._postprocessor(torchvggish) if config.postprocess else None
-        self._to_examples = torchvggish.waveform_to_examples
 
     def _postprocessor(self, torchvggish):
         """torchvggish's own Postprocessor, fed PCA params from a file or the hub cache (or random ones)."""
@@ -208,14 +228,7 @@ class VGGishEncoder:
     def encode(self, audio) -> np.ndarray:
         """[S, 128] for the S whole 0.96 s examples in ``audio`` (a ``data_shards.video.Audio``: every channel, its own
         rate)."""
-        return self.embed(self.examples(audio))
-
-    def examples(self, audio) -> torch.Tensor:
-        """torchvggish's own preparation on the CPU: the channel mean, resampy to 16 kHz, its log-mel examples."""
-        examples = self._to_examples(audio.samples.T.astype(np.float64), audio.rate, return_tensor=True).detach().float()
-        if examples.shape[0] == 0:
-            raise ValueError(f"audio of {audio.seconds:.2f} s is shorter than one VGGish example ({VGGISH_EXAMPLE_S} s)")
-        return examples
+        return self.embed(vggish_log_mel(audio))
 
     @torch.inference_mode()
     def embed(self, examples: torch.Tensor) -> np.ndarray:

@@ -5,10 +5,12 @@ tower over 3 two-second clips, fused as normalize(mean(normalize(vision), normal
 normalize(vision) for a video without audio -- never an unnormalized vector.
 ``DenseClipTeacher``: the mean of CLIP image embeddings over N frames (CLIP4Clip's mean pooling),
 for users without ImageBind weights.
-Each says which frames it needs (``frame_groups``) so the decoder seeks to exactly those.
+Each teacher's ``inputs`` (no model: a decode worker's part) says which frames it needs (``frame_groups``), so the
+decoder seeks to exactly those, whether it hears a video's audio (``audio_status``), and ``prepare``s them.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +21,7 @@ from pydantic import Field
 from data_shards.sampling import Groups, sample_frames
 from data_shards.video import Audio, VideoInfo
 from model.config import Strict
-from model.encoders import ClipConfig, ClipImageEncoder, EncoderError, weights_digest
+from model.encoders import ClipConfig, ClipImageEncoder, ClipPixels, EncoderError, weights_digest
 
 IMAGEBIND_CLIPS, IMAGEBIND_CLIP_S = 5, 2.0
 
@@ -41,25 +43,34 @@ def _unit(vector: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(vector.double(), dim=-1).float()
 
 
-class DenseClipTeacher:
-    def __init__(self, config: TeacherConfig, encoder: ClipImageEncoder):
-        if config.sampling == "imagebind":
-            raise EncoderError("teacher.sampling=imagebind belongs to the ImageBind teacher; dense_clip takes a frame strategy (e.g. uniform)")
-        self.config, self.encoder, self.dim = config, encoder, encoder.dim
+@dataclass(frozen=True)
+class DenseClipInputs:
+    """What dense_clip needs of a video, apart from the model (a decode worker's part): frames by a frame strategy,
+    CLIP's preprocessing of them, no audio."""
+
+    config: TeacherConfig
+    pixels: ClipPixels
 
     def frame_groups(self, info: VideoInfo, rng: np.random.Generator) -> Groups:
         return sample_frames(self.config.sampling, info.frame_count, self.config.frames, rng)
-
-    def embed(self, frames: list[np.ndarray], audio: Audio | None) -> np.ndarray:
-        return self.embed_prepared([self.prepare(frames, audio)])[0]
 
     def audio_status(self, audio: Audio | None) -> str | None:
         """None: this teacher takes no audio, so it has nothing to say about a video's."""
         return None
 
     def prepare(self, frames: list[np.ndarray], audio: Audio | None) -> torch.Tensor:
-        """The CPU part (a decode worker's): CLIP's preprocessing of the frames."""
-        return self.encoder.pixels(frames)
+        return self.pixels(frames)
+
+
+class DenseClipTeacher:
+    def __init__(self, config: TeacherConfig, encoder: ClipImageEncoder):
+        if config.sampling == "imagebind":
+            raise EncoderError("teacher.sampling=imagebind belongs to the ImageBind teacher; dense_clip takes a frame strategy (e.g. uniform)")
+        self.config, self.encoder, self.dim = config, encoder, encoder.dim
+        self.inputs = DenseClipInputs(config, encoder.pixels)
+
+    def embed(self, frames: list[np.ndarray], audio: Audio | None) -> np.ndarray:
+        return self.embed_prepared([self.inputs.prepare(frames, audio)])[0]
 
     def embed_prepared(self, prepared: list[torch.Tensor]) -> list[np.ndarray]:
         """Several videos' frames in one encoder call; each video's embedding is the unit mean of its frames'."""
@@ -100,14 +111,12 @@ def build_imagebind(config: ImageBindTeacherConfig, modalities: tuple[str, ...],
     return model.eval(), weights
 
 
-class ImageBindTeacher:
-    def __init__(self, config: TeacherConfig, random_init: bool, device: torch.device, seed: int = 0):
-        if config.sampling != "imagebind" and config.frames != 2 * IMAGEBIND_CLIPS:
-            raise EncoderError(f"teacher.frames={config.frames}: ImageBind takes {IMAGEBIND_CLIPS} clips of 2 frames, set teacher.frames=10")
-        self.config, self.random_init, self.device = config, random_init, device
-        self.model, self.weights = build_imagebind(config.imagebind, ("vision", "audio"), random_init, seed)
-        self.model.to(device)
-        self.dim = self.model.config.out_embed_dim
+@dataclass(frozen=True)
+class ImageBindInputs:
+    """What ImageBind needs of a video, apart from the model (a decode worker's part): its clips' frames, its views of
+    them and its fbank clips of the audio it hears."""
+
+    config: TeacherConfig
 
     def frame_groups(self, info: VideoInfo, rng: np.random.Generator) -> Groups:
         from model.imagebind_inputs import video_frame_indices
@@ -116,9 +125,6 @@ class ImageBindTeacher:
             return sample_frames(self.config.sampling, info.frame_count, self.config.frames, rng)
         clips = video_frame_indices(info.frame_count, info.fps, IMAGEBIND_CLIP_S, IMAGEBIND_CLIPS)
         return [[index] for clip in clips for index in clip]
-
-    def embed(self, frames: list[np.ndarray], audio: Audio | None) -> np.ndarray:
-        return self.embed_prepared([self.prepare(frames, audio)])[0]
 
     def audio_status(self, audio: Audio | None) -> str:
         """Whether the teacher hears this audio: "ok" (pass it to ``prepare``), or why not. Its own rule, not the
@@ -135,7 +141,7 @@ class ImageBindTeacher:
         return f"audio too short: {too_short}" if too_short else "ok"
 
     def prepare(self, frames: list[np.ndarray], audio: Audio | None) -> dict[str, torch.Tensor]:
-        """The CPU part (a decode worker's): ImageBind's views of the frames and, with audio, its fbank clips."""
+        """ImageBind's views of the frames and, with audio, its fbank clips."""
         from model.imagebind_inputs import audio_clips, vision_views
 
         clips = torch.from_numpy(np.stack(frames)).reshape(IMAGEBIND_CLIPS, 2, *frames[0].shape)
@@ -145,6 +151,20 @@ class ImageBindTeacher:
             # and makes the fbank of channel 0
             inputs["audio"] = audio_clips(torch.from_numpy(audio.samples), audio.rate, IMAGEBIND_CLIP_S)
         return inputs
+
+
+class ImageBindTeacher:
+    def __init__(self, config: TeacherConfig, random_init: bool, device: torch.device, seed: int = 0):
+        if config.sampling != "imagebind" and config.frames != 2 * IMAGEBIND_CLIPS:
+            raise EncoderError(f"teacher.frames={config.frames}: ImageBind takes {IMAGEBIND_CLIPS} clips of 2 frames, set teacher.frames=10")
+        self.config, self.random_init, self.device = config, random_init, device
+        self.inputs = ImageBindInputs(config)
+        self.model, self.weights = build_imagebind(config.imagebind, ("vision", "audio"), random_init, seed)
+        self.model.to(device)
+        self.dim = self.model.config.out_embed_dim
+
+    def embed(self, frames: list[np.ndarray], audio: Audio | None) -> np.ndarray:
+        return self.embed_prepared([self.inputs.prepare(frames, audio)])[0]
 
     @torch.inference_mode()
     def embed_prepared(self, prepared: list[dict[str, torch.Tensor]]) -> list[np.ndarray]:
@@ -167,6 +187,9 @@ class ImageBindTeacher:
                 "weights": str(self.weights) if self.weights else None,
                 "weights_sha256": weights_digest(self.weights), "random_init": self.random_init,
                 "fusion": "normalize(mean(normalize(vision), normalize(audio))); normalize(vision) without audio"}
+
+
+TeacherInputs = DenseClipInputs | ImageBindInputs
 
 
 def build_teacher(config: TeacherConfig, student_clip: ClipImageEncoder, random_init: bool, device: torch.device, seed: int = 0):

@@ -103,7 +103,7 @@ def plain(videos, tmp_path_factory) -> Path:
                     info = probe(entry.path)
                     rng = video_rng(0, entry.video_id)
                     student_groups = sample_frames("original", info.frame_count, 3, rng)
-                    teacher_groups = teacher.frame_groups(info, rng)
+                    teacher_groups = teacher.inputs.frame_groups(info, rng)
                 except (DecodeError, ValueError):  # corrupt; too short for the student's 3 frames
                     failed.append({"video_id": entry.video_id, "split": entry.split})
                     continue
@@ -119,7 +119,7 @@ def plain(videos, tmp_path_factory) -> Path:
                         sound, status = vggish.encode(audio.segment(3.0, "middle")).mean(0), "ok"
                     except ValueError as exc:  # not one whole VGGish example
                         status = f"audio too short: {exc}"
-                heard = teacher.audio_status(audio)  # the teacher's own rule for what it hears
+                heard = teacher.inputs.audio_status(audio)  # the teacher's own rule for what it hears
                 meta = {"video_id": entry.video_id, "split": entry.split, "has_audio": sound is not None, "audio_status": status,
                         "duration_s": round(info.duration_s, 4),
                         "frame_times_s": [round(group[0] / info.fps, 4) for group in student_groups],
@@ -199,10 +199,11 @@ def test_the_pipeline_writes_the_sequential_shards(videos, reference, plain, tmp
 
 
 def test_sigkill_midway_then_rerun_gives_identical_shards(videos, reference, plain, tmp_path):
-    """The pipeline (this machine's default decode workers) killed midway, rerun: the plain reference's shard bytes and the
+    """The pipeline (a decode worker ahead of the encoders) killed midway, rerun: the plain reference's shard bytes and the
     sequential job's manifest."""
     out = tmp_path / "shards"
-    process = subprocess.Popen(extract_command(videos, out), env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(extract_command(videos, out, "--decode-workers", "1"), env=cli_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while not list((out / ".ledger").glob("*.json")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.02)

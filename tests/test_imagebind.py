@@ -3,9 +3,14 @@
 real files -- which frames, what audio -- against real decord and data.py's algorithm."""
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import json
 import math
+import multiprocessing
+import sys
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -393,7 +398,7 @@ def _numbered_video(kind: str, root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def extractor():
-    """The extraction job's own per-video work (``Extractor.prepare``) with the real architectures at tiny sizes."""
+    """The extraction job's encoders and per-video work with the real architectures at tiny sizes."""
     from jobs.extract import ExtractConfig, Extractor
 
     cfg = ExtractConfig.model_validate({
@@ -403,6 +408,12 @@ def extractor():
     return Extractor(cfg, "cpu")
 
 
+@pytest.fixture(scope="module")
+def preparer(extractor):
+    """What the job's decode workers do to a video (``VideoPreparer.prepare``)."""
+    return extractor.preparer
+
+
 def _entry(path: Path):
     from data_shards.sources import VideoEntry
 
@@ -410,7 +421,7 @@ def _entry(path: Path):
 
 
 @pytest.mark.parametrize("kind", NUMBERED_KINDS)
-def test_the_teacher_sees_decords_frames(tmp_path, extractor, kind):
+def test_the_teacher_sees_decords_frames(tmp_path, preparer, kind):
     """The teacher's 10 frames are the ones decord serves official data.py -- the i-th frames of the stream, with
     decord's frame count and rate -- read back from the numbers drawn in them; its views equal the official
     transforms of decord's frames, pixel for pixel. On the variable-rate and odd-rate files the frame shown at
@@ -421,7 +432,7 @@ def test_the_teacher_sees_decords_frames(tmp_path, extractor, kind):
     path = _numbered_video(kind, tmp_path)
     official = _official_video_frames(path)
     official_numbers = [_frame_number(frame) for clip in official for frame in clip]
-    prepared = extractor.prepare(_entry(path))
+    prepared = preparer.prepare(_entry(path))
     assert prepared.failure is None
     teacher_numbers = _view_numbers(prepared.teacher["vision"])
     assert teacher_numbers == official_numbers
@@ -442,14 +453,57 @@ def test_the_teacher_sees_decords_frames(tmp_path, extractor, kind):
         assert (fps, count) == (30000.0, 120) and official_numbers == [0, 119] * 5 and by_time == [0, 1] * 5
 
 
-def test_the_pipeline_and_the_sequential_path_pick_the_same_frames(tmp_path, extractor):
-    """Decode workers (a DataLoader process) and the job's own process prepare the same teacher inputs."""
-    from jobs.extract import prepared_stream
+class _ImportHeldOpen(importlib.abc.MetaPathFinder):
+    """Holds one module's import open (its import lock taken, the module half made) until ``release`` is set, as a
+    thread of the job does while it imports something."""
+
+    def __init__(self, name: str):
+        self.name, self.importing, self.release = name, threading.Event(), threading.Event()
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            self.importing.set()
+            self.release.wait(300)
+            run(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def test_decode_workers_prepare_what_the_job_does_even_while_another_thread_of_it_holds_a_lock(tmp_path, preparer, monkeypatch):
+    """Decode workers and the job's own process prepare the same teacher inputs. The workers start while another
+    thread of the job is importing a module they need: a worker forked from the job would inherit that import's lock,
+    held by a thread it does not have, and wait forever; a fresh worker imports the module itself."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jobs.prepare import prepared_stream
 
     entries = [_entry(_numbered_video(kind, tmp_path)) for kind in NUMBERED_KINDS[1:]]
-    sequential = [p for batch in prepared_stream(extractor, entries, workers=0, batch=2) for p in batch]
-    pipeline = [p for batch in prepared_stream(extractor, entries, workers=1, batch=2) for p in batch]
-    for here, there in zip(sequential, pipeline):
+    sequential = [p for batch in prepared_stream(preparer, entries, workers=0, batch=2) for p in batch]
+
+    held = _ImportHeldOpen("model.imagebind_inputs")  # the teacher's frame choice imports it in the worker
+    monkeypatch.delitem(sys.modules, held.name)
+    monkeypatch.setattr(sys, "meta_path", [held, *sys.meta_path])
+    importer = threading.Thread(target=importlib.import_module, args=(held.name,), daemon=True)
+    importer.start()
+    assert held.importing.wait(30)
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(lambda: [p for batch in prepared_stream(preparer, entries, workers=1, batch=2) for p in batch])
+        try:
+            pipeline = running.result(timeout=180)
+        except TimeoutError:
+            pytest.fail("the decode workers prepared nothing in 180 s: they wait on a lock another thread of the job held")
+        finally:
+            held.release.set()
+            for stuck in multiprocessing.active_children():
+                stuck.kill()
+    importer.join(30)
+    for here, there in zip(sequential, pipeline, strict=True):
         assert here.failure is None and there.failure is None
         assert torch.equal(here.teacher["vision"], there.teacher["vision"]) and here.meta == there.meta
     assert [_view_numbers(p.teacher["vision"]) for p in pipeline] == [
@@ -511,7 +565,7 @@ def test_the_teachers_inputs_equal_the_official_pipelines_on_ordinary_files(tmp_
         assert (audio_clips(torch.from_numpy(old)[None]) - reference).abs().max() > 0.05
 
 
-def test_the_teacher_hears_audio_too_short_for_vggish(tmp_path, extractor):
+def test_the_teacher_hears_audio_too_short_for_vggish(tmp_path, extractor, preparer):
     """0.8 s of stereo 44.1 kHz audio under 2 s of video: less than one 0.96 s VGGish example, so the student records
     no audio (``has_audio: false``), but official ImageBind embeds it and so does the teacher -- its inputs are data.py's
     for the file, its target is not the vision-only one, and meta says the teacher heard it. Audio shorter than one
@@ -524,7 +578,7 @@ def test_the_teacher_hears_audio_too_short_for_vggish(tmp_path, extractor):
     t = np.arange(int(0.8 * rate)) / rate
     write_video(tmp_path / "short_audio.mp4", moving_shapes(2.0, 64), 16,
                 np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 1250 * t)]).astype(np.float32), rate)
-    prepared = extractor.prepare(_entry(tmp_path / "short_audio.mp4"))
+    prepared = preparer.prepare(_entry(tmp_path / "short_audio.mp4"))
     official, official_rate = _libav_audio(tmp_path / "short_audio.mp4")
     assert 0.75 < official.shape[1] / official_rate < 0.9
     assert prepared.failure is None and "audio" in prepared.teacher, "the teacher heard nothing"
@@ -537,7 +591,7 @@ def test_the_teacher_hears_audio_too_short_for_vggish(tmp_path, extractor):
 
     # one AAC frame at 48 kHz: 1024 samples, 341 once resampled to 16 kHz
     write_video(tmp_path / "blip.mp4", moving_shapes(2.0, 64), 16, (0.3 * np.sin(np.arange(300) / 5)).astype(np.float32), 48_000)
-    blip = extractor.prepare(_entry(tmp_path / "blip.mp4"))
+    blip = preparer.prepare(_entry(tmp_path / "blip.mp4"))
     assert blip.failure is None and "audio" not in blip.teacher and blip.meta["has_audio"] is False
     assert blip.meta["teacher_audio_status"].startswith("audio too short") and "25 ms fbank frame" in blip.meta["teacher_audio_status"]
     with pytest.raises(AssertionError, match="window size 400"):  # kaldi's fbank, as official data.py calls it
