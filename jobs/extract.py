@@ -378,7 +378,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--time-budget", type=float, metavar="SECONDS", help="start no new shard after this much time; resumable")
     parser.add_argument("--decode-workers", type=int, metavar="N",
                         help="processes that decode and preprocess videos ahead of the encoders (0: in turn, here); "
-                        "default: one per core up to 8 on a GPU, cores - 1 on a CPU. The shards are the same either way")
+                        "default: one per core up to 8 on a GPU, none on a CPU. The shards are the same either way")
     parser.add_argument("--encode-batch", type=int, metavar="V",
                         help="videos per encoder call (default: 1 on a CPU, by GPU memory up to 16 on a GPU); more than one "
                         "may change the features' last bit")

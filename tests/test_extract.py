@@ -237,10 +237,13 @@ def test_workers_together_or_apart_make_the_single_worker_set(videos, reference,
     from data_shards.merge import merge_shard_sets
     from data_shards import open_shards
 
-    # ranks under accelerate launch share one directory; the last one to finish writes the manifest
-    result = launch("local", "extract", "--accelerate-config", "cpu_ddp2", "--videos", str(videos), "--random-init", *TINY, cwd=tmp_path)
+    # ranks under accelerate launch share one directory; the last one to finish writes the manifest. Each rank starts
+    # a decode worker of its own, as on a GPU node (a fresh process, from a job that accelerate's runner started)
+    result = launch("local", "extract", "--accelerate-config", "cpu_ddp2", "--videos", str(videos), "--random-init", *TINY,
+                    "--decode-workers", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "worker 0/2:" in result.stdout and "worker 1/2:" in result.stdout, "each rank must take its own half of the shards"
+    assert result.stdout.count("1 decode workers") == 2
     run = only_run(tmp_path)
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
     assert_same_samples(open_shards(run / "shards"), open_shards(plain))  # one thread per rank: float sums may differ by an ulp
