@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -79,6 +80,19 @@ class FileInput(_Input):
     sha256: str
 
 
+class FolderInput(_Input):
+    """A few files of a folder here (MSR-VTT's split files for videos that live elsewhere): found again by the digest of
+    their names and sha256s."""
+
+    kind: Literal["folder"] = "folder"
+    path: str
+    files: dict[str, str]  # name -> sha256
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.files, sort_keys=True).encode()).hexdigest()
+
+
 class LocatedFileInput(_Input):
     """A file read where it lives -- ``location`` is ``https://``, ``s3://`` or ``kaggle://datasets|models/...`` -- or,
     with ``library``, what an encoder's library downloads itself (``location`` then says what): nothing travels from
@@ -88,6 +102,7 @@ class LocatedFileInput(_Input):
     regenerable: bool = True
     needs_internet: bool
     library: bool = False
+    folder: bool = False  # a folder of files (``--msrvtt-splits``), not one file
 
 
 class LocatedVideosInput(_Input):
@@ -102,7 +117,7 @@ class LocatedVideosInput(_Input):
     bytes: int | None = None
 
 
-JobInput = Annotated[ShardsInput | KaggleOutputsInput | VideosInput | FileInput | LocatedFileInput | LocatedVideosInput,
+JobInput = Annotated[ShardsInput | KaggleOutputsInput | VideosInput | FileInput | FolderInput | LocatedFileInput | LocatedVideosInput,
                      Field(discriminator="kind")]
 
 

@@ -29,15 +29,15 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from tqdm import tqdm
 
 from data_shards.errors import ShardError
-from data_shards.files import atomic_write_text
+from data_shards.files import atomic_write_text, hash_file
 from data_shards.ledger import Ledger, Plan, PlannedShard
 from data_shards.merge import merge_shard_sets
 from data_shards.sampling import check_strategy
 from data_shards.schema import Dims
-from data_shards.sources import VideoEntry
+from data_shards.sources import MSRVTT_TEST, MSRVTT_TRAIN, VideoEntry
 from jobs import exit_job, new_run_id, now
 from jobs.config import ConfigError, format_validation_error, layered
-from jobs.contract import CheckReport, JobInput, VideoFile, VideosInput
+from jobs.contract import CheckReport, FolderInput, JobInput, LocatedFileInput, VideoFile, VideosInput
 from jobs.extract_cost import table as cost_table
 from jobs.extract_cost import work_estimate
 from jobs.prepare import Prepared, VideoPreparer, prepared_stream
@@ -50,7 +50,7 @@ from model.config import Strict
 from model.encoders import ClipConfig, EncoderError, VGGishConfig, autocast, resolve_precision, vggish_examples
 from model.teachers import TeacherConfig
 from sync import SyncError
-from sync.remote_file import LocalFile
+from sync.remote_file import FileLocation, LocalFile
 
 if TYPE_CHECKING:
     from accelerate import PartialState
@@ -344,6 +344,15 @@ def report(manifest) -> str:
     return "\n".join(lines)
 
 
+def splits_input(location: str) -> JobInput:
+    """MSR-VTT's split files for videos read where they live: a folder here travels (two small files, by content); one
+    elsewhere is read there (Kaggle mounts a ``kaggle://datasets/...`` folder on its kernels)."""
+    if is_remote(location):
+        return LocatedFileInput(location=location, needs_internet=FileLocation.parse(location).needs_internet, folder=True)
+    return FolderInput(location=location, path=str(Path(location).resolve()),
+                       files={name: hash_file(Path(location) / name, "sha256")[1][0] for name in (MSRVTT_TRAIN, MSRVTT_TEST)})
+
+
 def write_check_report(path: Path, cfg: ExtractConfig, entries: list[VideoEntry]) -> None:
     """The videos as one flat listing a remote launcher can upload and the kernel can find again."""
     sizes = video_sizes(cfg.input.videos, entries)
@@ -357,7 +366,8 @@ def write_check_report(path: Path, cfg: ExtractConfig, entries: list[VideoEntry]
             raise ShardError(f"{len(missing)} listed videos are missing here (e.g. {missing[0]}); remote kernels only get what exists "
                              "locally (or what a URL in the list names)")
         videos = VideosInput(location=cfg.input.videos, listing=listing, also_set={"input.msrvtt_splits": None})
-    CheckReport(job="extract", inputs={"input.videos": videos, **declared_inputs(cfg, cfg.random_init)},
+    splits = {"input.msrvtt_splits": splits_input(cfg.input.msrvtt_splits)} if is_remote(cfg.input.videos) and cfg.input.msrvtt_splits else {}
+    CheckReport(job="extract", inputs={"input.videos": videos, **splits, **declared_inputs(cfg, cfg.random_init)},
                 work=work_estimate(cfg, entries, sizes)).write(path)
 
 

@@ -8,7 +8,8 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from data_shards.sources import VideoEntry, from_list, from_msrvtt, from_names, list_videos
+from data_shards.sources import MSRVTT_TEST, MSRVTT_TRAIN, VideoEntry, from_list, from_msrvtt, from_names, list_videos
+from data_shards.errors import ShardError
 from jobs.contract import LocatedVideosInput
 from sync import SyncError
 from sync.remote_file import download, list_folder
@@ -21,7 +22,17 @@ def is_remote(location: str) -> bool:
 
 
 def listed_videos(location: str, msrvtt_splits: str | None, default_split: str) -> list[VideoEntry]:
-    """The videos of ``location`` (see the module), sorted as the plan wants them."""
+    """The videos of ``location`` (see the module), sorted as the plan wants them. MSR-VTT's split files may live
+    elsewhere too (beside the videos in a Kaggle dataset, say): then those two files are read into scratch space."""
+    if msrvtt_splits and is_remote(msrvtt_splits):
+        with tempfile.TemporaryDirectory(prefix="streamapprox-splits-") as tmp:
+            for name in (MSRVTT_TRAIN, MSRVTT_TEST):
+                try:
+                    download(f"{msrvtt_splits.rstrip('/')}/{name}", Path(tmp) / name)
+                except SyncError as exc:
+                    raise ShardError(f"--msrvtt-splits {msrvtt_splits}: cannot read {name} there ({exc}); the folder must hold "
+                                     f"{MSRVTT_TRAIN} and {MSRVTT_TEST}") from None
+            return listed_videos(location, tmp, default_split)
     if not is_remote(location):
         return list_videos(location, msrvtt_splits, default_split)
     if urlparse(location).scheme in ("http", "https") or location.lower().endswith(LIST_SUFFIXES):

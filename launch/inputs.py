@@ -15,7 +15,8 @@ from pathlib import Path
 
 from data_shards.files import atomic_write_text, cache_root, hash_file
 from jobs import JobSpec
-from jobs.contract import CheckReport, FileInput, JobInput, KaggleOutputsInput, LocatedFileInput, LocatedVideosInput, ShardsInput, VideosInput
+from jobs.contract import (CheckReport, FileInput, FolderInput, JobInput, KaggleOutputsInput, LocatedFileInput, LocatedVideosInput,
+                           ShardsInput, VideosInput)
 from launch.errors import LaunchError
 
 VIDEO_LISTING = "videos.json"  # marks a carried video collection (jobs.extract's input)
@@ -109,6 +110,9 @@ def staged_form(spec: JobInput) -> Staged:
         digest, files, digests = _video_files(spec)
         return Staged(f"videos-{digest[:16]}", digest, files, digests, VIDEO_LISTING, {"kind": "videos", "digest": digest},
                       spec.also_set)
+    if isinstance(spec, FolderInput):
+        return Staged(f"folder-{spec.digest[:16]}", spec.digest, [(name, Path(spec.path) / name) for name in sorted(spec.files)], spec.files,
+                      "", {"kind": "folder", "digest": spec.digest}, {})
     if isinstance(spec, FileInput):
         name = Path(spec.path).name
         return Staged(f"file-{spec.sha256[:16]}", spec.sha256, [(name, Path(spec.path))], {name: spec.sha256}, name,

@@ -133,7 +133,7 @@ def _store_and_name(location: FileLocation, folder: bool = False) -> tuple[Store
     kind, owner, handle, inside = location.kaggle_parts(folder)
     if kind == "models":
         raise SyncError(f"{location.text}: Kaggle models are mounted on Kaggle kernels (launch kaggle); elsewhere download the model "
-                        "with `kaggle models instances versions download` and give the file's path")
+                        "with `kaggle models variations versions download` and give the file's path")
     return KaggleDatasetStore(f"kaggle-dataset://{owner}/{handle}", owner, handle), inside
 
 

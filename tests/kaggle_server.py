@@ -13,7 +13,10 @@ of the caller's credentials. What it models:
   the members -- in datasets and in kernel sources alike, at any depth. ``unpack=False`` keeps them as files;
   the real service's rule is not documented, so jobs must survive both;
 - **mount layouts**: ``layout="current"`` mounts ``input/datasets/<owner>/<slug>`` and
-  ``input/notebooks/<owner>/<slug>``; ``layout="legacy"`` mounts ``input/<slug>``. ``input`` is read-only;
+  ``input/notebooks/<owner>/<slug>``; ``layout="legacy"`` mounts ``input/<slug>``. ``input`` is read-only. A model
+  source (``add_model`` seeds a version, not through the kaggle package's upload calls) mounts at
+  ``input/models/<owner>/<model>/<framework>/<variation>/<version>``, or ``input/<model>/...`` in the legacy layout,
+  the framework in lower case; a push naming a version that does not exist is answered ``invalidModelSources``;
 - **at most ``max_gpu_sessions`` (2) GPU sessions at a time**: a third GPU push is refused as Kaggle refuses it;
 - **at most ``max_files`` (50) top-level files per dataset version**; a new version is invisible (404) for
   ``hidden_s`` seconds, then processing for ``processing_s`` more (by default 1 s and 2 s; ``hidden_polls`` /
@@ -143,6 +146,7 @@ class FakeKaggle(_Server):
         self.max_gpu_sessions, self.max_files = max_gpu_sessions, max_files
         self.kernel_outputs: dict[tuple[str, str], dict[str, bytes]] = {}
         self.datasets: dict[tuple[str, str], dict[str, bytes]] = {}
+        self.models: dict[tuple[str, str, str, str, int], dict[str, bytes]] = {}  # (owner, model, framework, variation, version)
         self.dataset_polls: dict[tuple[str, str], list[str]] = {}  # status answers still to give before READY
         self.dataset_ready_at: dict[tuple[str, str], tuple[float, float]] = {}  # (visible at, ready at), monotonic
         self.kernels: dict[tuple[str, str], Kernel] = {}
@@ -423,6 +427,29 @@ class FakeKaggle(_Server):
             return 404, {"code": 404, "message": "Dataset not found"}, None
         return 200, {"status": answer}, None
 
+    # -- models --------------------------------------------------------------------------------
+    def add_model(self, owner: str, model: str, framework: str, variation: str, files: dict[str, bytes]) -> int:
+        """A new version of a model variation holding ``files`` (as ``kaggle models variations versions create``
+        leaves one); returns its version number."""
+        key = (owner, model, framework_name(framework), variation)
+        version = max((k[4] for k in self.models if k[:4] == key), default=0) + 1
+        self.models[(*key, version)] = dict(files)
+        return version
+
+    def _model_source(self, source: str) -> tuple[str, str, str, str, int] | None:
+        parts = source.split("/")
+        if len(parts) != 5 or not parts[4].isdigit():
+            return None
+        key = (parts[0], parts[1], framework_name(parts[2]), parts[3], int(parts[4]))
+        return key if key in self.models else None
+
+    def _GetModelInstance(self, body):
+        key = (body.get("ownerSlug"), body.get("modelSlug"), framework_name(str(body.get("framework", ""))), body.get("instanceSlug"))
+        versions = [k[4] for k in self.models if k[:4] == key]
+        if not versions:
+            return 404, {"code": 404, "message": "Model instance not found"}, None
+        return 200, {"slug": key[3], "framework": body.get("framework"), "versionNumber": max(versions)}, None
+
     # -- kernels -------------------------------------------------------------------------------
     def _SaveKernel(self, body):
         owner, slug = body["slug"].split("/")
@@ -435,6 +462,9 @@ class FakeKaggle(_Server):
         for source in body.get("kernelDataSources") or []:
             if tuple(source.split("/")) not in self.kernels:
                 return 200, {"invalidKernelSources": [source]}, None
+        for source in body.get("modelDataSources") or []:
+            if self._model_source(source) is None:
+                return 200, {"invalidModelSources": [source]}, None
         if body.get("enableGpu") and sum(k.gpu and k.active for k in self.sessions) + self.outside_gpu_sessions >= self.max_gpu_sessions:
             self.refused_pushes += 1
             return 200, {"error": GPU_SESSIONS_REFUSED.format(limit=self.max_gpu_sessions)}, None
@@ -482,6 +512,11 @@ class FakeKaggle(_Server):
         for kind, source, files in sources:
             owner, slug = source.split("/")
             self._mount(inputs / kind / owner / slug if self.layout == "current" else inputs / slug, files)
+        for source in kernel.body.get("modelDataSources") or []:
+            key = self._model_source(source)
+            assert key is not None  # checked at the push
+            owner, *handle = map(str, key)
+            self._mount(inputs.joinpath("models", owner, *handle) if self.layout == "current" else inputs.joinpath(*handle), self.models[key])
         for path in [inputs, *inputs.rglob("*")]:  # /kaggle/input is read-only
             path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
         script = root.parent / "entry.py"
@@ -550,6 +585,12 @@ class FakeKaggle(_Server):
             kernel.walled = True
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(kernel.process.pid, signal.SIGKILL)
+
+
+def framework_name(framework: str) -> str:
+    """A model framework as Kaggle's mount paths spell it (``pytorch``), from a URL's (``pyTorch``) or the API's
+    (``MODEL_FRAMEWORK_PY_TORCH``) spelling."""
+    return framework.upper().removeprefix("MODEL_FRAMEWORK_").replace("_", "").replace("-", "").lower()
 
 
 def packed(files: dict[str, bytes]) -> dict[str, int]:

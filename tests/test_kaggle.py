@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -284,9 +285,11 @@ def test_sweep_continues_over_two_kernels_and_exports_the_best_trial(tmp_path, k
 def test_weights_travel_once_as_datasets_or_are_read_from_the_users_own_dataset(tmp_path, kaggle):
     """Extraction on a kernel with real (tiny) weights given as local paths: each file goes up once, as a dataset
     named by its sha256. Then, on 2 kernels, the videos and the teacher's weights from a dataset of the user's (made
-    beforehand with the kaggle package; Kaggle unpacks the checkpoint, a zip): listed through the API for the plan,
-    attached to the kernels, not one byte uploaded -- no video, no weights again. Both runs' shards equal a local
-    extraction's. A URL weight is refused for a kernel without internet before anything is uploaded."""
+    beforehand with the kaggle package; Kaggle unpacks the checkpoint, a zip) and CLIP's from a Kaggle model of theirs
+    (its latest version, asked of Kaggle once, so every kernel mounts the same one): listed through the API for the
+    plan, attached to the kernels, not one byte uploaded -- no video, no weights again. Both runs' shards equal a local
+    extraction's. A URL weight is refused for a kernel without internet, and a model Kaggle does not know, before
+    anything is uploaded."""
     import sys
 
     from data_shards.synthetic_videos import write_collection
@@ -323,8 +326,10 @@ def test_weights_travel_once_as_datasets_or_are_read_from_the_users_own_dataset(
     finally:
         os.environ.clear()
         os.environ.update(saved)
+    kaggle.add_model(USER, "tiny-clip", "pyTorch", "default", {"clip.pt": weights["student.clip.weights"].read_bytes()})
     received, blobs, requests = kaggle.bytes_received, len(kaggle.uploaded), len(kaggle.requests)
-    mounted = [*local_weights[:2], f"teacher.imagebind.weights=kaggle://datasets/{USER}/my-data/imagebind.pt"]
+    mounted = [f"student.clip.weights=kaggle://models/{USER}/tiny-clip/pyTorch/default/clip.pt", local_weights[1],
+               f"teacher.imagebind.weights=kaggle://datasets/{USER}/my-data/imagebind.pt"]
     again = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", *FAST, "--num-kernels", "2", "--runs-dir", "again", "--videos",
                           f"kaggle://datasets/{USER}/my-data/{listing.name}", *TINY_EXTRACT, *mounted)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -333,7 +338,11 @@ def test_weights_travel_once_as_datasets_or_are_read_from_the_users_own_dataset(
     sent = b"".join(data for _, data in kaggle.uploaded[blobs:])
     assert not any(video[1000:3000] in sent for video in videos)
     assert not [body for method, body in kaggle.requests[requests:] if method == "CreateDataset"]
-    assert "was unpacked by Kaggle; zipped again" in again.stdout
+    pushed = [body for method, body in kaggle.requests[requests:] if method == "SaveKernel"]
+    assert [body["modelDataSources"] for body in pushed] == [[f"{USER}/tiny-clip/pyTorch/default/1"]] * 2  # its latest version
+    for unpacked in (f"input student.clip.weights: model {USER}/tiny-clip/pyTorch/default/1/clip.pt was unpacked by Kaggle; zipped again",
+                     f"input teacher.imagebind.weights: dataset {USER}/my-data/imagebind.pt was unpacked by Kaggle; zipped again"):
+        assert unpacked in again.stdout, again.stdout[-3000:]
     shards = next((tmp_path / "again").iterdir()) / "shards"
     assert all((shards / name).read_bytes() == (tmp_path / "local" / name).read_bytes() for name in tars)
     files = json.loads((shards / "manifest.json").read_text())["source"]["files"]
@@ -346,6 +355,62 @@ def test_weights_travel_once_as_datasets_or_are_read_from_the_users_own_dataset(
     assert "teacher.imagebind.weights: https://example.org/imagebind.pt is downloaded by the job, and a --no-internet kernel cannot" \
         in refused.stderr
     assert not [m for m, _ in kaggle.requests[pushes:] if m in ("CreateDataset", "CreateDatasetVersion", "SaveKernel")]
+    unknown = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", *FAST, "--runs-dir", "unknown", "--videos", str(listing), *TINY_EXTRACT,
+                            f"student.clip.weights=kaggle://models/{USER}/no-such/pyTorch/default/clip.pt", *local_weights[1:])
+    assert unknown.returncode == 2 and f"Kaggle has no model variation {USER}/no-such/pyTorch/default visible to you" in unknown.stderr, \
+        unknown.stdout[-2000:] + unknown.stderr[-2000:]
+    assert not [m for m, _ in kaggle.requests[pushes:] if m in ("CreateDataset", "CreateDatasetVersion", "SaveKernel")]
+
+
+def test_msrvtt_in_a_kaggle_dataset_takes_its_splits_from_files_here_or_beside_the_videos(tmp_path, kaggle):
+    """MSR-VTT as users hold it: the videos in a Kaggle dataset of theirs, CLIP4Clip's split files either on this
+    machine (two small files that travel, by content) or beside the videos in the dataset (mounted, read on the
+    laptop through the kaggle package for the plan). Each kernel gives every video the split the files give it --
+    the shards a local extraction of the same folder with the same files writes -- and no video byte is uploaded."""
+    import sys
+
+    from data_shards.sources import MSRVTT_TEST, MSRVTT_TRAIN
+    from data_shards.synthetic_videos import write_collection
+
+    mine = tmp_path / "msrvtt"  # the videos at the dataset's top level, and the split files beside them
+    (write_collection(mine, 3, seconds=2.0)).unlink()
+    (mine / MSRVTT_TRAIN).write_text("video_id,sentence\nvideo0000,a\nvideo0002,b\nvideo9999,not in this copy\n")
+    (mine / MSRVTT_TEST).write_text("key,vid_key,video_id,sentence\nret0,msr1,video0001,c\n")
+    splits = tmp_path / "msrvtt_data"
+    splits.mkdir()
+    for name in (MSRVTT_TRAIN, MSRVTT_TEST):
+        (splits / name).write_bytes((mine / name).read_bytes())
+    videos = [p.read_bytes() for p in sorted(mine.glob("*.mp4"))]
+    create_dataset(kaggle, tmp_path, "msrvtt", mine)
+    args = ["--random-init", *TINY_EXTRACT]
+    local = subprocess.run([sys.executable, "-m", "jobs.extract", "--videos", str(mine), "--msrvtt-splits", str(splits), *args, "--out",
+                            str(tmp_path / "local")], env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert local.returncode == 0, local.stderr[-3000:]
+    tars = sorted(p.name for p in (tmp_path / "local").glob("*.tar"))
+    ids = {name: sorted({member.split(".")[0] for member in tarfile.open(tmp_path / "local" / name).getnames()}) for name in tars}
+    assert ids == {"test-000000.tar": ["video0001"], "val-000000.tar": ["video0000", "video0002"]}  # 500 of the 7k are val: all here
+    for where, given in (("here", str(splits)), ("beside", f"kaggle://datasets/{USER}/msrvtt")):
+        blobs = len(kaggle.uploaded)
+        result = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", *FAST, "--runs-dir", where, "--videos",
+                               f"kaggle://datasets/{USER}/msrvtt", "--msrvtt-splits", given, *args)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        sent = b"".join(data for _, data in kaggle.uploaded[blobs:])
+        assert sent and not any(video[1000:3000] in sent for video in videos)  # the code (and the split files) only
+        shards = next((tmp_path / where).iterdir()) / "shards"
+        assert sorted(p.name for p in shards.glob("*.tar")) == tars
+        assert all((shards / name).read_bytes() == (tmp_path / "local" / name).read_bytes() for name in tars), where
+
+
+@pytest.mark.parametrize("mount", ["models/you/tiny-clip/pytorch/default/3", "tiny-clip/pytorch/default/3"])
+def test_a_model_file_is_found_where_current_and_older_images_mount_models(tmp_path, mount):
+    from launch.compute.kaggle_kernel import KernelFailure, mounted_model_file
+
+    (tmp_path / mount).mkdir(parents=True)
+    (tmp_path / mount / "clip.pt").write_bytes(b"weights")
+    wanted = {"model": "you/tiny-clip/pyTorch/default/3", "path": "clip.pt"}
+    assert mounted_model_file("student.clip.weights", wanted, tmp_path) == tmp_path / mount / "clip.pt"
+    with pytest.raises(KernelFailure, match="input student.clip.weights: clip.pt is not in model you/tiny-clip/pyTorch/default/4"):
+        mounted_model_file("student.clip.weights", {**wanted, "model": "you/tiny-clip/pyTorch/default/4"}, tmp_path)
 
 
 def create_dataset(kaggle, tmp_path: Path, slug: str, folder: Path) -> None:

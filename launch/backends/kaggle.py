@@ -136,6 +136,7 @@ class KagglePlan(Plan):
     accelerator: str
     datasets: list[str]
     kernel_sources: list[str]
+    models: list[str] = []  # model variation versions the kernels mount (OWNER/MODEL/FRAMEWORK/VARIATION/VERSION)
     kernel: KernelPlan
     bytes_uploaded: int
     planned_gpu_hours: float
@@ -155,12 +156,12 @@ def entry_script(plan: KernelPlan) -> str:
 
 
 def write_kernel(folder: Path, owner: str, slug: str, plan: KernelPlan, accelerator: str, internet: bool, datasets: list[str],
-                 kernels: list[str]) -> None:
+                 kernels: list[str], models: list[str]) -> None:
     shape = ACCELERATORS[accelerator]
     metadata: dict[str, Any] = {
         "id": f"{owner}/{slug}", "title": slug, "code_file": "entry.py", "language": "python", "kernel_type": "script",
         "is_private": True, "enable_gpu": shape is not None, "enable_internet": internet,
-        "dataset_sources": datasets, "kernel_sources": kernels, "competition_sources": [], "model_sources": [],
+        "dataset_sources": datasets, "kernel_sources": kernels, "competition_sources": [], "model_sources": models,
     }
     if shape:
         metadata["machine_shape"] = shape
@@ -374,6 +375,7 @@ class Kaggle(Backend):
                             time_budget_s=self.budget if spec.resumable else 0.0, mixed_precision=options.mixed_precision, restore=restore)
         return KagglePlan(owner=service.owner, kernel_base=slugify(job.run_dir.name), accelerator=options.accelerator, datasets=datasets,
                           kernel_sources=sorted({s["kernel"] for c in carried.values() for s in c.get("sources", [])}), kernel=kernel,
+                          models=sorted({c["model"] for c in carried.values() if c["kind"] == "mounted_model"}),
                           bytes_uploaded=uploader.bytes_uploaded, planned_gpu_hours=round(self.planned, 2),
                           session_limit=options.session_limit, job_args=job.args)
 
@@ -387,17 +389,18 @@ class Kaggle(Backend):
                 raise LaunchError(f"{key}={spec.location}: read through this machine's ssh, which a Kaggle kernel does not have; give a "
                                   "local path (uploaded once as a dataset) or kaggle://datasets/OWNER/SLUG/PATH; nothing was uploaded")
             if isinstance(spec, LocatedVideosInput):
-                mounted[key] = self.mounted_videos(key, spec, job)
+                mounted[key] = self.mounted_videos(key, spec)
                 continue
             if not isinstance(spec, LocatedFileInput):
                 continue
             location = None if spec.library else FileLocation.parse(spec.location)
             if location is not None and location.scheme == "kaggle":
-                kind, owner, handle, inside = location.kaggle_parts()
+                kind, owner, handle, inside = location.kaggle_parts(folder=spec.folder)
                 if kind == "models":
-                    raise LaunchError(f"{key}={spec.location}: Kaggle models are not attached by launch kaggle yet; add the file to a "
-                                      "dataset of yours and give kaggle://datasets/OWNER/SLUG/PATH, or give a local path (uploaded once)")
-                mounted[key] = {"kind": "mounted", "dataset": f"{owner}/{handle}", "path": inside}
+                    mounted[key] = {"kind": "mounted_model", "model": self.model_version(key, spec.location, f"{owner}/{handle}"),
+                                    "path": inside}
+                else:
+                    mounted[key] = {"kind": "mounted", "dataset": f"{owner}/{handle}", "path": inside}
             elif location is not None and location.scheme == "s3":
                 raise LaunchError(f"{key}={spec.location}: a Kaggle kernel holds no AWS credentials of yours; give a local path "
                                   "(uploaded once as a dataset), kaggle://datasets/OWNER/SLUG/PATH or an https:// URL")
@@ -406,17 +409,25 @@ class Kaggle(Backend):
                                   "a local path (uploaded once as a dataset) or kaggle://datasets/OWNER/SLUG/PATH; nothing was uploaded")
         return mounted
 
+    def model_version(self, key: str, location: str, handle: str) -> str:
+        """``OWNER/MODEL/FRAMEWORK/VARIATION/VERSION`` as a kernel's ``model_sources`` names it: the version given, or
+        the latest one Kaggle has (so that every kernel of the run mounts the same files)."""
+        if handle.count("/") == 4:
+            return handle
+        version = self.service().model_version(handle)
+        if version is None:
+            raise LaunchError(f"{key}={location}: Kaggle has no model variation {handle} visible to you; check it with "
+                              f"`kaggle models variations get {handle}`; nothing was uploaded")
+        return f"{handle}/{version}"
+
     @staticmethod
-    def mounted_videos(key: str, spec: LocatedVideosInput, job: Job) -> dict[str, Any]:
+    def mounted_videos(key: str, spec: LocatedVideosInput) -> dict[str, Any]:
         """A collection in a Kaggle dataset is attached to the kernels, where the job lists and reads it; one elsewhere
         (s3://) cannot be read by a kernel, which holds no AWS credentials of yours."""
         location = FileLocation.parse(spec.location)
         if location.scheme != "kaggle":
             raise LaunchError(f"{key}={spec.location}: a Kaggle kernel holds no AWS credentials of yours; put the videos in a Kaggle "
                               "dataset (kaggle://datasets/OWNER/SLUG[/FOLDER]) or give a local folder (uploaded once)")
-        if option_value(job.args, "--msrvtt-splits") or any(a.startswith("input.msrvtt_splits=") for a in job.args):
-            raise LaunchError(f"{key}={spec.location}: --msrvtt-splits with videos in a Kaggle dataset is not carried yet; list the "
-                              "videos with their splits in a CSV (id,path,split) inside the dataset and give its kaggle:// path")
         _, owner, slug, inside = location.kaggle_parts(folder=True)
         return {"kind": "mounted", "dataset": f"{owner}/{slug}", "path": inside}
 
@@ -473,7 +484,7 @@ class Kaggle(Backend):
         for dataset in plan.datasets:
             service.wait_dataset_ready(dataset.split("/", 1)[1], self.options.dataset_timeout)
         with tempfile.TemporaryDirectory(prefix="streamapprox-kernel-") as folder:
-            write_kernel(Path(folder), service.owner, slug, kernel, plan.accelerator, kernel.internet, plan.datasets, sources)
+            write_kernel(Path(folder), service.owner, slug, kernel, plan.accelerator, kernel.internet, plan.datasets, sources, plan.models)
             url = service.push_kernel(Path(folder))
         unit.name = f"kernel {service.owner}/{slug}"
         KaggleHandle(slug=slug, url=url, pushed_at=time.time()).store(unit)

@@ -4,7 +4,8 @@ script once it has found and unpacked the code.
 It probes the hardware before installing anything, installs what the job needs (pip, or the wheels
 dataset when the kernel has no internet), brings its inputs out of their packs (``launch.carry``; found by
 content wherever Kaggle mounted them: ``/kaggle/input/<slug>`` on older images,
-``/kaggle/input/datasets/<owner>/<slug>`` on current ones) or, for earlier kernels' outputs (a
+``/kaggle/input/datasets/<owner>/<slug>`` on current ones), finds the files of users' own datasets and models
+where they are mounted, or, for earlier kernels' outputs (a
 continuation's run directory, shards written by extraction kernels), restores them verified whether
 Kaggle left their archives as files or unpacked them (``launch.unpacked``). It runs the job under
 ``accelerate launch`` with one process per GPU (``launch.accelerate``) and leaves the run directory in ``/kaggle/working/<run-id>``
@@ -19,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,6 +38,7 @@ from sync.local import write_content_manifest
 
 KERNEL_RECORD = "streamapprox-kernel.json"  # beside the run directory in /kaggle/working
 HARDWARE_EXIT = 3
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the date of a checkpoint's entries when it is zipped again
 
 
 class KernelFailure(Exception):
@@ -145,25 +148,44 @@ def kernel_shards(key: str, wanted: dict, input_root: Path, env: dict, code_dir:
 
 
 def mounted_file(key: str, wanted: dict, input_root: Path) -> Path:
-    """A file (or folder) of a user's dataset, where Kaggle mounted it (``datasets/OWNER/SLUG/PATH`` on current images, ``SLUG/PATH``
-    on older ones). Kaggle unpacks archives it is given, and a torch checkpoint is a zip: found as a folder, it is
-    zipped again (stored entries, as ``torch.save`` writes them) into scratch space, where ``torch.load`` reads it."""
+    """A file (or folder) of a user's dataset, where Kaggle mounted it: ``datasets/OWNER/SLUG/PATH`` on current images,
+    ``SLUG/PATH`` on older ones."""
     owner, slug = wanted["dataset"].split("/")
-    inside = Path(wanted["path"])
-    for root in (input_root / "datasets" / owner / slug, input_root / slug):
+    return found_mounted(key, input_root, (input_root / "datasets" / owner / slug, input_root / slug), Path(wanted["path"]),
+                         f"dataset {wanted['dataset']}", "the dataset (kaggle datasets files OWNER/SLUG)")
+
+
+def mounted_model_file(key: str, wanted: dict, input_root: Path) -> Path:
+    """A file of a model variation's version, where Kaggle mounted it: ``models/OWNER/MODEL/FRAMEWORK/VARIATION/VERSION/PATH``
+    on current images, ``MODEL/FRAMEWORK/...`` on older ones; the framework in lower case (``pyTorch`` in a URL is
+    ``pytorch`` there)."""
+    owner, model, framework, variation, version = wanted["model"].split("/")
+    handles = [(model, spelled, variation, version) for spelled in dict.fromkeys((framework, framework.lower()))]  # pyTorch: pytorch
+    roots = tuple(root for handle in handles for root in (input_root.joinpath("models", owner, *handle), input_root.joinpath(*handle)))
+    return found_mounted(key, input_root, roots, Path(wanted["path"]), f"model {wanted['model']}",
+                         "the model's files (kaggle models variations versions files)")
+
+
+def found_mounted(key: str, input_root: Path, roots: tuple[Path, ...], inside: Path, source: str, listing: str) -> Path:
+    """``inside`` under the first of ``roots`` that holds it. Kaggle unpacks archives it is given, and a torch checkpoint
+    is a zip: found as a folder, it is zipped again (stored entries, as ``torch.save`` writes them) into scratch space,
+    where ``torch.load`` reads it -- the same bytes on every kernel (no timestamps), so kernels that mount the same
+    checkpoint extract under one plan."""
+    for root in roots:
         if (root / inside).exists():  # a file, or a folder of videos
             return root / inside
         folder = root / inside.parent / inside.stem
         if folder.is_dir():
-            rebuilt = scratch() / "mounted" / slug / inside
+            rebuilt = scratch() / "mounted" / root.relative_to(input_root) / inside
             rebuilt.parent.mkdir(parents=True, exist_ok=True)
             with zipfile.ZipFile(rebuilt, "w", zipfile.ZIP_STORED) as archive:
                 for member in sorted(p for p in folder.rglob("*") if p.is_file()):
-                    archive.write(member, member.relative_to(folder).as_posix())
-            say(f"input {key}: {wanted['dataset']}/{inside} was unpacked by Kaggle; zipped again as {rebuilt}")
+                    entry = zipfile.ZipInfo(member.relative_to(folder).as_posix(), date_time=ZIP_EPOCH)  # not the mount's mtimes
+                    with open(member, "rb") as data, archive.open(entry, "w", force_zip64=True) as target:
+                        shutil.copyfileobj(data, target, 1 << 20)
+            say(f"input {key}: {source}/{inside} was unpacked by Kaggle; zipped again as {rebuilt}")
             return rebuilt
-    raise KernelFailure(f"input {key}: {inside} is not in dataset {wanted['dataset']} as mounted under {input_root}; check the path "
-                        "inside the dataset (kaggle datasets files OWNER/SLUG)")
+    raise KernelFailure(f"input {key}: {inside} is not in {source} as mounted under {input_root}; check the path inside {listing}")
 
 
 def previous_run(plan: dict, input_root: Path, run_dir: Path) -> None:
@@ -202,6 +224,8 @@ def job_arguments(plan: dict, input_root: Path, run_dir: Path, env: dict, code_d
             value = kernel_shards(key, wanted, input_root, env, code_dir)
         elif wanted["kind"] == "mounted":
             value = mounted_file(key, wanted, input_root)
+        elif wanted["kind"] == "mounted_model":
+            value = mounted_model_file(key, wanted, input_root)
         else:
             folder = unpacked(input_root, wanted["pack"], f"input {key} (dataset {wanted['dataset']})")
             value = folder / wanted["target"] if wanted["target"] else folder

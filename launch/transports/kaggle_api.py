@@ -178,6 +178,13 @@ class KaggleService:
             time.sleep(delay)
             delay = min(delay * 1.5, DATASET_MAX_POLL_S)
 
+    def model_version(self, instance: str) -> int | None:
+        """The latest version of a model variation (``OWNER/MODEL/FRAMEWORK/VARIATION``), None when Kaggle does not know it."""
+        try:
+            return self.call(f"model variation {instance}", self.api.model_instance_get, instance).version_number or None
+        except NotFound:
+            return None
+
     # -- kernels ---------------------------------------------------------------------------------
     def push_kernel(self, folder: Path) -> str:
         response = self.call("push kernel", self.api.kernels_push, str(folder))
@@ -185,7 +192,7 @@ class KaggleService:
             raise GpuSessionsBusy(f"kaggle: push kernel: {response.error}")
         if response.error:
             raise LaunchError(f"kaggle: push kernel: {response.error}")
-        invalid = list(response.invalid_dataset_sources) + list(response.invalid_kernel_sources)
+        invalid = [*response.invalid_dataset_sources, *response.invalid_kernel_sources, *response.invalid_model_sources]
         if invalid:
             raise LaunchError(f"kaggle: push kernel: Kaggle did not accept these sources: {', '.join(invalid)}")
         return response.url
