@@ -29,8 +29,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from tqdm import tqdm
 
 from data_shards.errors import ShardError
-from data_shards.files import atomic_write_text, hash_file
+from data_shards.files import atomic_write_text
 from data_shards.ledger import Ledger, Plan, PlannedShard
+from data_shards.manifest import sha256_file
 from data_shards.merge import merge_shard_sets
 from data_shards.sampling import check_strategy
 from data_shards.schema import Dims
@@ -350,7 +351,7 @@ def splits_input(location: str) -> JobInput:
     if is_remote(location):
         return LocatedFileInput(location=location, needs_internet=FileLocation.parse(location).needs_internet, folder=True)
     return FolderInput(location=location, path=str(Path(location).resolve()),
-                       files={name: hash_file(Path(location) / name, "sha256")[1][0] for name in (MSRVTT_TRAIN, MSRVTT_TEST)})
+                       files={name: sha256_file(Path(location) / name) for name in (MSRVTT_TRAIN, MSRVTT_TEST)})
 
 
 def write_check_report(path: Path, cfg: ExtractConfig, entries: list[VideoEntry]) -> None:

@@ -373,7 +373,7 @@ def test_msrvtt_in_a_kaggle_dataset_takes_its_splits_from_files_here_or_beside_t
     from data_shards.synthetic_videos import write_collection
 
     mine = tmp_path / "msrvtt"  # the videos at the dataset's top level, and the split files beside them
-    (write_collection(mine, 3, seconds=2.0)).unlink()
+    write_collection(mine, 3, seconds=2.0).unlink()
     (mine / MSRVTT_TRAIN).write_text("video_id,sentence\nvideo0000,a\nvideo0002,b\nvideo9999,not in this copy\n")
     (mine / MSRVTT_TEST).write_text("key,vid_key,video_id,sentence\nret0,msr1,video0001,c\n")
     splits = tmp_path / "msrvtt_data"
@@ -395,7 +395,8 @@ def test_msrvtt_in_a_kaggle_dataset_takes_its_splits_from_files_here_or_beside_t
                                f"kaggle://datasets/{USER}/msrvtt", "--msrvtt-splits", given, *args)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         sent = b"".join(data for _, data in kaggle.uploaded[blobs:])
-        assert sent and not any(video[1000:3000] in sent for video in videos)  # the code (and the split files) only
+        assert not any(video[1000:3000] in sent for video in videos)
+        assert ((mine / MSRVTT_TRAIN).read_bytes() in sent) == (where == "here")  # the split files travel only from here
         shards = next((tmp_path / where).iterdir()) / "shards"
         assert sorted(p.name for p in shards.glob("*.tar")) == tars
         assert all((shards / name).read_bytes() == (tmp_path / "local" / name).read_bytes() for name in tars), where
