@@ -73,11 +73,12 @@ class VideosInput(_Input):
 
 
 class FileInput(_Input):
-    """One file (a student checkpoint for ``index``): found again by its sha256."""
+    """One file (an encoder's weights, a student checkpoint for ``index``): found again by its sha256."""
 
     kind: Literal["file"] = "file"
     path: str
     sha256: str
+    reads_urls: bool = False  # the job also reads this key from s3:// (a launcher may put the file on storage the compute reads)
 
 
 class FolderInput(_Input):
@@ -87,6 +88,7 @@ class FolderInput(_Input):
     kind: Literal["folder"] = "folder"
     path: str
     files: dict[str, str]  # name -> sha256
+    reads_urls: bool = False  # as FileInput's
 
     @property
     def digest(self) -> str:
@@ -145,12 +147,14 @@ class WorkEstimate(BaseModel):
 
 class CheckReport(BaseModel):
     """A job's inputs (config key -> input), what it would write outside its run directory (option -> path): a
-    remote backend brings back only the run directory, so it refuses those; and, for a sliceable job, its work."""
+    remote backend brings back only the run directory, so it refuses those; for a sliceable job, its work; and what
+    the compute must install for this config (a remote environment is made from the job's extras and these)."""
 
     job: str
     inputs: dict[str, JobInput] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict)
     work: WorkEstimate | None = None
+    extras: list[str] = Field(default_factory=list)  # optional dependency groups this run's config needs beyond its job's own
 
     def write(self, path: Path) -> None:
         atomic_write_text(path, self.model_dump_json(indent=2) + "\n")

@@ -102,7 +102,7 @@ def declared_inputs(cfg: EncodersConfig, random_init: bool) -> dict[str, JobInpu
             inputs[key] = LocatedFileInput(location=text, needs_internet=location.needs_internet)
         else:
             here = _local(key, text)
-            inputs[key] = FileInput(location=text, path=str(here.path), sha256=here.sha256)
+            inputs[key] = FileInput(location=text, path=str(here.path), sha256=here.sha256, reads_urls=True)
     for key, what in library_downloads(cfg, random_init).items():
         inputs[key] = LocatedFileInput(location=what, needs_internet=True, library=True)
     return inputs

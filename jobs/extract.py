@@ -350,7 +350,7 @@ def splits_input(location: str) -> JobInput:
     elsewhere is read there (Kaggle mounts a ``kaggle://datasets/...`` folder on its kernels)."""
     if is_remote(location):
         return LocatedFileInput(location=location, needs_internet=FileLocation.parse(location).needs_internet, folder=True)
-    return FolderInput(location=location, path=str(Path(location).resolve()),
+    return FolderInput(location=location, path=str(Path(location).resolve()), reads_urls=True,
                        files={name: sha256_file(Path(location) / name) for name in (MSRVTT_TRAIN, MSRVTT_TEST)})
 
 

@@ -23,6 +23,11 @@ class TrackerError(RuntimeError):
     """A tracker asked for could not start; this session has trained nothing yet."""
 
 
+def tracker_extras(cfg: JobConfig) -> list[str]:
+    """The project extras a compute installs for ``train.log_with`` (TensorBoard comes with the base install)."""
+    return ["trackers"] if {"wandb", "mlflow"} & set(cfg.train.log_with) else []
+
+
 def check_trackers(cfg: JobConfig) -> None:
     """Before training: every tracker asked for can start here, else one line naming the key and the fix. (Accelerate
     itself leaves a tracker whose package is missing out, silently.)"""
@@ -61,12 +66,20 @@ def make_trackers(cfg: JobConfig, run: RunDir, resume: bool, main: bool) -> list
 
 def start_trackers(acc, cfg: JobConfig, global_step: int, resume: bool) -> None:
     """Start the trackers (``acc.init_trackers``): a resumed run's TensorBoard first drops the events after its checkpoint
-    (the steps it replays). A new run's MLflow run gets the config as parameters (W&B got it at its start); a resumed one
-    keeps them (MLflow refuses to change a parameter, and a resume may move data.shards or train.session_steps)."""
+    (the steps it replays). A new run's MLflow run gets the config as parameters (W&B got it at its start) and whole as
+    its artifact ``config.json``; a resumed one keeps them (MLflow refuses to change a parameter, and a resume may move
+    data.shards or train.session_steps). The artifact also keeps the run's ``artifacts`` folder from being empty: MLflow's
+    file store does not know a run without that folder, and a store that travels file by file (Kaggle's outputs, S3)
+    loses empty folders."""
     try:
         acc.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": global_step + 1} if resume else {}})
         if "mlflow" in cfg.train.log_with and not resume:
-            acc.get_tracker("mlflow", unwrap=False).store_init_configuration(flat(cfg.model_dump(mode="json")))
+            config = cfg.model_dump(mode="json")
+            acc.get_tracker("mlflow", unwrap=False).store_init_configuration(flat(config))
+            if acc.is_main_process:
+                import mlflow
+
+                mlflow.log_dict(config, "config.json")
     except Exception as exc:  # no W&B login, an MLflow server that does not answer, ...: before any step
         names = ",".join(cfg.train.log_with)
         raise TrackerError(f"train.log_with={names}: a tracker did not start: {type(exc).__name__}: {scrub(str(exc))}") from None

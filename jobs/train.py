@@ -24,7 +24,7 @@ from jobs.init_from import open_source
 from jobs.run_lock import RunInUse, RunLock, liveness
 from jobs.rundir import RunDir, disk_cause, disk_message, is_rank_zero
 from jobs.shard_checks import check_fits, shards_input, warn_random_init
-from jobs.trackers import TrackerError, check_trackers
+from jobs.trackers import TrackerError, check_trackers, tracker_extras
 
 log = logging.getLogger("streamapprox.train")
 # where and how long this session runs, not what it computes: free on --resume (a resumed run never reads train.init_from;
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None, preset: str = "train_mlp", on_epoch_end:
         if args.check:
             if args.check_report:  # what a remote launcher carries: the shards, and the source checkpoint of a fine-tuned run
                 inputs = {"data.shards": shards_input(cfg.data.shards, shards), **({"train.init_from": init.check_input()} if init else {})}
-                CheckReport(job=cfg.job, inputs=inputs).write(Path(args.check_report))
+                CheckReport(job=cfg.job, inputs=inputs, extras=tracker_extras(cfg)).write(Path(args.check_report))
             print(f"check ok: {cfg.job} ({cfg.model.kind} student) on {shards.root} {shards.manifest.splits}"
                   + (f", starting from {init.record.path}" if init else ""))
             return 0

@@ -393,7 +393,7 @@ def launch(backend_name: str, name: str, job_args: list[str], namespace: argpars
             for option, path in report.outputs.items() if backend.sends_code else ():
                 raise LaunchError(f"{option} {path}: on a remote backend a job writes only into its run directory, which comes back "
                                   f"here; drop {option}")
-            job.inputs, job.work = report.inputs, report.work
+            job.inputs, job.work, job.config_extras = report.inputs, report.work, tuple(report.extras)
         if previous is not None and same_backend:
             record = previous
         else:

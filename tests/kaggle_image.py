@@ -62,11 +62,12 @@ def build_image(dest: Path) -> Path:
 
 
 def kernel_installable() -> list[str]:
-    """Every pinned requirement of every job's kernels, and what a kernel needs to build an sdist."""
+    """Every pinned requirement of every job's kernels (a training config's trackers too), and what a kernel needs to
+    build an sdist."""
     from jobs import JOBS
     from launch.transports.kaggle_upload import kernel_requirements
 
-    wanted = {requirement for spec in JOBS.values() for requirement in kernel_requirements(spec)}
+    wanted = {requirement for extras in [*(spec.extras for spec in JOBS.values()), ("trackers",)] for requirement in kernel_requirements(extras)}
     return sorted(wanted | {f"{name}=={metadata.version(name)}" for name in ("setuptools", "wheel")})
 
 

@@ -16,6 +16,9 @@ import torch
 from conftest import FAST_MLP, SMALL, TINY_EXTRACT, cli_env, launch_command, read_jsonl, tiny_encoder_weights
 from contract import BackendContract, Target
 from kaggle_server import FAST, KEY, USER, kaggle_env, launch_kaggle, only_run_dir
+from test_trackers import expected_series, mlflow_series, wandb_series
+
+from jobs.trackers import wandb_id
 
 
 @pytest.fixture(scope="module")
@@ -106,19 +109,28 @@ def run_state(run: Path):
     return records, weights, results
 
 
-def test_continuation_chain_equals_an_uninterrupted_run(tmp_path, kaggle, small_shards):
+def test_continuation_chain_equals_an_uninterrupted_run(tmp_path, kaggle, small_shards, monkeypatch):
     """Each kernel may take 80 of the run's 222 steps (train.session_steps: a budget that does not depend on
-    the machine's speed), so the run takes exactly three kernels; it must read as one continuous run."""
+    the machine's speed), so the run takes exactly three kernels; it must read as one continuous run -- in its W&B and
+    MLflow records too, which a kernel (no credentials there) keeps in the run directory."""
     settings = [f"data.shards={SMALL}", "train.epochs=6", "data.batch_size=16", "model.hidden=[256,256]", "train.log_every=5",
                 "train.patience=null"]
     chained = launch_kaggle(kaggle, tmp_path, "kaggle", "train_mlp", *FAST, "--max-continuations", "8",
-                            "--set", *settings, "train.session_steps=80", timeout=600)
+                            "--set", *settings, "train.session_steps=80", "train.log_with=tensorboard,mlflow,wandb", timeout=600)
     assert chained.returncode == 0, chained.stdout[-3000:] + chained.stderr[-3000:]
     run = only_run_dir(tmp_path)
     record = json.loads((run / "launch.json").read_text())
     assert [unit["resume"] for unit in record["units"]] == [False, True, True]
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "complete" and len(info["resumed_at"]) == len(record["units"]) - 1
+    assert {"wandb==0.31.0", "mlflow-skinny==3.18.0"} <= set(record["plan"]["kernel"]["requirements"])  # the trackers extra
+
+    expected = expected_series(run)
+    logged, sessions = wandb_series(run)  # what `wandb sync RUN/wandb/offline-run-*` uploads
+    assert logged == expected and len(sessions) == 3 and {s.run_id for s in sessions} == {wandb_id(run.name)}
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    history, _, named = mlflow_series(run / "mlruns", run.name)
+    assert history == expected and named == 1  # each continuation went on with the first kernel's MLflow run
 
     reference = subprocess.run(launch_command("local", "train_mlp", "--run-dir", str(tmp_path / "ref"), "--set", *settings),
                                cwd=tmp_path, capture_output=True, text=True, timeout=300, env=kaggle_env(kaggle, USER, KEY, tmp_path))
@@ -330,6 +342,14 @@ def test_weights_travel_once_as_datasets_or_are_read_from_the_users_own_dataset(
     received, blobs, requests = kaggle.bytes_received, len(kaggle.uploaded), len(kaggle.requests)
     mounted = [f"student.clip.weights=kaggle://models/{USER}/tiny-clip/pyTorch/default/clip.pt", local_weights[1],
                f"teacher.imagebind.weights=kaggle://datasets/{USER}/my-data/imagebind.pt"]
+    planned = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", *FAST, "--num-kernels", "2", "--runs-dir", "again", "--videos",
+                            f"kaggle://datasets/{USER}/my-data/{listing.name}", *TINY_EXTRACT, *mounted, "--dry-run")
+    assert planned.returncode == 0, planned.stdout[-3000:] + planned.stderr[-3000:]
+    attached = [line.strip() for line in planned.stdout.splitlines() if line.strip().startswith("attach: ")]
+    assert attached == [f"attach: input.videos from dataset {USER}/my-data ({listing.name}): nothing uploaded",
+                        f"attach: student.clip.weights from model {USER}/tiny-clip/pyTorch/default/1 (clip.pt): nothing uploaded",
+                        f"attach: teacher.imagebind.weights from dataset {USER}/my-data (imagebind.pt): nothing uploaded"], planned.stdout
+    assert "install: " in planned.stdout and " pinned packages (the project's with the extract extra) from the package index" in planned.stdout
     again = launch_kaggle(kaggle, tmp_path, "kaggle", "extract", *FAST, "--num-kernels", "2", "--runs-dir", "again", "--videos",
                           f"kaggle://datasets/{USER}/my-data/{listing.name}", *TINY_EXTRACT, *mounted)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

@@ -88,7 +88,7 @@ def test_a_kernel_without_internet_has_no_network_and_fails_on_a_missing_wheel(t
     from launch.transports.kaggle_api import KaggleService
     from launch.transports.kaggle_upload import WHEELS_MARKER, Uploader, build_wheels, kernel_requirements, wheels_digest
 
-    requirements = kernel_requirements(JOBS["train_mlp"])
+    requirements = kernel_requirements(JOBS["train_mlp"].extras)
     digest = wheels_digest(requirements)
     env = kaggle_env(kaggle, USER, KEY, tmp_path / "kaggle-config")
     saved = {name: os.environ.get(name) for name in env}

@@ -129,6 +129,43 @@ def test_training_across_both_nodes_survives_a_lost_worker_and_equals_a_two_proc
     assert ours.keys() == theirs.keys() and all(ours[k] == pytest.approx(theirs[k], rel=1e-4, abs=1e-4) for k in ours)
 
 
+def test_weights_here_go_to_the_s3_storage_once_and_the_job_reads_them_there(cluster, bucket, tmp_path):
+    """An extraction on the cluster, its videos on S3 and the encoders' weights files of this machine: each file goes to
+    --storage once, named by its content, and the job -- on whichever node Ray puts it -- reads it from there (the
+    manifest records the S3 location and the local file's sha256); a second launch sends nothing."""
+    import hashlib
+
+    from conftest import TINY_EXTRACT, tiny_encoder_weights
+
+    from data_shards.synthetic_videos import write_synthetic_video
+
+    client, name = bucket
+    for seed, (split, video) in enumerate([("train", "a"), ("val", "b"), ("test", "c")]):
+        path = tmp_path / "videos" / split / f"{video}.mp4"
+        path.parent.mkdir(parents=True)
+        write_synthetic_video(path, seconds=2.0, seed=seed)
+        client.upload_file(str(path), name, f"videos/{split}/{video}.mp4")
+    weights = tiny_encoder_weights(tmp_path / "weights")
+    job = ["ray", "extract", "--address", cluster.address, "--storage", f"s3://{name}/runs", "--videos", f"s3://{name}/videos",
+           *TINY_EXTRACT, *(f"{key}={path}" for key, path in weights.items())]
+    first = launch_ray(cluster, tmp_path, *job)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    sent = {line.split(": ")[1].split(" as ")[0]: line.rsplit(": ", 1)[1] for line in first.stdout.splitlines()
+            if line.startswith("launch ray: ") and " as s3://" in line}
+    assert set(weights) <= set(sent) and all(sent[key].endswith(" bytes sent") and sent[key][0] != "0" for key in weights), sent
+    shards = next((tmp_path / "runs").iterdir()) / "shards"
+    manifest = json.loads((shards / "manifest.json").read_text())
+    assert manifest["splits"] == {"train": 1, "val": 1, "test": 1}
+    for key, path in weights.items():
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        recorded = manifest["source"]["files"][key]
+        assert recorded["sha256"] == digest and recorded["location"] == f"s3://{name}/runs/inputs/file-{digest[:16]}/{path.name}"
+
+    again = launch_ray(cluster, tmp_path, *job)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert [line for line in again.stdout.splitlines() if " as s3://" in line and not line.endswith(": there already, 0 bytes sent")] == []
+
+
 def test_head_local_storage_or_shards_are_refused_before_the_sweep_is_submitted(cluster, tmp_path, small_shards):
     from ray.job_submission import JobSubmissionClient
 

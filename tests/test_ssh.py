@@ -209,7 +209,7 @@ def test_extract_runs_on_a_host_and_the_shards_come_back(sshd, tmp_path, capsys)
 
     made = next(line for line in first.stdout.splitlines() if "(made)" in line).split("python environment ")[1].split(" (")[0]
     host = Host("node1", str(sshd.client_config))
-    assert make_venv(host, str(remote), JOBS["extract"], sys.executable, True) == f"{made}/bin/python"
+    assert make_venv(host, str(remote), JOBS["extract"].extras, sys.executable, True) == f"{made}/bin/python"
     assert "(reused)" in capsys.readouterr().out  # the same requirements: the environment is not made again
     for run in (tmp_path / "runs").iterdir():
         shards = open_shards(run / "shards")

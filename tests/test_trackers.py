@@ -89,12 +89,12 @@ def wandb_series(run: Path) -> tuple[Series, list]:
     return series, runs
 
 
-def mlflow_series(tmp_path: Path, run_name: str) -> tuple[Series, dict, int]:
-    """The MLflow run named like the run, in the experiment `streamapprox`: its metric histories, its parameters, and how
-    many runs have that name."""
+def mlflow_series(store: Path, run_name: str) -> tuple[Series, dict, int]:
+    """The MLflow run named like the run, in the experiment `streamapprox` of the file store ``store``: its metric
+    histories, its parameters, and how many runs have that name."""
     from mlflow import MlflowClient
 
-    client = MlflowClient((tmp_path / "mlruns").as_uri())
+    client = MlflowClient(store.as_uri())
     experiment = client.get_experiment_by_name("streamapprox")
     found = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
     history = {tag: sorted((m.step, m.value) for m in client.get_metric_history(found[0].info.run_id, tag)) for tag in found[0].data.metrics}
@@ -121,10 +121,12 @@ def test_every_tracker_holds_the_figures_of_metrics_jsonl_across_a_resume(tmp_pa
         assert [value for _, value in board[tag]] == pytest.approx([value for _, value in points], rel=1e-6), tag
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # for reading it back here too
-    history, params, named = mlflow_series(tmp_path, run.name)
+    history, params, named = mlflow_series(tmp_path / "mlruns", run.name)
     assert named == 1  # the resumed session went on with the first session's MLflow run
     assert history == expected
     assert params["model.hidden"] == "[256, 256]" and params["train.epochs"] == "2"
+    artifact = [json.loads(path.read_text()) for path in (tmp_path / "mlruns").glob("*/*/artifacts/config.json")]
+    assert [config["model"]["hidden"] for config in artifact] == [[256, 256]]  # the config whole, once
 
     logged, runs = wandb_series(run)
     assert logged == expected
@@ -174,3 +176,29 @@ def test_log_with_takes_a_comma_list_from_set_each_tracker_once():
     assert load_config("train_mlp", None, ["train.log_with=[]"]).train.log_with == []
     with pytest.raises(ConfigError, match=r"train.log_with.0: Input should be 'tensorboard', 'wandb' or 'mlflow' \(got 'tensorbord'\)"):
         load_config("train_mlp", None, ["train.log_with=tensorbord"])
+
+
+@pytest.mark.parametrize("trackers, extras", [("tensorboard", ()), ("tensorboard,mlflow", ("trackers",)), ("wandb", ("trackers",))])
+def test_the_trackers_a_config_names_are_installed_where_it_trains(small_shards, trackers, extras):
+    """A remote compute learns from the job's own check what to install beyond the job's extras: a Kaggle kernel's
+    pinned requirements and an ssh venv (``--venv``) take the trackers extra when W&B or MLflow is asked for."""
+    from jobs import JOBS
+    from launch.backends.base import Job
+    from launch.inputs import job_check
+    from launch.transports.kaggle_upload import kernel_requirements
+    from launch.transports.ssh import Host, make_venv
+
+    report = job_check(JOBS["train_mlp"], ["--set", f"data.shards={SMALL}", f"train.log_with={trackers}"])
+    job = Job("train_mlp", [], Path("runs/unused"), config_extras=tuple(report.extras))
+    assert job.extras == extras
+    assert ({"wandb", "mlflow-skinny"} <= {r.split("==")[0] for r in kernel_requirements(job.extras)}) == bool(extras)
+
+    class Recorded(Host):
+        commands: list[str] = []
+
+        def run(self, command: str, timeout: float = 120, what: str = "") -> str:
+            self.commands.append(command)
+            return "made\n"
+
+    make_venv(Recorded("node1", None), "/remote", job.extras, "python3", False)
+    assert ("'/remote/code[trackers]'" in Recorded.commands[0]) == bool(extras), Recorded.commands

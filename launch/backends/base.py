@@ -91,10 +91,16 @@ class Job:
     work: WorkEstimate | None = None  # a sliceable job's shards and cost per item, as its check reported them
     resume: bool = False  # the run directory holds a run to continue
     carry_run: bool = False  # ... made elsewhere: stage sends it to the compute
+    config_extras: tuple[str, ...] = ()  # optional dependency groups its config asks for (its check's report)
 
     @property
     def spec(self) -> JobSpec:
         return JOBS[self.name]
+
+    @property
+    def extras(self) -> tuple[str, ...]:
+        """What a compute installs beyond the base: the job's own extras and its config's."""
+        return tuple(dict.fromkeys([*self.spec.extras, *self.config_extras]))
 
 
 @dataclass

@@ -359,11 +359,11 @@ class Kaggle(Backend):
         carried.update({key: uploader.carry(key, value) for key, value in job.inputs.items()
                         if not value.regenerable and key not in carried})
         restore = uploader.run_directory(job.run_dir) if job.carry_run else None
-        requirements = kernel_requirements(spec)
+        requirements = kernel_requirements(job.extras)
         wheels = uploader.wheels(requirements) if options.no_internet else None
         uploader.settle()
         if options.dry_run:
-            self.describe(uploader, job)
+            self.describe(uploader, job, mounted, requirements)
             return None
         print(f"launch kaggle: {self.quota_line(job.name)}", flush=True)
         print(f"launch kaggle: uploaded {uploader.bytes_uploaded} bytes of datasets", flush=True)
@@ -431,8 +431,9 @@ class Kaggle(Backend):
         _, owner, slug, inside = location.kaggle_parts(folder=True)
         return {"kind": "mounted", "dataset": f"{owner}/{slug}", "path": inside}
 
-    def describe(self, uploader: Uploader, job: Job) -> None:
-        """What ``--dry-run`` prints: uploads, kernels (with their share of a sliceable job's work), waves, time and GPU hours."""
+    def describe(self, uploader: Uploader, job: Job, mounted: dict[str, dict[str, Any]], requirements: list[str]) -> None:
+        """What ``--dry-run`` prints: uploads, what the kernels attach where it lies and what they install, kernels (with
+        their share of a sliceable job's work), waves, time and GPU hours."""
         options = self.options
         shape = ACCELERATORS[options.accelerator]
         waves = -(-options.num_kernels // options.max_gpu_sessions) if shape else 1
@@ -441,6 +442,12 @@ class Kaggle(Backend):
             print(f"  upload: {dataset} ({size / 1e6:.1f} MB)" if size else f"  upload: {dataset} (built here first)")
         if not uploader.planned:
             print("  upload: nothing (code and inputs are already on Kaggle)")
+        for key, where in mounted.items():
+            source = f"model {where['model']}" if where["kind"] == "mounted_model" else f"dataset {where['dataset']}"
+            print(f"  attach: {key} from {source}" + (f" ({where['path']})" if where["path"] else "") + ": nothing uploaded")
+        origin = "the wheels dataset" if options.no_internet else "the package index"
+        extras = f" with the {', '.join(job.extras)} extra{'s' if len(job.extras) > 1 else ''}" if job.extras else ""
+        print(f"  install: {len(requirements)} pinned packages (the project's{extras}) from {origin}, besides the image's torch")
         print(f"  kernels: {options.num_kernels} x {options.accelerator} ({shape or 'CPU'})"
               + (f", at most {options.max_gpu_sessions} at a time: {waves} wave{'s' if waves > 1 else ''}" if shape else ""))
         print(f"  each kernel: a budget of {self.budget / 3600:.2f} h (session limit {options.session_limit / 3600:g} h), "

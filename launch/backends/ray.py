@@ -21,6 +21,7 @@ from pathlib import Path
 
 from data_shards.files import cache_root
 from jobs import JOBS
+from jobs.contract import FileInput, FolderInput, JobInput
 from launch.accelerate import PRECISIONS
 from pydantic import BaseModel
 
@@ -28,6 +29,7 @@ from launch.backends.base import Backend, BackendOptions, Handle, Job, Plan, Run
 from launch.bundle import Bundle
 from launch.compute.ray_storage import RAY_STATE
 from launch.errors import Incomplete, LaunchError
+from launch.inputs import staged_form
 from launch.record import Unit
 from launch.transports.ray_jobs import RayJobs
 
@@ -143,18 +145,50 @@ class Ray(Backend):
                 print(f"launch ray: {sync(str(job.run_dir), storage_run, select=carried).summary()}", flush=True)
             except SyncError as exc:
                 raise LaunchError(f"--resume {job.run_dir}: copying it to {storage_run}: {exc}") from None
+        relocated = self.send_inputs(job)
         cpus = options.entrypoint_num_cpus
         if cpus is None:
             cpus = 0 if options.num_workers else job.spec.driver_cpus
         train = RayTrain(workers=options.num_workers, gpus_per_worker=options.gpus_per_worker, cpus_per_worker=options.cpus_per_worker,
                          placement_strategy=options.placement_strategy, max_failures=options.max_failures) if options.num_workers else None
         return RayPlan(address=options.address, storage=storage_run, working_dir=str(working_dir), bundle=bundle.digest, cpus=cpus,
-                       gpus=options.entrypoint_num_gpus, precision=options.mixed_precision, job_args=job.args, train=train)
+                       gpus=options.entrypoint_num_gpus, precision=options.mixed_precision, job_args=job.args, train=train,
+                       relocated=relocated)
 
-    @staticmethod
-    def check_inputs(job: Job) -> None:
-        """Inputs are read in place on the cluster: they must be absolute paths (or URLs) it can see."""
+    def travels(self, spec: JobInput) -> bool:
+        """A file or folder here that goes to ``--storage``: one the job also reads from s3://, or any when the storage
+        is a path every node mounts."""
+        assert self.options.storage
+        return isinstance(spec, (FileInput, FolderInput)) and (spec.reads_urls or "://" not in self.options.storage)
+
+    def send_inputs(self, job: Job) -> list[str]:
+        """Files and folders of this machine the job names (encoder weights, split files, a checkpoint) go to
+        ``--storage``/inputs/<content digest>/ -- once: a later launch finds them there and sends nothing -- and the job
+        is pointed at them there. Returns those ``--set`` values."""
+        from sync import SyncError, sync
+
+        assert self.options.storage
+        relocated = []
         for key, spec in job.inputs.items():
+            if not self.travels(spec):
+                continue
+            staged = staged_form(spec)
+            folder = cache_root() / "ray" / staged.name
+            staged.link(folder)
+            where = f"{self.options.storage.rstrip('/')}/inputs/{staged.name}"
+            try:
+                sent = sync(str(folder), where).bytes_moved
+            except SyncError as exc:
+                raise LaunchError(f"{key}={spec.location}: copying it to {where}: {exc}") from None
+            print(f"launch ray: {key} as {where}: " + (f"{sent:,} bytes sent" if sent else "there already, 0 bytes sent"), flush=True)
+            relocated += staged.assignments(key, where)
+        return relocated
+
+    def check_inputs(self, job: Job) -> None:
+        """Inputs that do not travel are read in place on the cluster: they must be absolute paths (or URLs) it can see."""
+        for key, spec in job.inputs.items():
+            if self.travels(spec):
+                continue
             if spec.kind == "kaggle_outputs":
                 raise LaunchError(f"{key}={spec.location}: shards in Kaggle kernels' outputs are read where they are by launch kaggle "
                                   "only; copy them to storage the cluster shares first (launch sync URL s3://...)")
@@ -172,7 +206,8 @@ class Ray(Backend):
         options = self.options
         assert options.address and options.storage  # prepare refused them missing
         storage = None if "://" in options.storage else options.storage.rstrip("/")
-        paths = {key: spec.location for key, spec in job.inputs.items() if not spec.regenerable and "://" not in spec.location}
+        paths = {key: spec.location for key, spec in job.inputs.items()
+                 if not spec.regenerable and "://" not in spec.location and not self.travels(spec)}
         if storage is None and not paths:
             return
         command = ["python", "-m", "launch.compute.ray_entry", *(["--check-storage", storage] if storage else []),

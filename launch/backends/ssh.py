@@ -143,7 +143,7 @@ class Ssh(Backend):
         code = f"{root}/code"
         for host in hosts:
             host.rsync(f"{staged}/", f"{code}/", "--delete", "--checksum")
-        pythons = [prepare_python(host, root, job.spec, options.python, options.venv, options.venv_system_site_packages)
+        pythons = [prepare_python(host, root, job.extras, options.python, options.venv, options.venv_system_site_packages)
                    for host in hosts]
         relocated = [f"{key}={path}" for key, path in in_place.items()] + self.send_inputs(hosts, root, job)
         remote_run = f"{root}/runs/{job.run_dir.name}"

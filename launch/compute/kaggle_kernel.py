@@ -239,11 +239,18 @@ def job_arguments(plan: dict, input_root: Path, run_dir: Path, env: dict, code_d
     return arguments + (["--run-dir", str(run_dir)] if spec.makes_run else [])
 
 
+def tracker_environment(run_dir: Path) -> dict[str, str]:
+    """A kernel holds no credentials (Kaggle attaches secrets to a notebook in its web editor only, not to one pushed
+    through the API), so the trackers a config asks for keep their records in the run directory, which comes back
+    with it: W&B offline (RUN/wandb, for ``wandb sync``), MLflow in a file store (RUN/mlruns)."""
+    return {"WANDB_MODE": "offline", "MLFLOW_TRACKING_URI": (run_dir / "mlruns").as_uri(), "MLFLOW_ALLOW_FILE_STORE": "true"}
+
+
 def run_job(plan: dict, root: Path, code_dir: Path, started: float) -> tuple[int, dict]:
     spec = JOBS[plan["job"]]
     input_root, run_dir = root / "input", root / "working" / plan["run_id"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code_dir), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "STREAMAPPROX_BACKEND": "kaggle", "PYTHONUNBUFFERED": "1"}
+           "STREAMAPPROX_BACKEND": "kaggle", "PYTHONUNBUFFERED": "1", **tracker_environment(run_dir)}
     hardware = probe(env)
     gpus = hardware["gpus"]
     say(f"torch {hardware['torch']}, " + (", ".join(f"{g['name']} (sm {g['capability']})" for g in gpus) if gpus else "no GPU"))

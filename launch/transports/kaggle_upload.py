@@ -15,11 +15,11 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from data_shards.files import cache_root
-from jobs import JobSpec
 from launch import bundle as code_bundle
 from launch import carry
 from launch.accelerate import REPO_ROOT
@@ -74,14 +74,14 @@ def closure(requirements: list[str], stop: set[str]) -> dict[str, str]:
     return found
 
 
-def kernel_requirements(spec: JobSpec) -> list[str]:
-    """What a Kaggle kernel installs for ``spec``: the project's dependencies and the job's extras, with everything they
+def kernel_requirements(extras: Sequence[str]) -> list[str]:
+    """What a Kaggle kernel installs for a job: the project's dependencies and ``extras``, with everything they
     need, pinned to the versions installed here -- less what the image has (torch and what torch needs) and what only
     the launcher uses. Pinned, so a kernel without internet installs the same from the wheels dataset."""
     import tomllib
 
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    declared = project["dependencies"] + [r for extra in spec.extras for r in project["optional-dependencies"][extra]]
+    declared = project["dependencies"] + [r for extra in extras for r in project["optional-dependencies"][extra]]
     image = set(closure(list(IMAGE_PROVIDES), set()))
     stop = image | {canonical(name) for name in LAUNCHER_ONLY}
     return [f"{name}=={version}" for name, version in sorted(closure(declared, stop).items())]

@@ -7,8 +7,8 @@ import hashlib
 import re
 import shlex
 import subprocess
+from collections.abc import Sequence
 
-from jobs import JobSpec
 from launch.accelerate import REPO_ROOT
 from launch.errors import LaunchError, Unreachable
 from sync.ssh import ssh_base
@@ -57,9 +57,9 @@ class Host:
         return names[0] if names else self.base[-1].rsplit("@", 1)[-1]
 
 
-def requirements_digest(spec: JobSpec, inherit: bool, python: str) -> str:
+def requirements_digest(extras: Sequence[str], inherit: bool, python: str) -> str:
     parts = [(REPO_ROOT / "pyproject.toml").read_bytes(), (REPO_ROOT / "constraints.txt").read_bytes(),
-             repr((spec.extras, inherit, python)).encode()]
+             repr((tuple(extras), inherit, python)).encode()]
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
 
@@ -70,11 +70,11 @@ def find_python(host: Host, python: str) -> None:
                           "with a python3 that can create one)")
 
 
-def prepare_python(host: Host, root: str, spec: JobSpec, python: str, venv: bool, inherit: bool) -> str:
+def prepare_python(host: Host, root: str, extras: Sequence[str], python: str, venv: bool, inherit: bool) -> str:
     """The interpreter the job runs with on ``host``: ``python`` as is, or the project's venv (made once)."""
     find_python(host, python)
     if venv:
-        python = make_venv(host, root, spec, python, inherit)
+        python = make_venv(host, root, extras, python, inherit)
     probe = f"import importlib.util as u; print(' '.join(m for m in {NEEDED!r} if u.find_spec(m) is None))"
     missing = host.run(f"{shlex.quote(python)} -c {shlex.quote(probe)}", what="checking the interpreter").strip()
     if missing:
@@ -88,19 +88,19 @@ INHERIT = ("import pathlib, subprocess, sys, sysconfig; paths = subprocess.run([
            "pathlib.Path(sysconfig.get_paths()['purelib'], '_streamapprox_inherit.pth').write_text(paths)")
 
 
-def make_venv(host: Host, root: str, spec: JobSpec, python: str, inherit: bool) -> str:
+def make_venv(host: Host, root: str, extras: Sequence[str], python: str, inherit: bool) -> str:
     """``<root>/envs/<digest>``: the project's pinned requirements (torch by constraints.txt) in a venv made
     once per requirements, interpreter and extras, and reused while they are unchanged. With ``inherit``
     the venv also sees ``python``'s packages (a .pth file; works when ``python`` is itself a venv), so an
     image's torch is used instead of downloaded again. Not byte-compiled at install (as on a Kaggle kernel): the modules
     the jobs import compile as they are first imported, and stay compiled in the venv."""
-    env = f"{root}/envs/{requirements_digest(spec, inherit, python)}"
-    code, extras = f"{root}/code", ",".join(spec.extras)
+    env = f"{root}/envs/{requirements_digest(extras, inherit, python)}"
+    code, joined = f"{root}/code", ",".join(extras)
     steps = [f"{shlex.quote(python)} -m venv {env}",
              *([f"{env}/bin/python -c {shlex.quote(INHERIT)} {shlex.quote(python)}"] if inherit else []),
              f"{env}/bin/pip install -q --disable-pip-version-check --no-compile -c {code}/constraints.txt torch torchvision torchaudio",
              f"{env}/bin/pip install -q --disable-pip-version-check --no-compile -c {code}/constraints.txt "
-             f"'{code}{'[' + extras + ']' if extras else ''}'",
+             f"'{code}{'[' + joined + ']' if joined else ''}'",
              f"touch {env}/.ready"]
     made = host.run(f"test -f {env}/.ready && echo reused || ( rm -rf {env} && {' && '.join(steps)} && echo made )",
                     timeout=3600, what="creating the venv").strip().splitlines()[-1]
