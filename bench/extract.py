@@ -1,13 +1,15 @@
 """What one video costs: the student's sparse inputs against the dense teacher, measured side by side.
 
     .venv/bin/python bench/extract.py [--seconds 10] [--size 320x240] [--repeats 5] [--teacher-repeats 1]
+                                      [--clip-model ViT-B-32 --clip-architecture JSON] [--imagebind-architecture huge|JSON]
 
 Student inputs: probe + seek-decode the 3 sampled frames + CLIP ViT-B/32 on them, and decode the audio
 + VGGish on its 3 s segment (3 examples). Teacher: decode ImageBind's 10 frames + ImageBind-huge's vision tower
 on its 15 views (5 clips x 2 frames x 3 crops) and audio tower on 3 x 2 s clips. Real architectures
 with random weights (random weights cost the same). FLOPs are counted by torch's flop counter
 (FLOPs = 2 x MACs, model forwards only); wall times are medians after a warm-up, on this machine's
-CPU (or GPU when present), one video at a time as the extractor runs them.
+CPU (or GPU when present), one video at a time as the extractor runs them. The architecture options swap in other
+(tiny) encoders: bench/gpu_check.sh --smoke measures the same rows with the test fixtures on a CPU.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from jobs.extract import AudioInputConfig  # noqa: E402
 from jobs.prepare import mean_image  # noqa: E402
 from model.costs import count_flops, count_parameters, time_call  # noqa: E402
 from model.encoders import ClipConfig, ClipImageEncoder, VGGishConfig, VGGishEncoder  # noqa: E402
-from model.teachers import TeacherConfig, build_teacher  # noqa: E402
+from model.teachers import ImageBindTeacherConfig, TeacherConfig, build_teacher  # noqa: E402
 
 
 SEGMENT_S = AudioInputConfig().segment_s
@@ -46,6 +48,9 @@ def main() -> None:
     parser.add_argument("--size", default="320x240", help="frame WIDTHxHEIGHT of the test video")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of the student pipeline")
     parser.add_argument("--teacher-repeats", type=int, default=1, help="timed repeats of the teacher pipeline (slow on CPU)")
+    parser.add_argument("--clip-model", default="ViT-B-32", help="the student's CLIP (an open_clip model name)")
+    parser.add_argument("--clip-architecture", default=None, help="a JSON architecture file for --clip-model")
+    parser.add_argument("--imagebind-architecture", default="huge", help="the teacher: 'huge' or a JSON file of its sizes")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -53,9 +58,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = str(make_video(Path(tmp) / "bench.mp4", args.seconds, width, height))
-        clip = ClipImageEncoder(ClipConfig(model="ViT-B-32"), random_init=True, device=device)
+        clip = ClipImageEncoder(ClipConfig(model=args.clip_model, architecture=args.clip_architecture), random_init=True, device=device)
         vggish = VGGishEncoder(VGGishConfig(), random_init=True, device=device)
-        teacher = build_teacher(TeacherConfig(kind="imagebind"), clip, random_init=True, device=device)
+        imagebind = ImageBindTeacherConfig(architecture=args.imagebind_architecture)
+        teacher = build_teacher(TeacherConfig(kind="imagebind", imagebind=imagebind), clip, random_init=True, device=device)
         info = probe(path)
         rng = video_rng(0, "bench")
         student_groups = sample_frames("original", info.frame_count, 3, rng)
@@ -73,10 +79,11 @@ def main() -> None:
         teacher_images, waveform = teacher_decode()
         rows = {
             "student decode (3 frames + audio)": (student_decode, None, args.repeats),
-            "student encode (CLIP x3 + VGGish)": (lambda: (clip.encode(images), vggish.encode(segment)), True, args.repeats),
+            f"student encode (CLIP {args.clip_model} x3 + VGGish)": (lambda: (clip.encode(images), vggish.encode(segment)), True,
+                                                                      args.repeats),
             "teacher decode (10 frames + audio)": (teacher_decode, None, args.repeats),
-            "teacher encode (ImageBind-huge 15 views + 3 audio clips)": (lambda: teacher.embed(teacher_images, waveform), True,
-                                                                         args.teacher_repeats),
+            f"teacher encode (ImageBind-{args.imagebind_architecture if args.imagebind_architecture == 'huge' else 'custom'} "
+            "15 views + 3 audio clips)": (lambda: teacher.embed(teacher_images, waveform), True, args.teacher_repeats),
         }
         results = {}
         for name, (fn, counted, repeats) in rows.items():
@@ -93,6 +100,8 @@ def main() -> None:
     print(f"  student inputs  {student_s * 1e3:9.1f} ms  {student_flops / 1e9:9.1f} GFLOPs  {params_student / 1e6:7.1f} M params")
     print(f"  teacher         {teacher_s * 1e3:9.1f} ms  {teacher_flops / 1e9:9.1f} GFLOPs  {params_teacher / 1e6:7.1f} M params")
     print(f"  ratio teacher/student: wall {teacher_s / student_s:.1f}x, FLOPs {teacher_flops / student_flops:.1f}x")
+    encode_s = results[list(rows)[3]][0].median_s
+    print(f"  teacher encode alone {encode_s * 1e3:.1f} ms: {teacher_flops / encode_s / 1e12:.2f} TFLOP/s achieved")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
     bench/gpu_check.sh --smoke    # the same steps on this CPU at tiny sizes (part of the test suite, so it cannot rot)
 
 Steps: training in bf16, in fp16 with gradient scaling, and under DeepSpeed ZeRO-2 (finite losses, test R@1 well above
-chance after 2 epochs); extraction on the GPU with random-init encoders (shards valid); the report's latency columns on
+chance after 2 epochs); extraction on the GPU with random-init encoders (shards valid); what one video costs, student
+inputs and ImageBind-huge teacher, decode included (bench/extract.py); the report's latency columns on
 the GPU; the extraction pipeline's throughput against the sequential path (bench/extract_throughput.py). Inputs are
 synthetic (shards, videos) and the encoders random-init. Exit code 1 if any step failed.
 """
@@ -111,6 +112,22 @@ class Check:
         ok = result.returncode == 0 and f"{device} ms, batch 8" in text
         return ok, f"latency columns for {device}" if ok else f"exit {result.returncode}: {(result.stderr or '').strip()[-300:]}"
 
+    def per_video(self) -> tuple[bool, str]:
+        """What one video costs on this card (bench/extract.py): the student's inputs and the teacher, decode included,
+        and the FLOP/s the teacher's forward reaches -- what GPU-hour estimates should be made of."""
+        size = ["--seconds", "3", "--size", "160x120", "--repeats", "1", "--clip-model", "tiny_clip",
+                "--clip-architecture", str(TINY / "tiny_clip.json"), "--imagebind-architecture", str(TINY / "tiny_imagebind.json")] \
+            if self.smoke else ["--repeats", "5", "--teacher-repeats", "5"]
+        result = self.run(str(REPO / "bench" / "extract.py"), *size, timeout=900)
+        lines = [line.strip() for line in result.stdout.splitlines()]
+        student = next((line for line in lines if line.startswith("student inputs")), "")
+        teacher = next((line for line in lines if line.startswith("teacher ") and " GFLOPs " in line), "")
+        encode = next((line for line in lines if line.startswith("teacher encode alone")), "")
+        if result.returncode != 0 or not (student and teacher and encode):
+            return False, f"exit {result.returncode}: {(result.stderr or result.stdout).strip()[-300:]}"
+        return True, (f"a video: student inputs {student.split()[2]} ms, teacher {teacher.split()[1]} ms "
+                      f"({teacher.split()[3]} GFLOPs; its forward alone {encode.split()[3]} ms, {encode.split()[5]} TFLOP/s)")
+
     def throughput(self) -> tuple[bool, str]:
         size = ["--videos", "2", "--size", "320x180", "--seconds", "2"] if self.smoke else ["--videos", "24"]
         result = self.run(str(REPO / "bench" / "extract_throughput.py"), *size, timeout=900)
@@ -140,6 +157,7 @@ def main() -> int:
                    lambda: check.train(gpu, "no" if args.smoke else "fp16"))
         check.step("DeepSpeed ZeRO-2", lambda: check.train("deepspeed_zero2_cpu" if args.smoke else "deepspeed_zero2", "bf16"))
         check.step("extract (random-init)", check.extract)
+        check.step("per-video cost", check.per_video)
         check.step("report latency", check.report)
         check.step("extraction pipeline", check.throughput)
     print(f"\ngpu_check on {card}, {time.strftime('%Y-%m-%d')}, torch {torch.__version__}")

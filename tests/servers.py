@@ -127,9 +127,11 @@ class SshServer:
     """A real OpenSSH ``sshd`` on 127.0.0.1 with throwaway host and user keys (made here, never tracked), key-only
     login for the current user, and an ssh_config naming it by ``aliases``. With ``hide`` (directories) it is a
     machine of its own: it runs in a mount namespace where each of them and /tmp is an empty tmpfs and this environment is its
-    own Python, without the project (``separate_machine_mounts``)."""
+    own Python, without the project (``separate_machine_mounts``). ``env``: variables every session there has, as a
+    machine's own setup gives them (its S3 endpoint and credentials)."""
 
-    def __init__(self, workdir: Path, aliases: tuple[str, ...] = ("node0", "node1"), hide: tuple[Path, ...] = ()):
+    def __init__(self, workdir: Path, aliases: tuple[str, ...] = ("node0", "node1"), hide: tuple[Path, ...] = (),
+                 env: dict[str, str] | None = None):
         import getpass
 
         self.sshd = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -147,7 +149,8 @@ class SshServer:
             f"AuthorizedKeysFile {workdir / 'authorized_keys'}", f"PidFile {workdir / 'sshd.pid'}",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
             "PermitRootLogin prohibit-password", "ClientAliveInterval 5", "Subsystem sftp internal-sftp",
-            "SetEnv OMP_NUM_THREADS=1", ""]))  # single-threaded math as in every test process: figures compare exactly
+            # single-threaded math as in every test process (figures compare exactly), and what the machine itself is set up with
+            " ".join(["SetEnv OMP_NUM_THREADS=1", *(f"{name}={value}" for name, value in (env or {}).items())]), ""]))
         Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory sshd insists on
         known = f"[127.0.0.1]:{self.port} {(workdir / 'host_key.pub').read_text().split()[0]} " \
                 f"{(workdir / 'host_key.pub').read_text().split()[1]}\n"

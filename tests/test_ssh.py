@@ -4,6 +4,7 @@ node1 has nothing but what the launcher sends it and its own Python (the project
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -24,13 +25,13 @@ class Nodes:
     """Two machines over SSH that share no disk under ``remote``: node0 an sshd as it is, node1 one that shares nothing
     with this machine -- in its mount namespace this checkout and pytest's basetemp (``remote``, the shard cache, every
     test's inputs) and /tmp are empty tmpfs and this environment is its own Python without the project, so a job there has only
-    what the launcher sent. ``client_config`` names both."""
+    what the launcher sent. Both reach the loopback S3 with credentials of their own (``env``). ``client_config`` names both."""
 
-    def __init__(self, root: Path, basetemp: Path):
+    def __init__(self, root: Path, basetemp: Path, env: dict[str, str]):
         self.remote = root / "remote"
         self.remote.mkdir()
-        self.node0 = SshServer(root / "sshd0", aliases=("node0",))
-        self.node1 = SshServer(root / "sshd1", aliases=("node1",), hide=(CHECKOUT, basetemp))
+        self.node0 = SshServer(root / "sshd0", aliases=("node0",), env=env)
+        self.node1 = SshServer(root / "sshd1", aliases=("node1",), hide=(CHECKOUT, basetemp), env=env)
         self.client_config = ssh_config(root / "ssh_config", self.node0, self.node1)
 
     def drop_connections(self) -> None:
@@ -43,8 +44,9 @@ class Nodes:
 
 
 @pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    nodes = Nodes(tmp_path_factory.mktemp("ssh"), tmp_path_factory.getbasetemp())
+def sshd(tmp_path_factory, s3_endpoint):
+    aws = {name: os.environ[name] for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    nodes = Nodes(tmp_path_factory.mktemp("ssh"), tmp_path_factory.getbasetemp(), {"AWS_ENDPOINT_URL": s3_endpoint, **aws})
     yield nodes
     nodes.stop()
 
@@ -58,8 +60,8 @@ def shards(tmp_path_factory) -> Path:
     return out
 
 
-def launch_ssh(sshd, cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(launch_command(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+def launch_ssh(sshd, cwd: Path, *args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(launch_command(*args), cwd=cwd, env={**cli_env(), **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 
 def on(sshd, node: str, command: str) -> subprocess.CompletedProcess:
@@ -264,6 +266,31 @@ def test_videos_on_the_host_are_read_there_and_nothing_of_them_is_sent(sshd, tmp
                            text=True, timeout=300)
     assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
     assert [s.sha256 for s in open_shards(here / "shards").manifest.shards] == [s.sha256 for s in shards.manifest.shards]
+
+
+def test_videos_on_s3_are_read_by_the_host_with_its_own_credentials(sshd, tmp_path, bucket, s3_endpoint):
+    """``--videos s3://BUCKET/PREFIX`` on node1 (nothing of this machine there): listed here for the job's check, read on
+    the host with the host's own S3 setup (ssh passes none of this machine's variables); no video byte goes through
+    this machine to the host."""
+    from conftest import TINY_EXTRACT
+
+    from data_shards import open_shards
+    from data_shards.synthetic_videos import write_synthetic_video
+
+    client, name = bucket
+    for seed, (split, video) in enumerate([("train", "a"), ("val", "b"), ("test", "c")]):
+        path = tmp_path / "videos" / split / f"{video}.mp4"
+        path.parent.mkdir(parents=True)
+        write_synthetic_video(path, seconds=2.0, seed=seed)
+        client.upload_file(str(path), name, f"msrvtt/{split}/{video}.mp4")
+    result = launch_ssh(sshd, tmp_path, "ssh", "extract", *ssh_args(sshd, tmp_path / "remote", "node1"), "--videos", f"s3://{name}/msrvtt",
+                        "--random-init", *TINY_EXTRACT, env={"AWS_ENDPOINT_URL": s3_endpoint})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert not [line for line in result.stdout.splitlines() if "input.videos" in line and "bytes sent" in line], result.stdout
+    shards = open_shards(next((tmp_path / "runs").iterdir()) / "shards")
+    assert shards.manifest.splits == {"train": 1, "val": 1, "test": 1}
+    data = on(sshd, "node1", f"ls {tmp_path}/remote/data 2>/dev/null || true")  # what inputs were sent to node1: no videos
+    assert data.returncode == 0 and not any(entry.startswith("videos-") for entry in data.stdout.split()), data.stdout
 
 
 def test_bad_hosts_fail_before_anything_starts(sshd, shards, tmp_path):
