@@ -269,28 +269,35 @@ def test_videos_on_the_host_are_read_there_and_nothing_of_them_is_sent(sshd, tmp
 
 
 def test_videos_on_s3_are_read_by_the_host_with_its_own_credentials(sshd, tmp_path, bucket, s3_endpoint):
-    """``--videos s3://BUCKET/PREFIX`` on node1 (nothing of this machine there): listed here for the job's check, read on
-    the host with the host's own S3 setup (ssh passes none of this machine's variables); no video byte goes through
-    this machine to the host."""
+    """MSR-VTT as ``--videos s3://BUCKET/PREFIX`` with its split files here, extracted on node1 (nothing of this machine
+    there): the videos are listed here for the job's check and read on the host with the host's own S3 setup (ssh
+    passes none of this machine's variables), no video byte through this machine; the two split files travel, by
+    content, and give each video its split."""
+    import tarfile
+
     from conftest import TINY_EXTRACT
 
-    from data_shards import open_shards
-    from data_shards.synthetic_videos import write_synthetic_video
+    from data_shards.sources import MSRVTT_TEST, MSRVTT_TRAIN
+    from data_shards.synthetic_videos import write_collection
 
     client, name = bucket
-    for seed, (split, video) in enumerate([("train", "a"), ("val", "b"), ("test", "c")]):
-        path = tmp_path / "videos" / split / f"{video}.mp4"
-        path.parent.mkdir(parents=True)
-        write_synthetic_video(path, seconds=2.0, seed=seed)
-        client.upload_file(str(path), name, f"msrvtt/{split}/{video}.mp4")
+    made = write_collection(tmp_path / "msrvtt", 3, seconds=2.0).parent
+    for path in made.glob("*.mp4"):
+        client.upload_file(str(path), name, f"msrvtt/{path.name}")
+    splits = tmp_path / "msrvtt_data"
+    splits.mkdir()
+    (splits / MSRVTT_TRAIN).write_text("video_id,sentence\nvideo0000,a\nvideo0002,b\n")
+    (splits / MSRVTT_TEST).write_text("key,vid_key,video_id,sentence\nret0,msr1,video0001,c\n")
     result = launch_ssh(sshd, tmp_path, "ssh", "extract", *ssh_args(sshd, tmp_path / "remote", "node1"), "--videos", f"s3://{name}/msrvtt",
-                        "--random-init", *TINY_EXTRACT, env={"AWS_ENDPOINT_URL": s3_endpoint})
+                        "--msrvtt-splits", str(splits), "--random-init", *TINY_EXTRACT, env={"AWS_ENDPOINT_URL": s3_endpoint})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert not [line for line in result.stdout.splitlines() if "input.videos" in line and "bytes sent" in line], result.stdout
-    shards = open_shards(next((tmp_path / "runs").iterdir()) / "shards")
-    assert shards.manifest.splits == {"train": 1, "val": 1, "test": 1}
-    data = on(sshd, "node1", f"ls {tmp_path}/remote/data 2>/dev/null || true")  # what inputs were sent to node1: no videos
-    assert data.returncode == 0 and not any(entry.startswith("videos-") for entry in data.stdout.split()), data.stdout
+    sent = [line for line in result.stdout.splitlines() if line.startswith("launch ssh: node1: input.")]
+    assert len(sent) == 1 and sent[0].startswith("launch ssh: node1: input.msrvtt_splits as folder-") and sent[0].endswith(" bytes sent")
+    shards = next((tmp_path / "runs").iterdir()) / "shards"
+    ids = {tar.name: sorted({member.split(".")[0] for member in tarfile.open(tar).getnames()}) for tar in sorted(shards.glob("*.tar"))}
+    assert ids == {"test-000000.tar": ["video0001"], "val-000000.tar": ["video0000", "video0002"]}  # 500 of the 7k are val: all here
+    data = on(sshd, "node1", f"ls {tmp_path}/remote/data")  # what was sent to node1: the split files, the architectures, no video
+    assert data.returncode == 0 and sorted(entry.split("-")[0] for entry in data.stdout.split()) == ["file", "file", "folder"], data.stdout
 
 
 def test_bad_hosts_fail_before_anything_starts(sshd, shards, tmp_path):
