@@ -5,7 +5,7 @@ Each error carries its exit code; ``launch.cli`` turns any of them into one line
 from __future__ import annotations
 
 EXIT_CODES = {
-    0: "complete: the run directory is here (runs/<run-id>), or the command did what it says",
+    0: "complete: the run directory is here (`runs/<run-id>`), or the command did what it says",
     1: "the job failed: it ran and exited non-zero, a kernel or node failed, a sweep had errored trials, training diverged",
     2: "refused before anything ran: bad config, inputs, options or credentials, an unreachable compute; nothing was sent",
     3: "not complete here: the run is still incomplete, the connection was lost, or it could not be pulled -- it goes on "
@@ -53,4 +53,10 @@ class Busy(LaunchError):
 
 
 def exit_code_table() -> str:
+    """The table as ``launch --help`` prints it."""
     return "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items())
+
+
+def exit_code_markdown() -> str:
+    """The table as the README and docs/errors.md show it (a test holds them to it)."""
+    return "\n".join(["| code | meaning |", "|---|---|", *(f"| {code} | {meaning} |" for code, meaning in EXIT_CODES.items())])

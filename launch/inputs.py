@@ -3,6 +3,7 @@ a shard set named by its manifest digest, a video collection by its listing and 
 the flat list of files that travel -- packed for Kaggle, linked for ``rsync -L``."""
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -20,6 +21,21 @@ from jobs.contract import (CheckReport, FileInput, FolderInput, JobInput, Kaggle
 from launch.errors import LaunchError
 
 VIDEO_LISTING = "videos.json"  # marks a carried video collection (jobs.extract's input)
+# What of a run directory belongs to the machine it is on -- the launch record, the lock and heartbeat of the process
+# that holds the run, a unit runner's own logs -- and never travels with the run. A pattern without "/" is a file name
+# at any depth, one with "/" a path in the run directory (as rsync's --exclude reads them once anchored).
+LEFT_BEHIND = ("launch.json", ".lock", "logs/heartbeat.json", "logs/unit-*")
+
+
+def left_behind(rel: str) -> bool:
+    """Whether the run directory's file ``rel`` (a posix path in it) stays on its machine."""
+    name = rel.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(rel if "/" in pattern else name, pattern) for pattern in LEFT_BEHIND)
+
+
+def rsync_excludes() -> list[str]:
+    """``LEFT_BEHIND`` as rsync's arguments: the path patterns anchored at the run directory."""
+    return [arg for pattern in LEFT_BEHIND for arg in ("--exclude", f"/{pattern}" if "/" in pattern else pattern)]
 
 
 def job_check(spec: JobSpec, job_args: list[str]) -> CheckReport:
@@ -124,11 +140,11 @@ def staged_form(spec: JobInput) -> Staged:
 
 def run_files(run_dir: Path) -> tuple[str, list[tuple[str, Path]], dict[str, str]]:
     """A run directory to continue elsewhere, as files that travel: its content digest, (relative path, file), sha256s.
-    The lock and heartbeat of the process that last held it stay behind."""
+    What belongs to this machine stays behind (``LEFT_BEHIND``)."""
     files, digests = [], {}
     for path in sorted(p for p in Path(run_dir).rglob("*") if p.is_file()):
         rel = path.relative_to(run_dir).as_posix()
-        if rel in ("launch.json", "logs/heartbeat.json") or path.name == ".lock":
+        if left_behind(rel):
             continue
         files.append((rel, path))
         digests[rel] = hash_file(path, "sha256")[1][0]

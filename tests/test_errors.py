@@ -194,3 +194,14 @@ def test_one_live_owner_per_run_signals_reach_the_job_and_a_dead_run_says_so(tmp
     finally:
         resumed.kill()
     assert "status: died (pid " in launch("status", str(run), cwd=tmp_path).stdout
+
+
+def test_the_readme_the_docs_and_help_show_the_one_exit_code_table():
+    """launch/errors.py holds the table; the README and docs/errors.md show it as it is, `launch --help` prints it."""
+    from launch.errors import exit_code_markdown, exit_code_table
+
+    repo = Path(__file__).resolve().parent.parent
+    for page in ("README.md", "docs/errors.md"):
+        assert exit_code_markdown() in (repo / page).read_text(), f"{page}: its exit-code table is not launch/errors.py's"
+    shown = subprocess.run(launch_command("--help"), env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and f"exit codes:\n{exit_code_table()}\n" in shown.stdout, shown.stdout[-2000:]

@@ -75,7 +75,7 @@ def test_a_collection_named_by_ssh_is_refused_where_no_ssh_of_yours_reaches(tmp_
     from jobs.contract import LocatedVideosInput
     from launch.backends.base import Job
     from launch.backends.kaggle import Kaggle, KaggleOptions
-    from launch.backends.ray import Ray
+    from launch.backends.ray import Ray, RayOptions
     from launch.errors import LaunchError
 
     videos = LocatedVideosInput(location="ssh://gpu1/data/msrvtt/videos.csv", videos=3, bytes=3000)
@@ -84,4 +84,4 @@ def test_a_collection_named_by_ssh_is_refused_where_no_ssh_of_yours_reaches(tmp_
                                           r"Kaggle kernel does not have"):
         Kaggle(KaggleOptions()).mounted_files(job)
     with pytest.raises(LaunchError, match=r"which a Ray worker does not have; put it on storage the cluster shares"):
-        Ray.check_inputs(job)
+        Ray(RayOptions(address="http://head:8265", storage="s3://bucket/runs")).check_inputs(job)

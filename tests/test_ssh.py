@@ -300,6 +300,23 @@ def test_videos_on_s3_are_read_by_the_host_with_its_own_credentials(sshd, tmp_pa
     assert data.returncode == 0 and sorted(entry.split("-")[0] for entry in data.stdout.split()) == ["file", "file", "folder"], data.stdout
 
 
+def test_rsync_leaves_behind_exactly_what_every_backend_leaves_behind(tmp_path):
+    """One list of a run directory's machine-local files (``launch.inputs.LEFT_BEHIND``): rsync's excludes, as ssh
+    sends a run, skip the very files that Kaggle's and Ray's carrying skip."""
+    from launch.inputs import left_behind, rsync_excludes
+
+    run = tmp_path / "run"
+    names = ["launch.json", ".lock", "run.json", "logs/heartbeat.json", "logs/unit-0.log", "logs/train.log", "eval/launch.json",
+             "slices/0/.lock", "slices/0/logs/heartbeat.json", "checkpoints/last.pt"]
+    for name in names:
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text(name)
+    subprocess.run(["rsync", "-a", *rsync_excludes(), f"{run}/", f"{tmp_path / 'copy'}/"], check=True)
+    copied = sorted(p.relative_to(tmp_path / "copy").as_posix() for p in (tmp_path / "copy").rglob("*") if p.is_file())
+    assert copied == sorted(name for name in names if not left_behind(name))
+    assert copied == ["checkpoints/last.pt", "logs/train.log", "run.json", "slices/0/logs/heartbeat.json"]
+
+
 def test_bad_hosts_fail_before_anything_starts(sshd, shards, tmp_path):
     job = ["train_mlp", "--set", f"data.shards={shards}", *TINY]
     unreachable = launch_ssh(sshd, tmp_path, "ssh", *job[:1], "--host", f"127.0.0.1:{free_port()}", "--remote-dir", "x", *job[1:])

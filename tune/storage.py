@@ -29,6 +29,12 @@ def durable(entries: dict) -> dict:
     return {rel: entry for rel, entry in entries.items() if not rel.startswith(LIVE + RAY_OWNED)}
 
 
+def without_ray_owned(entries: dict) -> dict:
+    """A run's storage without what Ray keeps there itself: the launcher and the nodes copy the run directory without
+    it, since Ray restores it on its own terms."""
+    return {rel: entry for rel, entry in entries.items() if not rel.startswith(RAY_OWNED)}
+
+
 @dataclass(frozen=True)
 class RayStorage:
     """A location as Ray's storage layer takes it: ``storage_path`` plus, for an S3-compatible endpoint, a pyarrow

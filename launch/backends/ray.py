@@ -27,11 +27,11 @@ from pydantic import BaseModel
 
 from launch.backends.base import Backend, BackendOptions, Handle, Job, Plan, Run
 from launch.bundle import Bundle
-from launch.compute.ray_storage import RAY_STATE
 from launch.errors import Incomplete, LaunchError
-from launch.inputs import staged_form
+from launch.inputs import left_behind, staged_form
 from launch.record import Unit
 from launch.transports.ray_jobs import RayJobs
+from tune.storage import RAY_OWNED
 
 PROBE_WAIT_S = 300
 ENDED_CHECK_S = 1.0  # while a job runs, how often its state is asked between polls (a cheap call to the Jobs API)
@@ -298,7 +298,6 @@ class Ray(Backend):
 
 
 def carried(entries: dict) -> dict:
-    """A run directory as it travels to and from storage: without Ray's own state, and without this machine's
-    launch record, lock and heartbeat."""
-    return {rel: entry for rel, entry in entries.items() if not rel.startswith(RAY_STATE)
-            and rel not in ("launch.json", "logs/heartbeat.json") and not rel.endswith(".lock")}
+    """A run directory as it travels to and from storage: without Ray's own state, and without what belongs to the
+    machine it is on (``launch.inputs.LEFT_BEHIND``)."""
+    return {rel: entry for rel, entry in entries.items() if not rel.startswith(RAY_OWNED) and not left_behind(rel)}

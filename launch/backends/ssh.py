@@ -28,11 +28,10 @@ from launch.backends.base import Backend, BackendOptions, Handle, Job, Plan, Run
 from launch.bundle import Bundle
 from launch.backends.local import unit_files
 from launch.errors import Incomplete, LaunchError, Unreachable
-from launch.inputs import staged_form
+from launch.inputs import rsync_excludes, staged_form
 from launch.record import Unit
 from launch.transports.ssh import Host, find_python, prepare_python
 
-LEFT_BEHIND = ("launch.json", ".lock", "logs/heartbeat.json", "logs/unit-*")  # each machine's own, never carried
 ENDED_CHECK_S = 0.5  # while the launcher waits between polls, how often the main node checks whether the job ended
 
 
@@ -181,9 +180,8 @@ class Ssh(Backend):
     @staticmethod
     def send_run(hosts: list[Host], run_dir: Path, remote_run: str) -> None:
         """The run directory here to every node (each resumes from its own copy: nodes share no disk)."""
-        excluded = [arg for pattern in LEFT_BEHIND for arg in ("--exclude", pattern)]
         for host in hosts:
-            host.rsync(f"{run_dir}/", f"{remote_run}/", "--checksum", *excluded)
+            host.rsync(f"{run_dir}/", f"{remote_run}/", "--checksum", *rsync_excludes())
 
     # -- a unit -----------------------------------------------------------------------------------
     def start(self, run: Run, unit: Unit) -> None:

@@ -17,7 +17,6 @@ installed yet when this starts.
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import shutil
@@ -29,7 +28,7 @@ import zipfile
 from pathlib import Path
 
 from data_shards.manifest import sha256_file
-from jobs import JOBS
+from jobs import JOBS, now
 from launch import carry
 from launch.accelerate import Devices, job_command
 from launch.unpacked import LAYOUTS, RestoreError, read_layouts, record_layouts, restore, restore_tree
@@ -266,10 +265,6 @@ def run_job(plan: dict, root: Path, code_dir: Path, started: float) -> tuple[int
     command = job_command(sys.executable, spec.module, arguments, spec.distributed, Devices(gpus), plan["mixed_precision"])
     say("running " + " ".join(command.argv[1:]))
     return subprocess.run(command.argv, env={**env, **command.env}, cwd=code_dir).returncode, hardware
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def main(plan: dict, root: Path, code_dir: Path) -> int:

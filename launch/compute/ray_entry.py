@@ -20,8 +20,8 @@ import sys
 import threading
 from pathlib import Path
 
-from launch.compute.ray_storage import without_ray_state
 from sync import SyncError, sync
+from tune.storage import ray_storage, without_ray_owned
 
 MIRROR_EVERY_S = 300  # a long run's directory reaches storage meanwhile, not only at the end
 
@@ -83,7 +83,6 @@ def run_command(args: argparse.Namespace, job_args: list[str]) -> int:
 
 def run_trained(args: argparse.Namespace, job_args: list[str]) -> int:
     from launch.compute import ray_train
-    from tune.storage import ray_storage
 
     os.environ["STREAMAPPROX_BACKEND"] = "ray"
     try:
@@ -118,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         return check_reach(args.check_storage, args.check_input)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if args.restore and not args.train_workers:  # a run continued here: its directory as it was last persisted
-        print(f"launch ray: {sync(args.storage, args.run_dir, select=without_ray_state).summary()}", flush=True)
+        print(f"launch ray: {sync(args.storage, args.run_dir, select=without_ray_owned).summary()}", flush=True)
     stop = threading.Event()
 
     def periodic() -> None:

@@ -107,10 +107,10 @@ def run_rank(config: dict, rank: int, run_dir: Path) -> None:
         checkpoint.to_directory(str(run_dir))
         argv = ["--resume", str(run_dir)]
     elif config.get("restore"):  # a run continued on this cluster: every rank starts from its copy in storage
-        from launch.compute.ray_storage import without_ray_state
+        from tune.storage import without_ray_owned
         from sync import sync
 
-        sync(config["restore"], str(run_dir), select=without_ray_state)
+        sync(config["restore"], str(run_dir), select=without_ray_owned)
         argv = ["--resume", str(run_dir), *given]
     else:
         argv = [*given, "--run-dir", str(run_dir)]
