@@ -66,6 +66,7 @@ class JobSpec:
     summary: str = "nothing"  # the function of jobs.summaries that sums a finished run up in a few lines
     driver_cpus: float = 1  # CPUs its driver process takes on a cluster (a sweep's trials ask for their own)
     storage_arg: bool = False  # takes --storage URL itself: persists there through Ray, and resumes from there when RUN is gone
+    remote: bool = True  # runs where code is sent; False: it reads runs or indexes by path, which no launcher carries yet
 
     def summarize(self, run_dir, info: dict) -> list[str]:
         from jobs import summaries
@@ -103,6 +104,7 @@ JOBS: dict[str, JobSpec] = {
                      "timestamps) -> --index DIR or RUN/index; resumable, a no-op when nothing changed", makes_run=True, checkable=True,
                      extras=("search",), summary="index"),
     "evaluate_search": JobSpec("jobs.evaluate_search", "text->video and video->video R@K / MedR of an index's student vectors against "
-                               "its teacher vectors (what the cheap index costs)", extras=("extract", "search")),
-    "evaluate": JobSpec("jobs.evaluate", "evaluate runs' checkpoints on the test split (eval/results.json, .csv, embeddings.npz)"),
+                               "its teacher vectors (what the cheap index costs)", extras=("extract", "search"), remote=False),
+    "evaluate": JobSpec("jobs.evaluate", "evaluate runs' checkpoints on the test split (eval/results.json, .csv, embeddings.npz)",
+                        remote=False),
 }

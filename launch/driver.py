@@ -371,6 +371,9 @@ def launch(backend_name: str, name: str, job_args: list[str], namespace: argpars
     spec = JOBS[name]
     if not spec.makes_run and (code := backend.run_here(name, job_args)) is not None:
         return code
+    if backend.sends_code and not spec.remote:
+        raise LaunchError(f"launch {backend_name} {name}: {name} reads run directories and indexes by path, and no launcher carries "
+                          f"them to a remote compute yet; run it here (launch local {name} ...) on runs you pulled")
     args, run_dir, resume = run_directory(name, job_args, options)
     previous = LaunchRecord.read(run_dir) if resume and LaunchRecord.exists(run_dir) else None
     if previous and previous.job != name:

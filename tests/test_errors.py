@@ -205,3 +205,15 @@ def test_the_readme_the_docs_and_help_show_the_one_exit_code_table():
         assert exit_code_markdown() in (repo / page).read_text(), f"{page}: its exit-code table is not launch/errors.py's"
     shown = subprocess.run(launch_command("--help"), env=cli_env(), capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and f"exit codes:\n{exit_code_table()}\n" in shown.stdout, shown.stdout[-2000:]
+
+
+@pytest.mark.parametrize("backend", ["kaggle", "ssh", "ray"])
+def test_a_job_that_reads_runs_by_path_is_refused_where_they_cannot_travel(tmp_path, backend):
+    """evaluate reads run directories by path; no launcher carries them to a remote compute yet, so a remote backend
+    refuses it in one line before it reaches anything (no credentials, hosts or cluster needed to say so)."""
+    result = subprocess.run(launch_command(backend, "evaluate", str(tmp_path / "run")), cwd=tmp_path, env=cli_env(), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"launch: error: launch {backend} evaluate: evaluate reads run directories and indexes by path, and no launcher carries "
+        "them to a remote compute yet; run it here (launch local evaluate ...) on runs you pulled"]
